@@ -1,0 +1,3 @@
+from gantry.cli import main
+
+main()

@@ -1,0 +1,152 @@
+"""The ``gantry`` command: one Typer app, each verb a thin call into a package."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+app = typer.Typer(
+    name="gantry", add_completion=False, no_args_is_help=True,
+    help="A production serving stack for vLLM.",
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Show or check gateway configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    typer.echo(f"gantry: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@app.command()
+def sim(
+    model: Annotated[str, typer.Option(help="Built-in model name or a path to config.json.")] = (
+        "qwen2.5-1.5b-instruct"),
+    gpu: Annotated[str, typer.Option(help="GPU profile: T4, L4, A10G, A4000, A40, "
+                                         "A100-40GB, A100-80GB, H100-80GB, H200.")] = "L4",
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    served_model_name: Annotated[list[str] | None, typer.Option(
+        help="Name(s) the model is served as (repeatable).")] = None,
+    tensor_parallel_size: Annotated[int, typer.Option("--tensor-parallel-size", "-tp")] = 1,
+    max_model_len: int | None = None,
+    gpu_memory_utilization: float = 0.92,
+    kv_cache_dtype: str = "auto",
+    block_size: int = 16,
+    num_gpu_blocks_override: int | None = None,
+    max_num_seqs: int | None = None,
+    max_num_batched_tokens: int | None = None,
+    enable_prefix_caching: Annotated[bool, typer.Option(
+        "--enable-prefix-caching/--no-enable-prefix-caching")] = True,
+    enable_chunked_prefill: Annotated[bool, typer.Option(
+        "--enable-chunked-prefill/--no-enable-chunked-prefill")] = True,
+    long_prefill_token_threshold: int = 0,
+    profile: Annotated[str, typer.Option(help="'realistic' or 'instant' (no delays).")] = (
+        "realistic"),
+    speedup: Annotated[float, typer.Option(help="Run the model clock this many times faster.")] = 1.0,
+    jitter: Annotated[float, typer.Option(help="Relative std-dev of step times (seeded).")] = 0.0,
+    seed: int = 0,
+    tokenizer: Annotated[str | None, typer.Option(
+        help="'builtin' or a local tokenizer.json.")] = None,
+    api_key: Annotated[list[str] | None, typer.Option(help="Require this key (repeatable).")] = None,
+    kv_events: Annotated[str | None, typer.Option(
+        help="Publish KV events on ZMQ PUB, e.g. tcp://*:5557.")] = None,
+    enable_prompt_tokens_details: Annotated[bool, typer.Option(
+        "--enable-prompt-tokens-details/--no-enable-prompt-tokens-details")] = True,
+    enable_admin: Annotated[bool, typer.Option(
+        help="Serve /sim/faults, /sim/crash, /sim/stats for run-time fault injection.")] = False,
+    fault_error: Annotated[list[str] | None, typer.Option(
+        help="Inject errors: STATUS=PROBABILITY, e.g. 503=0.1 (repeatable).")] = None,
+    fault_latency_ms: float = 0.0,
+    fault_spike_rate: float = 0.0,
+    fault_spike_ms: float = 0.0,
+    fault_hang_rate: float = 0.0,
+    fault_stall_rate: float = 0.0,
+    fault_drop_rate: float = 0.0,
+    fault_crash_after: int = 0,
+    fault_slowdown: float = 1.0,
+    fault_kv_reserve: Annotated[float, typer.Option(
+        help="Fraction of KV blocks held back (KV pressure).")] = 0.0,
+    slow_start: Annotated[float, typer.Option(
+        help="Seconds before the port listens, as vLLM while loading.")] = 0.0,
+    engines: Annotated[int, typer.Option(help="Start N engines on base-port..base-port+N-1.")] = 1,
+    base_port: int = 8100,
+    log_level: str = "info",
+) -> None:
+    """Run a simulated vLLM engine (no GPU needed)."""
+    from gantry.sim.faults import FaultConfig, parse_error_rates
+    from gantry.sim.run import run_cluster, serve
+    from gantry.sim.settings import SimConfigError, SimSettings
+
+    _setup_logging(log_level)
+    if profile not in ("realistic", "instant"):
+        fail(f"--profile must be 'realistic' or 'instant', not {profile!r}")
+    if engines < 1:
+        fail("--engines must be at least 1")
+    try:
+        faults = FaultConfig()
+        faults.update({
+            "error_rate": parse_error_rates(fault_error or []),
+            "latency_ms": fault_latency_ms, "spike_rate": fault_spike_rate,
+            "spike_ms": fault_spike_ms, "hang_rate": fault_hang_rate,
+            "stall_rate": fault_stall_rate, "drop_rate": fault_drop_rate,
+            "crash_after": fault_crash_after, "slowdown": fault_slowdown,
+            "kv_reserve_frac": fault_kv_reserve,
+        })
+        settings = SimSettings(
+            model=model, gpu=gpu, served_model_names=tuple(served_model_name or ()),
+            tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
+            gpu_memory_utilization=gpu_memory_utilization, kv_cache_dtype=kv_cache_dtype,
+            block_size=block_size, num_gpu_blocks_override=num_gpu_blocks_override,
+            max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
+            enable_prefix_caching=enable_prefix_caching,
+            enable_chunked_prefill=enable_chunked_prefill,
+            long_prefill_token_threshold=long_prefill_token_threshold,
+            speedup=speedup, instant=profile == "instant", jitter=jitter, seed=seed,
+            tokenizer=tokenizer, api_keys=tuple(api_key or ()), kv_events=kv_events,
+            enable_prompt_tokens_details=enable_prompt_tokens_details,
+            admin=enable_admin, faults=faults, slow_start_s=slow_start,
+        )
+        settings.resolve()
+    except (ValueError, SimConfigError) as exc:
+        fail(str(exc))
+    if engines > 1:
+        argv = _strip_cluster_args(sys.argv[2:])
+        raise typer.Exit(run_cluster(argv, engines, base_port, kv_events))
+    serve(settings, host, port, log_level="warning")
+
+
+def _strip_cluster_args(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=")[0]
+        if name in ("--engines", "--base-port", "--port", "--kv-events"):
+            skip = "=" not in arg
+            continue
+        out.append(arg)
+    return out
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+__all__ = ["Path", "app", "main"]

@@ -1,0 +1,71 @@
+"""OpenAI and vLLM wire formats: SSE framing, error bodies, request inspection.
+
+No I/O and no imports from the rest of gantry: the simulator, the gateway and the
+benchmark all build on this package.
+"""
+
+from gantry.protocol._asgi import (
+    JSON,
+    SSE,
+    TEXT,
+    ASGIApp,
+    BodyTooLarge,
+    ClientGone,
+    Receive,
+    Scope,
+    Send,
+    end_stream,
+    header,
+    read_body,
+    respond,
+    start_stream,
+    stream_chunk,
+)
+from gantry.protocol._errors import error_body, error_bytes, flat_error_message
+from gantry.protocol._request import (
+    ENDPOINT_CHAT,
+    ENDPOINT_COMPLETIONS,
+    ENDPOINT_EMBEDDINGS,
+    RequestInfo,
+    RequestShapeError,
+    inspect_request,
+)
+from gantry.protocol._sse import (
+    DONE,
+    SSEDecoder,
+    encode_comment,
+    encode_data,
+    encode_done,
+)
+
+__all__ = [
+    "DONE",
+    "ENDPOINT_CHAT",
+    "ENDPOINT_COMPLETIONS",
+    "ENDPOINT_EMBEDDINGS",
+    "JSON",
+    "SSE",
+    "TEXT",
+    "ASGIApp",
+    "BodyTooLarge",
+    "ClientGone",
+    "Receive",
+    "RequestInfo",
+    "RequestShapeError",
+    "SSEDecoder",
+    "Scope",
+    "Send",
+    "encode_comment",
+    "encode_data",
+    "encode_done",
+    "end_stream",
+    "error_body",
+    "error_bytes",
+    "flat_error_message",
+    "header",
+    "inspect_request",
+    "read_body",
+    "respond",
+    "start_stream",
+    "stream_chunk",
+]

@@ -1,0 +1,36 @@
+"""A GPU-free engine that speaks vLLM's API and behaves like vLLM under load.
+
+Depends only on ``gantry.protocol`` so it can be used on its own.
+"""
+
+from gantry.sim.engine import EngineConfig, SimEngine
+from gantry.sim.faults import FaultConfig
+from gantry.sim.kvcache import KVCache
+from gantry.sim.latency import LatencyModel, LatencyParams, StepShape
+from gantry.sim.profiles import GPUS, MODELS, gpu_profile, model_from_config, model_profile
+from gantry.sim.scheduler import Scheduler, SchedulerConfig
+from gantry.sim.server import SimServer
+from gantry.sim.settings import SimConfigError, SimSettings
+from gantry.sim.tokenizer import BuiltinTokenizer, load_tokenizer
+
+__all__ = [
+    "GPUS",
+    "MODELS",
+    "BuiltinTokenizer",
+    "EngineConfig",
+    "FaultConfig",
+    "KVCache",
+    "LatencyModel",
+    "LatencyParams",
+    "Scheduler",
+    "SchedulerConfig",
+    "SimConfigError",
+    "SimEngine",
+    "SimServer",
+    "SimSettings",
+    "StepShape",
+    "gpu_profile",
+    "load_tokenizer",
+    "model_from_config",
+    "model_profile",
+]

@@ -1,0 +1,233 @@
+"""The simulated engine: an asyncio loop that runs scheduler steps on a model clock.
+
+Each step: the scheduler decides the batch, the latency model gives its duration,
+the loop sleeps until the step's end on a virtual clock (so time lost to the event
+loop is caught up on the next steps, bounded), then delivers each request's output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gantry.sim.kvcache import KVCache, KVEvent
+from gantry.sim.latency import LatencyModel
+from gantry.sim.metrics import SimMetrics
+from gantry.sim.scheduler import ScheduledStep, Scheduler, SchedulerConfig
+from gantry.sim.sequence import SimRequest, Status, StepOutput
+
+_MAX_LAG_S = 0.05  # catch up at most this much lost wall-clock time
+
+
+class EngineState(enum.Enum):
+    NEW = "new"
+    RUNNING = "running"
+    STOPPED = "stopped"
+
+
+class RequestStream:
+    """Per-request delivery channel: the engine pushes, the HTTP handler awaits."""
+
+    __slots__ = ("_items", "_waiter", "closed", "req")
+
+    def __init__(self, req: SimRequest) -> None:
+        self.req = req
+        self._items: deque[StepOutput] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self.closed = False
+
+    def push(self, item: StepOutput) -> None:
+        self._items.append(item)
+        if item.finish_reason is not None:
+            self.closed = True
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def next_batch(self) -> list[StepOutput]:
+        """Everything produced since the last call (several tokens if we fell behind)."""
+        while not self._items:
+            if self.closed:
+                return []
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        items = list(self._items)
+        self._items.clear()
+        return items
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    model_name: str
+    max_model_len: int
+    num_gpu_blocks: int
+    block_size: int = 16
+    scheduler: SchedulerConfig = SchedulerConfig()
+    speedup: float = 1.0
+    prefix_caching: bool = True
+
+
+class SimEngine:
+    def __init__(
+        self,
+        config: EngineConfig,
+        latency: LatencyModel,
+        metrics: SimMetrics,
+        *,
+        on_kv_events: Callable[[list[KVEvent]], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.latency = latency
+        self.metrics = metrics
+        self.kv = KVCache(config.num_gpu_blocks, config.block_size,
+                          prefix_caching=config.prefix_caching)
+        self.kv.collect_events = on_kv_events is not None
+        self.scheduler = Scheduler(config.scheduler, self.kv)
+        self._on_kv_events = on_kv_events
+        self._streams: dict[int, RequestStream] = {}  # bounded by admitted requests
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.state = EngineState.NEW
+        self.slowdown = 1.0  # fault injection multiplies step time
+
+    async def __aenter__(self) -> SimEngine:
+        self._task = asyncio.create_task(self._run(), name="sim-engine")
+        self.state = EngineState.RUNNING
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def stop(self) -> None:
+        self.state = EngineState.STOPPED
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        for stream in list(self._streams.values()):
+            self.abort(stream)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.scheduler.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.scheduler.waiting)
+
+    def add(self, req: SimRequest) -> RequestStream:
+        stream = RequestStream(req)
+        self._streams[id(req)] = stream
+        self.scheduler.add(req)
+        self.metrics.waiting_l.set(self.num_waiting)
+        self._wake.set()
+        return stream
+
+    def abort(self, stream: RequestStream) -> None:
+        req = stream.req
+        self._streams.pop(id(req), None)
+        if self.scheduler.abort(req):
+            self._record_finish(req, time.monotonic())
+            stream.push(StepOutput("", 0, "abort"))
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        virtual = loop.time()
+        speed = max(self.config.speedup, 1e-9)
+        m = self.metrics
+        while True:
+            if not self.scheduler.has_work:
+                self._wake.clear()
+                await self._wake.wait()
+                virtual = loop.time()
+            start = loop.time()
+            step = self.scheduler.schedule()
+            dt = self.latency.step_time(step.shape()) * self.slowdown / speed
+            outputs = self.scheduler.complete(step)
+            virtual = max(virtual + dt, start + dt - _MAX_LAG_S)
+            delay = virtual - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            else:
+                await asyncio.sleep(0)
+            end = loop.time()
+            m.step_model_l.inc(dt)
+            m.step_wall_l.inc(end - start)
+            m.steps.inc()
+            self._account(step, outputs, time.monotonic())
+
+    def _account(
+        self, step: ScheduledStep, outputs: list[tuple[SimRequest, StepOutput]], now: float
+    ) -> None:
+        m = self.metrics
+        if step.num_tokens:
+            m.iteration_tokens_l.observe(step.num_tokens)
+            m.prompt_tokens_l.inc(step.prefill_tokens)
+        if step.cache_query_tokens:
+            m.prefix_queries_l.inc(step.cache_query_tokens)
+            m.prefix_hits_l.inc(step.cache_hit_tokens)
+        if step.preempted:
+            m.preemptions_l.inc(len(step.preempted))
+        for req, _ in step.items:
+            if req.first_scheduled is None:
+                req.first_scheduled = now
+        gen = 0
+        for req, out in outputs:
+            gen += 1
+            if req.first_token is None:
+                req.first_token = now
+                m.ttft_l.observe(now - req.arrival)
+            elif req.last_token is not None:
+                m.itl_l.observe(now - req.last_token)
+            req.last_token = now
+            if out.finish_reason is not None:
+                self._record_finish(req, now)
+            stream = self._streams.get(id(req))
+            if stream is not None:
+                stream.push(out)
+                if out.finish_reason is not None:
+                    del self._streams[id(req)]
+        if gen:
+            m.generation_tokens_l.inc(gen)
+        m.running_l.set(self.num_running)
+        m.waiting_l.set(self.num_waiting)
+        m.kv_usage_l.set(self.kv.usage)
+        if self._on_kv_events is not None and self.kv.events:
+            self._on_kv_events(self.kv.take_events())
+
+    def _record_finish(self, req: SimRequest, now: float) -> None:
+        m = self.metrics
+        reason = req.finish_reason or "abort"
+        m.success_l[reason].inc()
+        m.e2e_l.observe(now - req.arrival)
+        m.req_prompt_tokens_l.observe(req.num_prompt_tokens)
+        n_out = len(req.output_token_ids)
+        m.req_gen_tokens_l.observe(n_out)
+        m.req_max_tokens_l.observe(req.sampling.max_tokens)
+        if req.first_scheduled is not None:
+            m.queue_time_l.observe(req.first_scheduled - req.arrival)
+            m.inference_time_l.observe(now - req.first_scheduled)
+            if req.first_token is not None:
+                m.prefill_time_l.observe(req.first_token - req.first_scheduled)
+                m.decode_time_l.observe(now - req.first_token)
+                if n_out > 1:
+                    m.tpot_l.observe((now - req.first_token) / (n_out - 1))
+        m.running_l.set(self.num_running)
+        m.waiting_l.set(self.num_waiting)
+        m.kv_usage_l.set(self.kv.usage)
+
+    def __repr__(self) -> str:
+        return (
+            f"<SimEngine {self.config.model_name} state={self.state.value} "
+            f"running={self.num_running} waiting={self.num_waiting} {self.kv!r}>"
+        )
+
+
+__all__ = ["EngineConfig", "EngineState", "RequestStream", "SimEngine", "Status"]

@@ -1,0 +1,95 @@
+"""Roofline step-time model.
+
+One engine step runs every scheduled token through the model once::
+
+    t_step = max(t_compute, t_memory) + overhead
+    t_compute = (2 * active_params * tokens + attention_flops) / (TP * peak_flops * mfu)
+    t_memory  = (weight_bytes + kv_bytes_read) / (TP * hbm_bw * bw_eff)
+    attention_flops = 4 * layers * heads * head_dim * sum(tokens_i * context_i)
+
+Decode steps are memory-bound (weights are streamed once per step, whatever the
+batch), prefill chunks compute-bound. See docs/simulator.md for the sources.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+from gantry.sim.profiles import GPUProfile, ModelProfile
+
+
+@dataclass(frozen=True, slots=True)
+class StepShape:
+    """What one step computes: tokens scheduled and the KV they attend over."""
+
+    num_tokens: int
+    attn_token_ctx: float  # sum over requests of tokens_in_step * context_len
+    kv_tokens_read: int  # sum over requests of context length (KV read once per step)
+    num_seqs: int
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyParams:
+    mfu: float = 0.55  # achieved fraction of peak FLOPs in large matmuls
+    bw_eff: float = 0.80  # achieved fraction of HBM bandwidth
+    step_overhead_s: float = 0.0035  # scheduler, sampling, launch; CUDA graphs on
+    per_seq_overhead_s: float = 2e-6  # input prep and detokenisation per sequence
+    tp_overhead_s_per_layer: float = 12e-6  # two all-reduces per layer at TP > 1
+    jitter: float = 0.0  # relative standard deviation of step time
+
+
+class LatencyModel:
+    """Step times for one GPU type, one model, one tensor-parallel size."""
+
+    def __init__(
+        self,
+        gpu: GPUProfile,
+        model: ModelProfile,
+        *,
+        tp: int = 1,
+        kv_dtype_bytes: float = 2.0,
+        params: LatencyParams | None = None,
+        seed: int = 0,
+        instant: bool = False,
+    ) -> None:
+        self.gpu, self.model, self.tp = gpu, model, max(1, tp)
+        self.params = params or LatencyParams()
+        self.instant = instant
+        self._kv_bpt = model.kv_bytes_per_token(kv_dtype_bytes)
+        self._flops_per_token = 2.0 * model.active_params
+        self._attn_coeff = 4.0 * model.num_layers * model.num_heads * model.head_dim
+        self._rng = random.Random(seed)
+        p = self.params
+        self._compute_rate = self.tp * gpu.peak_flops * p.mfu
+        self._mem_rate = self.tp * gpu.hbm_bandwidth * p.bw_eff
+        self._fixed = p.step_overhead_s + (
+            model.num_layers * p.tp_overhead_s_per_layer if self.tp > 1 else 0.0
+        )
+
+    def step_time(self, shape: StepShape) -> float:
+        """Seconds for one step, before jitter and speed-up."""
+        if self.instant or shape.num_tokens == 0:
+            return 0.0
+        flops = self._flops_per_token * shape.num_tokens + self._attn_coeff * shape.attn_token_ctx
+        compute = flops / self._compute_rate
+        memory = (self.model.weight_bytes + self._kv_bpt * shape.kv_tokens_read) / self._mem_rate
+        t = max(compute, memory) + self._fixed + self.params.per_seq_overhead_s * shape.num_seqs
+        if self.params.jitter:
+            t *= max(0.3, self._rng.gauss(1.0, self.params.jitter))
+        return t
+
+    def decode_time(self, batch: int, context: int) -> float:
+        """Convenience: one decode step of ``batch`` sequences at ``context`` tokens."""
+        return self.step_time(StepShape(batch, float(batch * context), batch * context, batch))
+
+    def prefill_time(self, prompt_tokens: int, chunk: int) -> float:
+        """Time to prefill one prompt alone in chunks of ``chunk`` tokens."""
+        total, done = 0.0, 0
+        for _ in range(math.ceil(prompt_tokens / chunk)):
+            n = min(chunk, prompt_tokens - done)
+            ctx = done + n
+            total += self.step_time(StepShape(n, n * (done + ctx) / 2, ctx, 1))
+            done += n
+        return total

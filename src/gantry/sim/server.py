@@ -1,0 +1,539 @@
+"""The simulator's HTTP server: vLLM's OpenAI-compatible API as a plain ASGI app."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import os
+import random
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gantry.protocol import (
+    TEXT,
+    BodyTooLarge,
+    ClientGone,
+    Receive,
+    Scope,
+    Send,
+    encode_done,
+    end_stream,
+    header,
+    read_body,
+    respond,
+    start_stream,
+    stream_chunk,
+)
+from gantry.sim.engine import EngineConfig, RequestStream, SimEngine
+from gantry.sim.faults import Action, FaultConfig, decide
+from gantry.sim.metrics import SimMetrics
+from gantry.sim.responses import (
+    ChunkWriter,
+    chat_body,
+    completion_body,
+    random_id,
+    tool_call_id,
+    usage,
+)
+from gantry.sim.sequence import SimRequest, StepOutput
+from gantry.sim.settings import VLLM_VERSION, ResolvedSim
+from gantry.sim.tokenizer import Tokenizer, load_tokenizer, render_chat
+from gantry.sim.validate import VLLMError, Work, parse, schema_error
+
+log = logging.getLogger("gantry.sim")
+
+_PROTECTED = ("/v1", "/v2", "/inference", "/cohere")
+_UNAUTHORIZED = orjson.dumps({"error": "Unauthorized"})
+_NOT_FOUND = orjson.dumps({"detail": "Not Found"})
+_NOT_ALLOWED = orjson.dumps({"detail": "Method Not Allowed"})
+Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class SimServer:
+    """ASGI app. The engine starts and stops with the ASGI lifespan."""
+
+    def __init__(self, resolved: ResolvedSim, *, engine_index: str = "0") -> None:
+        self.r = resolved
+        s = resolved.settings
+        self.tokenizer: Tokenizer = load_tokenizer(s.tokenizer)
+        self.metrics = SimMetrics(resolved.served[0], resolved.max_model_len, engine_index)
+        self.faults: FaultConfig = s.faults
+        self._rng = random.Random(s.seed)
+        self._publisher: Any = None
+        self.engine: SimEngine | None = None
+        self._in_flight = 0
+        self._requests_seen = 0
+        self._keys = [hashlib.sha256(k.encode()).digest() for k in s.api_keys]
+        self._created = int(time.time())
+        self._routes: dict[str, dict[str, Handler]] = {
+            "/health": {"GET": self._health},
+            "/ping": {"GET": self._health, "POST": self._health},
+            "/load": {"GET": self._load},
+            "/version": {"GET": self._version},
+            "/metrics": {"GET": self._metrics},
+            "/v1/models": {"GET": self._models},
+            "/tokenize": {"POST": self._tokenize},
+            "/detokenize": {"POST": self._detokenize},
+            "/v1/completions": {"POST": self._completions},
+            "/v1/chat/completions": {"POST": self._chat},
+            "/kv_event_sources": {"GET": self._kv_sources},
+        }
+        if s.admin:
+            self._routes.update({
+                "/sim/faults": {"GET": self._faults_get, "POST": self._faults_post},
+                "/sim/crash": {"POST": self._crash},
+                "/sim/stats": {"GET": self._stats},
+                "/reset_prefix_cache": {"POST": self._reset_prefix_cache},
+            })
+
+    # -- lifecycle ------------------------------------------------------------
+    async def start(self) -> None:
+        r = self.r
+        s = r.settings
+        cache_info = {
+            "engine": "0", "block_size": str(s.block_size),
+            "cache_dtype": s.kv_cache_dtype, "enable_prefix_caching": str(s.enable_prefix_caching),
+            "gpu_memory_utilization": str(s.gpu_memory_utilization),
+            "num_gpu_blocks": str(r.num_gpu_blocks), "prefix_caching_hash_algo": "sha256",
+        }
+        self.metrics.cache_info.labels(**cache_info).set(1)
+        on_events = None
+        if s.kv_events:
+            from gantry.sim.kvevents import KVEventPublisher
+
+            self._publisher = KVEventPublisher(s.kv_events, s.kv_events_topic)
+            on_events = self._publisher.publish
+        self.engine = SimEngine(
+            EngineConfig(
+                model_name=r.served[0], max_model_len=r.max_model_len,
+                num_gpu_blocks=r.num_gpu_blocks, block_size=s.block_size, scheduler=r.scheduler,
+                speedup=s.speedup, prefix_caching=s.enable_prefix_caching,
+            ),
+            r.latency_model(), self.metrics, on_kv_events=on_events,
+        )
+        await self.engine.__aenter__()
+        self._apply_engine_faults()
+        log.info(
+            "simulated vLLM engine: model=%s gpu=%s tp=%d blocks=%d (%d tokens) "
+            "max_model_len=%d max_num_seqs=%d max_num_batched_tokens=%d%s",
+            r.served[0], r.gpu.name, s.tensor_parallel_size, r.num_gpu_blocks,
+            r.num_gpu_blocks * s.block_size, r.max_model_len, r.scheduler.max_num_seqs,
+            r.scheduler.max_num_batched_tokens, " instant" if s.instant else "",
+        )
+
+    async def stop(self) -> None:
+        if self.engine is not None:
+            await self.engine.stop()
+        if self._publisher is not None:
+            self._publisher.close()
+
+    def _apply_engine_faults(self) -> None:
+        if self.engine is None:
+            return
+        self.engine.slowdown = self.faults.slowdown
+        reserve = int(self.faults.kv_reserve_frac * (self.r.num_gpu_blocks - 1))
+        self.engine.kv.reserve(reserve)
+
+    # -- ASGI -----------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        path = scope["path"]
+        methods = self._routes.get(path)
+        if methods is None:
+            await respond(send, 404, _NOT_FOUND)
+            return
+        handler = methods.get(scope["method"])
+        if handler is None:
+            await respond(send, 405, _NOT_ALLOWED)
+            return
+        if self._keys and path.startswith(_PROTECTED) and not self._authorized(scope):
+            await respond(send, 401, _UNAUTHORIZED)
+            return
+        await handler(scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                try:
+                    await self.start()
+                except Exception as exc:  # report, as uvicorn expects
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif msg["type"] == "lifespan.shutdown":
+                await self.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    def _authorized(self, scope: Scope) -> bool:
+        auth = header(scope, b"authorization") or ""
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        digest = hashlib.sha256(token.strip().encode()).digest()
+        return any(hmac.compare_digest(digest, k) for k in self._keys)
+
+    # -- small endpoints ----------------------------------------------------------
+    async def _health(self, scope: Scope, receive: Receive, send: Send) -> None:
+        alive = self.engine is not None and self.engine.state.value == "running"
+        await respond(send, 200 if alive else 503, b"", TEXT)
+
+    async def _load(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await respond(send, 200, orjson.dumps({"server_load": self._in_flight}))
+
+    async def _version(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await respond(send, 200, orjson.dumps({"version": VLLM_VERSION}))
+
+    async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = generate_latest(self.metrics.registry)
+        await respond(send, 200, body, CONTENT_TYPE_LATEST.encode())
+
+    async def _kv_sources(self, scope: Scope, receive: Receive, send: Send) -> None:
+        data = {"0": self._publisher.config()} if self._publisher is not None else {}
+        await respond(send, 200, orjson.dumps(data))
+
+    async def _models(self, scope: Scope, receive: Receive, send: Send) -> None:
+        cards = [{
+            "id": name, "object": "model", "created": self._created, "owned_by": "vllm",
+            "root": self.r.model.hf_id, "parent": None, "max_model_len": self.r.max_model_len,
+            "permission": [{
+                "id": "modelperm-" + random_id(), "object": "model_permission",
+                "created": self._created, "allow_create_engine": False, "allow_sampling": True,
+                "allow_logprobs": True, "allow_search_indices": False, "allow_view": True,
+                "allow_fine_tuning": False, "organization": "*", "group": None,
+                "is_blocking": False,
+            }],
+        } for name in self.r.served]
+        await respond(send, 200, orjson.dumps({"object": "list", "data": cards}))
+
+    async def _json_body(self, scope: Scope, receive: Receive) -> dict[str, Any]:
+        ctype = header(scope, b"content-type") or ""
+        if ctype.split(";")[0].strip().lower() != "application/json":
+            raise VLLMError(400, "Unsupported Media Type: Only 'application/json' is allowed",
+                            "Bad Request")
+        try:
+            raw = await read_body(receive, self.r.settings.max_body_bytes)
+        except BodyTooLarge:
+            raise VLLMError(413, "Request body too large", "Bad Request") from None
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise VLLMError(400, f"JSON decode error: {exc}", "Bad Request", "body") from None
+        if not isinstance(body, dict):
+            raise schema_error("body", "Input should be a valid dictionary", "...")
+        return body
+
+    async def _guard(self, handler: Handler, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await handler(scope, receive, send)
+        except VLLMError as err:
+            await respond(send, err.status, err.body())
+        except ClientGone:
+            return
+
+    async def _tokenize(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def run(scope: Scope, receive: Receive, send: Send) -> None:
+            body = await self._json_body(scope, receive)
+            if "messages" in body:
+                msgs = body["messages"]
+                if not isinstance(msgs, list):
+                    raise schema_error("messages", "Input should be a valid list", msgs)
+                text = render_chat(msgs, add_generation_prompt=body.get(
+                    "add_generation_prompt", True) is not False)
+            elif isinstance(body.get("prompt"), str):
+                text = body["prompt"]
+            else:
+                raise schema_error("prompt", "Field required", None)
+            ids = self.tokenizer.encode(text)
+            strs = [self.tokenizer.token_text(t) for t in ids] if body.get(
+                "return_token_strs") else None
+            await respond(send, 200, orjson.dumps({
+                "count": len(ids), "max_model_len": self.r.max_model_len, "tokens": ids,
+                "token_strs": strs,
+            }))
+
+        await self._guard(run, scope, receive, send)
+
+    async def _detokenize(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def run(scope: Scope, receive: Receive, send: Send) -> None:
+            body = await self._json_body(scope, receive)
+            tokens = body.get("tokens")
+            if not isinstance(tokens, list) or not all(
+                isinstance(t, int) and not isinstance(t, bool) for t in tokens
+            ):
+                raise schema_error("tokens", "Input should be a valid list of integers", tokens)
+            bad = next((t for t in tokens if t < 0 or t >= self.tokenizer.vocab_size), None)
+            if bad is not None:
+                raise VLLMError(400, f"Token id {bad} is out of vocabulary", "BadRequestError",
+                                "tokens")
+            await respond(send, 200, orjson.dumps({"prompt": self.tokenizer.decode(tokens)}))
+
+        await self._guard(run, scope, receive, send)
+
+    # -- admin (fault injection) -------------------------------------------------
+    async def _faults_get(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await respond(send, 200, orjson.dumps(self.faults.as_dict()))
+
+    async def _faults_post(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def run(scope: Scope, receive: Receive, send: Send) -> None:
+            body = await self._json_body(scope, receive)
+            if body.pop("reset", False):
+                self.faults = FaultConfig()
+            try:
+                self.faults.update(body)
+            except ValueError as exc:
+                raise VLLMError(400, str(exc), "BadRequestError") from None
+            self._apply_engine_faults()
+            log.warning("fault injection set: %s", self.faults.as_dict())
+            await respond(send, 200, orjson.dumps(self.faults.as_dict()))
+
+        await self._guard(run, scope, receive, send)
+
+    async def _crash(self, scope: Scope, receive: Receive, send: Send) -> None:
+        log.error("fault injection: crashing the engine process on command")
+        await respond(send, 200, b'{"crashing":true}')
+        asyncio.get_running_loop().call_later(0.05, os.kill, os.getpid(), signal.SIGKILL)
+
+    async def _stats(self, scope: Scope, receive: Receive, send: Send) -> None:
+        m = self.metrics
+        e = self.engine
+        await respond(send, 200, orjson.dumps({
+            "steps": m.steps._value.get(),
+            "step_seconds_model": m.step_model_l._value.get(),
+            "step_seconds_wall": m.step_wall_l._value.get(),
+            "running": e.num_running if e else 0, "waiting": e.num_waiting if e else 0,
+            "kv_usage": e.kv.usage if e else 0.0, "num_gpu_blocks": self.r.num_gpu_blocks,
+            "in_flight": self._in_flight,
+        }))
+
+    async def _reset_prefix_cache(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ok = self.engine is not None and self.engine.kv.reset_prefix_cache()
+        await respond(send, 200 if ok else 400, orjson.dumps({"reset": ok}))
+
+    # -- generation -----------------------------------------------------------------
+    async def _completions(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._guard(self._generate_chat_or_text(False), scope, receive, send)
+
+    async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._guard(self._generate_chat_or_text(True), scope, receive, send)
+
+    def _generate_chat_or_text(self, chat: bool) -> Handler:
+        async def run(scope: Scope, receive: Receive, send: Send) -> None:
+            body = await self._json_body(scope, receive)
+            rid_base = header(scope, b"x-request-id") or body.get("request_id") or random_id()
+            work = parse(body, chat=chat, served=self.r.served, tok=self.tokenizer,
+                         max_model_len=self.r.max_model_len,
+                         request_seed=self._rng.getrandbits(32))
+            rid = ("chatcmpl-" if chat else "cmpl-") + str(rid_base)
+            self._in_flight += 1
+            try:
+                await self._serve(work, rid, scope, receive, send)
+            finally:
+                self._in_flight -= 1
+
+        return run
+
+    async def _serve(self, work: Work, rid: str, scope: Scope, receive: Receive, send: Send):
+        assert self.engine is not None
+        self._requests_seen += 1
+        f = self.faults
+        if f.crash_after and self._requests_seen > f.crash_after:
+            log.error("fault injection: crash after %d requests", f.crash_after)
+            self.metrics.faults.labels(kind="crash").inc()
+            os.kill(os.getpid(), signal.SIGKILL)
+        decision = decide(f, self._rng) if f.active else None
+        if decision is not None:
+            if decision.delay_s:
+                self.metrics.faults.labels(kind="latency").inc()
+                await asyncio.sleep(decision.delay_s)
+            if decision.action is Action.ERROR:
+                self.metrics.faults.labels(kind=f"error_{decision.status}").inc()
+                log.warning("fault injection: HTTP %d for %s", decision.status, rid)
+                raise _fault_error(decision.status)
+            if decision.action is Action.HANG:
+                self.metrics.faults.labels(kind="hang").inc()
+                log.warning("fault injection: hanging %s", rid)
+                await _until_disconnect(receive)
+                return
+        now = time.monotonic()
+        streams: list[RequestStream] = []
+        for p_idx, ids in enumerate(work.prompts):
+            for i in range(work.n):
+                req = SimRequest(
+                    request_id=f"{rid}-{p_idx}", prompt_token_ids=ids,
+                    sampling=work.sampling[p_idx], tokenizer=self.tokenizer, arrival=now,
+                    cache_salt=work.cache_salt, index=p_idx * work.n + i,
+                )
+                streams.append(self.engine.add(req))
+        watcher = asyncio.create_task(self._watch_disconnect(receive, streams))
+        try:
+            if work.stream:
+                await self._stream(work, rid, streams, send, decision, receive)
+            else:
+                await self._complete(work, rid, streams, send)
+        finally:
+            watcher.cancel()
+            for s in streams:
+                if not s.closed:
+                    self.engine.abort(s)
+
+    async def _watch_disconnect(self, receive: Receive, streams: list[RequestStream]) -> None:
+        await _until_disconnect(receive)
+        assert self.engine is not None
+        for s in streams:
+            self.engine.abort(s)
+
+    def _cached(self, streams: list[RequestStream]) -> int | None:
+        if not self.r.settings.enable_prompt_tokens_details:
+            return None
+        return sum(max(0, s.req.num_cached_prompt) for s in streams[:: max(1, len(streams))])
+
+    def _usage(self, work: Work, streams: list[RequestStream]) -> dict[str, Any]:
+        prompt = sum(len(p) for p in work.prompts)
+        completion = sum(len(s.req.output_token_ids) for s in streams)
+        cached = None
+        if self.r.settings.enable_prompt_tokens_details:
+            cached = sum(max(0, s.req.num_cached_prompt) for s in streams[:: work.n])
+        return usage(prompt, completion, cached)
+
+    async def _complete(self, work: Work, rid: str, streams: list[RequestStream], send: Send):
+        choices = []
+        for s in streams:
+            text, finish, stop_reason = [], None, None
+            while finish is None:
+                batch = await s.next_batch()
+                if not batch:
+                    finish = "abort"
+                    break
+                for out in batch:
+                    text.append(out.text)
+                    finish, stop_reason = out.finish_reason, out.stop_reason
+            if finish == "abort":
+                return  # client went away: nobody to answer
+            prefix = work.echo_prompts[s.req.index // work.n] if work.echo_prompts else ""
+            choices.append({"index": s.req.index, "text": prefix + "".join(text),
+                            "finish_reason": finish, "stop_reason": stop_reason})
+        kw = dict(rid=rid, created=int(time.time()), model=work.model,
+                  fingerprint=self.r.fingerprint, choices=choices,
+                  usage_=self._usage(work, streams))
+        body = chat_body(**kw, tool=work.tool) if work.chat else completion_body(**kw)
+        await respond(send, 200, body)
+
+    async def _stream(
+        self, work: Work, rid: str, streams: list[RequestStream], send: Send,
+        decision: Any, receive: Receive,
+    ) -> None:
+        w = ChunkWriter(chat=work.chat, rid=rid, created=int(time.time()), model=work.model,
+                        fingerprint=self.r.fingerprint)
+        await start_stream(send)
+        prompt_len = {s.req.index: len(s.req.prompt_token_ids) for s in streams}
+        counts = {s.req.index: 0 for s in streams}
+        tool_ids = {s.req.index: tool_call_id() for s in streams} if work.tool else {}
+        chunks_sent = 0
+        limit = decision.after_tokens if decision and decision.action in (
+            Action.STALL, Action.DROP) else -1
+        async for s, batch in _merge(streams):
+            idx = s.req.index
+            first = counts[idx] == 0
+            counts[idx] += len(batch)
+            finish = batch[-1].finish_reason
+            if finish == "abort":
+                return
+            stop_reason = batch[-1].stop_reason
+            text = "".join(o.text for o in batch)
+            cu = (usage(prompt_len[idx], counts[idx], None) if work.continuous_usage else None)
+            out = b""
+            if work.chat and first:
+                out += w.role(idx, usage(prompt_len[idx], 0, None) if cu else None)
+            if work.echo_prompts and first:
+                text = work.echo_prompts[idx // work.n] + text
+            tool_delta = None
+            if work.tool is not None:
+                tool_delta = [{"index": 0, "function": {"arguments": text}}]
+                if first:
+                    tool_delta[0].update(id=tool_ids[idx], type="function")
+                    tool_delta[0]["function"] = {"name": work.tool.name, "arguments": text}
+                if finish == "stop" and not work.tool.named:
+                    finish = "tool_calls"
+            out += w.token(idx, text, finish, stop_reason, cont_usage=cu, tool_delta=tool_delta,
+                           fingerprint=finish is not None and not work.include_usage)
+            await stream_chunk(send, out)
+            chunks_sent += 1
+            if chunks_sent == limit:
+                for st in streams:
+                    self.engine.abort(st) if self.engine else None
+                if decision.action is Action.STALL:
+                    self.metrics.faults.labels(kind="stall").inc()
+                    log.warning("fault injection: stalling stream %s", rid)
+                    await _until_disconnect(receive)
+                    return
+                self.metrics.faults.labels(kind="drop").inc()
+                log.warning("fault injection: dropping connection of %s", rid)
+                return  # response left incomplete: the server closes the connection
+        if work.include_usage:
+            await stream_chunk(send, w.usage(self._usage(work, streams)))
+        await end_stream(send, encode_done())
+
+
+async def _merge(streams: list[RequestStream]):  # type: ignore[no-untyped-def]
+    """Yield (stream, outputs) as any of the streams produces, until all finish."""
+    if len(streams) == 1:
+        s = streams[0]
+        while True:
+            batch = await s.next_batch()
+            if not batch:
+                return
+            yield s, batch
+            if batch[-1].finish_reason is not None:
+                return
+    queue: asyncio.Queue[tuple[RequestStream, list[StepOutput]]] = asyncio.Queue()
+
+    async def pump(s: RequestStream) -> None:
+        while True:
+            batch = await s.next_batch()
+            await queue.put((s, batch))
+            if not batch or batch[-1].finish_reason is not None:
+                return
+
+    tasks = [asyncio.create_task(pump(s)) for s in streams]
+    try:
+        left = len(streams)
+        while left:
+            s, batch = await queue.get()
+            if not batch or batch[-1].finish_reason is not None:
+                left -= 1
+            if batch:
+                yield s, batch
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            return
+
+
+def _fault_error(status: int) -> VLLMError:
+    if status == 429:
+        return VLLMError(429, "Too many requests (injected fault).", "RateLimitError")
+    if status == 503:
+        return VLLMError(503, "The engine is currently busy and cannot accept new requests. "
+                         "Please try again later or on a different instance.",
+                         "Service Unavailable")
+    return VLLMError(500, "The server had an error while processing your request.",
+                     "InternalServerError")

@@ -1,0 +1,149 @@
+"""Simulator settings (frozen, built once by the CLI) and engine construction."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from gantry.sim.faults import FaultConfig
+from gantry.sim.kvcache import num_gpu_blocks
+from gantry.sim.latency import LatencyModel, LatencyParams
+from gantry.sim.profiles import GiB, GPUProfile, ModelProfile, gpu_profile, model_profile
+from gantry.sim.scheduler import SchedulerConfig
+
+VLLM_VERSION = "0.33.0"
+
+
+class SimConfigError(ValueError):
+    """A setting that cannot work (one line, shown to the user)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SimSettings:
+    model: str = "qwen2.5-1.5b-instruct"
+    gpu: str = "L4"
+    served_model_names: tuple[str, ...] = ()
+    tensor_parallel_size: int = 1
+    max_model_len: int | None = None
+    gpu_memory_utilization: float = 0.92
+    kv_cache_dtype: str = "auto"
+    block_size: int = 16
+    num_gpu_blocks_override: int | None = None
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    enable_prefix_caching: bool = True
+    enable_chunked_prefill: bool = True
+    long_prefill_token_threshold: int = 0
+    speedup: float = 1.0
+    instant: bool = False
+    jitter: float = 0.0
+    seed: int = 0
+    tokenizer: str | None = None
+    api_keys: tuple[str, ...] = ()
+    kv_events: str | None = None
+    kv_events_topic: str = ""
+    enable_prompt_tokens_details: bool = True
+    admin: bool = False
+    faults: FaultConfig = field(default_factory=FaultConfig)
+    slow_start_s: float = 0.0
+    max_body_bytes: int = 64 * 1024 * 1024
+
+    def resolve(self) -> ResolvedSim:
+        try:
+            gpu = gpu_profile(self.gpu)
+            model = model_profile(self.model)
+        except (KeyError, ValueError) as exc:
+            raise SimConfigError(str(exc).strip("'\"")) from exc
+        return resolve(self, gpu, model)
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedSim:
+    settings: SimSettings
+    gpu: GPUProfile
+    model: ModelProfile
+    served: list[str]
+    max_model_len: int
+    num_gpu_blocks: int
+    scheduler: SchedulerConfig
+    kv_dtype_bytes: float
+    fingerprint: str
+
+    def latency_model(self) -> LatencyModel:
+        s = self.settings
+        return LatencyModel(
+            self.gpu, self.model, tp=s.tensor_parallel_size, kv_dtype_bytes=self.kv_dtype_bytes,
+            params=LatencyParams(jitter=s.jitter), seed=s.seed, instant=s.instant,
+        )
+
+
+def batch_defaults(gpu: GPUProfile) -> tuple[int, int]:
+    """vLLM's serve defaults: (max_num_seqs, max_num_batched_tokens) by device memory."""
+    if gpu.memory_gib >= 160:
+        return 1024, 16384
+    if gpu.memory_gib >= 70 and not gpu.name.startswith("A100"):
+        return 1024, 8192
+    return 256, 2048
+
+
+def activation_reserve(model: ModelProfile, batched_tokens: int) -> float:
+    """Peak activations of vLLM's profile run plus CUDA graphs and non-torch memory."""
+    per_token = (4 * model.hidden_size + 3 * model.intermediate_size) * 2
+    return 1.0 * GiB + batched_tokens * per_token
+
+
+def resolve(s: SimSettings, gpu: GPUProfile, model: ModelProfile) -> ResolvedSim:
+    if s.tensor_parallel_size < 1:
+        raise SimConfigError("--tensor-parallel-size must be at least 1")
+    if not 0 < s.gpu_memory_utilization <= 1:
+        raise SimConfigError("--gpu-memory-utilization must be in (0, 1]")
+    if s.speedup <= 0:
+        raise SimConfigError("--speedup must be positive")
+    kv_bytes = {"auto": 2.0, "bfloat16": 2.0, "float16": 2.0, "fp8": 1.0, "fp8_e4m3": 1.0,
+                "fp8_e5m2": 1.0}.get(s.kv_cache_dtype)
+    if kv_bytes is None:
+        raise SimConfigError(f"unknown --kv-cache-dtype {s.kv_cache_dtype!r}")
+    seqs, batched = batch_defaults(gpu)
+    max_num_seqs = s.max_num_seqs or seqs
+    max_len = s.max_model_len or model.max_model_len
+    max_batched = s.max_num_batched_tokens or batched
+    if not s.enable_chunked_prefill:
+        max_batched = max(max_batched, max_len)
+    tp = s.tensor_parallel_size
+    per_token = model.kv_bytes_per_token(kv_bytes)
+    if s.num_gpu_blocks_override:
+        blocks = s.num_gpu_blocks_override
+    else:
+        blocks = num_gpu_blocks(
+            gpu_memory_bytes=gpu.memory_bytes, utilization=s.gpu_memory_utilization,
+            weight_bytes=model.weight_bytes, kv_bytes_per_token=per_token,
+            block_size=s.block_size, activation_reserve_bytes=activation_reserve(
+                model, max_batched), tp=tp,
+        )
+    if blocks < 2:
+        raise SimConfigError(
+            f"No available memory for the cache blocks: {model.name} "
+            f"({model.weight_bytes / GiB / tp:.1f} GiB of weights per GPU) does not fit on "
+            f"{gpu.name} at gpu_memory_utilization={s.gpu_memory_utilization}"
+        )
+    capacity = (blocks - 1) * s.block_size
+    if capacity < max_len:
+        raise SimConfigError(
+            f"To serve at least one request with the model's max seq len ({max_len}), "
+            f"{max_len * per_token / tp / GiB:.2f} GiB KV cache is needed, which is larger "
+            f"than the available KV cache memory ({capacity * per_token / tp / GiB:.2f} GiB). "
+            f"Based on the available memory, the estimated maximum model length is {capacity}. "
+            "Try increasing gpu_memory_utilization or decreasing max_model_len."
+        )
+    served = list(s.served_model_names) or [model.hf_id]
+    sched = SchedulerConfig(
+        max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=min(max_batched, max_num_seqs * max_len),
+        max_model_len=max_len,
+        chunked_prefill=s.enable_chunked_prefill,
+        long_prefill_token_threshold=s.long_prefill_token_threshold,
+    )
+    tag = f"{model.name}|{gpu.name}|{tp}|{blocks}".encode()
+    fp = f"vllm-{VLLM_VERSION}" + (f"-tp{tp}" if tp > 1 else "")
+    fp += "-" + hashlib.sha256(tag).hexdigest()[:8]
+    return ResolvedSim(s, gpu, model, served, max_len, blocks, sched, kv_bytes, fp)

@@ -1,0 +1,286 @@
+"""Turn a completions/chat body into simulator work, with vLLM's checks and messages."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from gantry.protocol import error_bytes
+from gantry.sim.sequence import SamplingSpec
+from gantry.sim.tokenizer import Tokenizer, render_chat
+
+MAX_STOP_STRINGS = 4
+MAX_PROMPTS = 1024
+
+
+class VLLMError(Exception):
+    """An error answered the way vLLM answers it."""
+
+    def __init__(self, status: int, message: str, type_: str, param: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param = status, message, type_, param
+
+    def body(self) -> bytes:
+        return error_bytes(self.message, self.type, param=self.param, code=self.status)
+
+
+def invalid(message: str, param: str, value: Any) -> VLLMError:
+    """vLLM's VLLMValidationError: message with ``(parameter=..., value=...)``."""
+    return VLLMError(400, f"{message} (parameter={param}, value={value})", "BadRequestError", param)
+
+
+def schema_error(loc: str, msg: str, value: Any) -> VLLMError:
+    """Pydantic-style schema error, as FastAPI/vLLM report it (type "Bad Request")."""
+    detail = {"type": "value_error", "loc": ["body", *loc.split(".")], "msg": msg,
+              "input": value}
+    text = f"1 validation error:\n  {json.dumps(detail, default=str)}"
+    return VLLMError(400, text, "Bad Request", f"body.{loc}")
+
+
+@dataclass(frozen=True, slots=True)
+class ToolPlan:
+    name: str
+    arguments: str
+    named: bool  # forced by name (finish_reason "stop") vs "required" ("tool_calls")
+
+
+@dataclass(frozen=True, slots=True)
+class Work:
+    """One request, ready for the engine: prompts x n choices."""
+
+    chat: bool
+    model: str
+    prompts: list[list[int]]
+    n: int
+    sampling: list[SamplingSpec]  # one per prompt (max_tokens depends on prompt length)
+    stream: bool
+    include_usage: bool
+    continuous_usage: bool
+    echo_prompts: list[str] | None
+    tool: ToolPlan | None
+    cache_salt: str | None
+
+
+def _int(body: dict[str, Any], key: str, default: int | None) -> int | None:
+    v = body.get(key, default)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise schema_error(key, "Input should be a valid integer", v)
+    return v
+
+
+def _float(body: dict[str, Any], key: str, default: float | None) -> float | None:
+    v = body.get(key, default)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise schema_error(key, "Input should be a valid number", v)
+    return float(v)
+
+
+def _stop(body: dict[str, Any]) -> tuple[str, ...]:
+    stop = body.get("stop")
+    if stop is None:
+        return ()
+    if isinstance(stop, str):
+        return (stop,) if stop else ()
+    if isinstance(stop, list) and all(isinstance(s, str) for s in stop):
+        if len(stop) > MAX_STOP_STRINGS:
+            raise invalid(f"At most {MAX_STOP_STRINGS} stop strings are allowed.", "stop",
+                          len(stop))
+        return tuple(s for s in stop if s)
+    raise schema_error("stop", "Input should be a valid string or list of strings", stop)
+
+
+def _prompts(body: dict[str, Any], tok: Tokenizer) -> tuple[list[list[int]], list[str]]:
+    prompt = body.get("prompt")
+    if prompt is None or prompt == "" or prompt == []:
+        raise invalid("Either prompt or prompt_embeds must be provided and non-empty.",
+                      "prompt", prompt)
+    if isinstance(prompt, str):
+        return [tok.encode(prompt)], [prompt]
+    if not isinstance(prompt, list):
+        raise schema_error("prompt", "Input should be a valid string or list", prompt)
+    if all(isinstance(p, str) for p in prompt):
+        items = [tok.encode(p) for p in prompt]
+        texts = list(prompt)
+    elif all(isinstance(p, int) and not isinstance(p, bool) for p in prompt):
+        items, texts = [list(prompt)], [tok.decode(list(prompt))]
+    elif all(isinstance(p, list) and all(isinstance(t, int) for t in p) for p in prompt):
+        items, texts = [list(p) for p in prompt], [tok.decode(list(p)) for p in prompt]
+    else:
+        raise schema_error("prompt", "Input should be a string, list of strings or token ids",
+                           "...")
+    if len(items) > MAX_PROMPTS:
+        raise invalid(f"At most {MAX_PROMPTS} prompts are allowed.", "prompt", len(items))
+    for ids in items:
+        if not ids:
+            raise invalid("Prompt cannot be empty.", "prompt", "[]")
+        bad = next((t for t in ids if t < 0 or t >= tok.vocab_size), None)
+        if bad is not None:
+            raise invalid(f"Token id {bad} is out of vocabulary", "prompt", bad)
+    return items, texts
+
+
+def _messages(body: dict[str, Any], tok: Tokenizer) -> list[int]:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise schema_error("messages", "Field required", messages)
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise schema_error(f"messages.{i}", "Input should be a valid message", m)
+    add_gen = body.get("add_generation_prompt", True) is not False
+    return tok.encode(render_chat(messages, add_generation_prompt=add_gen))
+
+
+def _tool_plan(body: dict[str, Any], seed: int) -> ToolPlan | None:
+    tools = body.get("tools")
+    if tools is None:
+        return None
+    if not isinstance(tools, list) or not tools:
+        raise invalid("tools cannot be an empty list", "tools", tools)
+    choice = body.get("tool_choice", "auto")
+    funcs = {}
+    for t in tools:
+        fn = t.get("function") if isinstance(t, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise schema_error("tools", "Each tool needs function.name", t)
+        funcs[fn["name"]] = fn
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name")
+        if name not in funcs:
+            raise invalid(f"Tool '{name}' has not been passed in `tools`.", "tool_choice", name)
+        fn, named = funcs[name], True
+    elif choice == "required":
+        fn, named = next(iter(funcs.values())), False
+    elif choice in ("auto", "none"):
+        return None
+    else:
+        raise invalid(f"Invalid tool_choice {choice!r}", "tool_choice", choice)
+    args = json_for_schema(fn.get("parameters") or {}, random.Random(seed))
+    return ToolPlan(fn["name"], json.dumps(args), named)
+
+
+def json_for_schema(schema: Any, rng: random.Random, depth: int = 0) -> Any:
+    """A deterministic value that satisfies a (simple) JSON schema."""
+    if not isinstance(schema, dict) or depth > 6:
+        return None
+    if schema.get("enum"):
+        return schema["enum"][0]
+    if "const" in schema:
+        return schema["const"]
+    kind = schema.get("type", "object")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object":
+        props = schema.get("properties") or {}
+        return {k: json_for_schema(v, rng, depth + 1) for k, v in props.items()}
+    if kind == "array":
+        return [json_for_schema(schema.get("items") or {}, rng, depth + 1)]
+    if kind == "integer":
+        return rng.randint(int(schema.get("minimum", 0)), int(schema.get("maximum", 100)))
+    if kind == "number":
+        return round(rng.uniform(float(schema.get("minimum", 0)), float(schema.get("maximum", 100))), 2)
+    if kind == "boolean":
+        return rng.random() < 0.5
+    if kind == "null":
+        return None
+    return rng.choice(["alpha", "bravo", "charlie", "delta", "echo"])
+
+
+def json_object_text(max_tokens: int, rng: random.Random) -> str:
+    """Valid JSON that fits in ``max_tokens`` of the built-in tokenizer (roughly)."""
+    words = ["model", "answer", "token", "value", "result", "cache", "batch"]
+    n = max(0, (max_tokens - 8) // 2)
+    text = " ".join(rng.choice(words) for _ in range(min(n, 200)))
+    return json.dumps({"result": text}) if max_tokens >= 8 else "{}"
+
+
+def parse(
+    body: dict[str, Any], *, chat: bool, served: list[str], tok: Tokenizer, max_model_len: int,
+    request_seed: int,
+) -> Work:
+    model = body.get("model")
+    if model is not None and model not in served:
+        raise VLLMError(404, f"The model `{model}` does not exist. Valid aliases: "
+                        f"{', '.join(served)}.", "NotFoundError", "model")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool) and stream is not None:
+        raise schema_error("stream", "Input should be a valid boolean", stream)
+    opts = body.get("stream_options")
+    if opts is not None and not stream:
+        raise invalid("Stream options can only be defined when `stream=True`.", "stream_options",
+                      opts)
+    if opts is not None and not isinstance(opts, dict):
+        raise schema_error("stream_options", "Input should be a valid dictionary", opts)
+    n = _int(body, "n", 1) or 0
+    if n < 1:
+        raise invalid(f"n must be at least 1, got {n}.", "n", n)
+    temperature = _float(body, "temperature", 1.0)
+    assert temperature is not None
+    if temperature < 0:
+        raise invalid(f"temperature must be non-negative, got {temperature}.", "temperature",
+                      temperature)
+    top_p = _float(body, "top_p", 1.0)
+    if top_p is not None and not 0 < top_p <= 1:
+        raise invalid(f"top_p must be in (0, 1], got {top_p}.", "top_p", top_p)
+    seed = _int(body, "seed", None)
+    min_tokens = _int(body, "min_tokens", 0) or 0
+    if min_tokens < 0:
+        raise invalid(f"min_tokens must be greater than or equal to 0, got {min_tokens}.",
+                      "min_tokens", min_tokens)
+    stop = _stop(body)
+    salt = body.get("cache_salt")
+    key = "max_completion_tokens" if chat and "max_completion_tokens" in body else "max_tokens"
+    requested = _int(body, key, None)
+    if requested is not None and requested > max_model_len:
+        raise invalid(f"{key}={requested} cannot be greater than max_model_len={max_model_len}. "
+                      "Please request fewer output tokens.", key, requested)
+    if requested is not None and requested < 1:
+        raise invalid(f"{key} must be at least 1, got {requested}.", key, requested)
+    if chat:
+        prompts, echo = [_messages(body, tok)], None
+        tool = _tool_plan(body, seed if seed is not None else request_seed)
+    else:
+        prompts, texts = _prompts(body, tok)
+        echo = texts if body.get("echo") else None
+        tool = None
+    rf = body.get("response_format")
+    json_mode = isinstance(rf, dict) and rf.get("type") in ("json_object", "json_schema")
+    specs = []
+    for ids in prompts:
+        plen = len(ids)
+        if plen >= max_model_len + (1 if plen == max_model_len else 0):
+            raise invalid(
+                f"This model's maximum context length is {max_model_len} tokens. However, your "
+                f"prompt contains {plen} input tokens, which exceeds this limit even without any "
+                "output tokens. Please reduce the length of the input prompt.",
+                "input_tokens", plen)
+        room = max_model_len - plen
+        if room < 1:
+            raise invalid("max_tokens must be at least 1, got 0.", "max_tokens", 0)
+        default = 16 if not chat else room
+        max_tokens = min(requested if requested is not None else default, room)
+        forced = None
+        if tool is not None:
+            forced = tool.arguments
+        elif json_mode:
+            schema = (rf.get("json_schema") or {}).get("schema") if isinstance(rf, dict) else None
+            rng = random.Random(seed if seed is not None else plen)
+            forced = (json.dumps(json_for_schema(schema, rng)) if schema
+                      else json_object_text(max_tokens, rng))
+        specs.append(SamplingSpec(
+            max_tokens=max_tokens, min_tokens=min(min_tokens, max_tokens),
+            ignore_eos=bool(body.get("ignore_eos", False)), stop=stop,
+            include_stop_str=bool(body.get("include_stop_str_in_output", False)),
+            seed=seed, temperature=temperature, forced_text=forced,
+        ))
+    return Work(
+        chat=chat, model=served[0], prompts=prompts, n=n, sampling=specs, stream=bool(stream),
+        include_usage=bool(opts and opts.get("include_usage")),
+        continuous_usage=bool(opts and opts.get("continuous_usage_stats")),
+        echo_prompts=echo, tool=tool, cache_salt=salt if isinstance(salt, str) else None,
+    )
