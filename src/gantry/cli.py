@@ -9,6 +9,9 @@ from typing import Annotated, NoReturn
 
 import typer
 
+from gantry.config import GatewayConfig, load_config, masked
+from gantry.errors import ConfigError, GantryError
+
 app = typer.Typer(
     name="gantry", add_completion=False, no_args_is_help=True,
     help="A production serving stack for vLLM.",
@@ -142,6 +145,60 @@ def _strip_cluster_args(argv: list[str]) -> list[str]:
     return out
 
 
+@app.command()
+def serve(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")] = None,
+    engine: Annotated[list[str] | None, typer.Option(
+        help="URL of an engine that already runs (repeatable); no config file needed.")] = None,
+    host: Annotated[str | None, typer.Option(help="Listen address.")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (one per core).")] = None,
+    policy: Annotated[str | None, typer.Option(
+        help="Routing: least_loaded, round_robin or session_affinity.")] = None,
+) -> None:
+    """Run the gateway (with no engines configured: two simulated engines)."""
+    from gantry.gateway.server import serve as run_gateway
+
+    cfg = _load(config, engine=engine, host=host, port=port, workers=workers, policy=policy)
+    try:
+        run_gateway(cfg)
+    except GantryError as exc:
+        fail(str(exc))
+
+
+def _load(path: Path | None, **flags: object) -> GatewayConfig:
+    overrides: dict[str, object] = {
+        k: v for k, v in flags.items() if k in ("host", "port", "workers") and v is not None
+    }
+    if flags.get("engine"):
+        overrides["engines"] = [{"url": u} for u in flags["engine"]]  # type: ignore[attr-defined]
+    if flags.get("policy"):
+        overrides["routing"] = {"policy": flags["policy"]}
+    try:
+        return load_config(path, overrides=overrides)
+    except ConfigError as exc:
+        fail(f"config: {exc}")
+
+
+@config_app.command("show")
+def config_show(
+    config: Annotated[Path | None, typer.Option("--config", "-c")] = None,
+) -> None:
+    """Print the effective configuration (secrets masked) as YAML."""
+    import yaml
+
+    cfg = _load(config)
+    typer.echo(yaml.safe_dump(masked(cfg), sort_keys=False))
+
+
+@config_app.command("check")
+def config_check(file: Path) -> None:
+    """Validate a config file; exit 0 if it is valid."""
+    cfg = _load(file)
+    where = f"{len(cfg.engines)} engine(s)" if cfg.engines else "embedded default"
+    typer.echo(f"{file}: ok ({where}, routing {cfg.routing.policy})")
+
+
 def main() -> None:
     try:
         app()
@@ -149,4 +206,4 @@ def main() -> None:
         sys.exit(130)
 
 
-__all__ = ["Path", "app", "main"]
+__all__ = ["app", "main"]

@@ -1,0 +1,200 @@
+"""Gateway configuration: frozen values, built once at the edge.
+
+Precedence (lowest to highest): defaults < YAML file < ``GANTRY_*`` environment
+variables (``__`` separates nesting: ``GANTRY_ROUTING__POLICY=round_robin``) < CLI
+flags. Validation happens once; every error is reported as one line.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from gantry.errors import ConfigError
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+class EngineSpec(BaseModel):
+    model_config = _FROZEN
+    url: str
+    name: str | None = None
+    models: tuple[str, ...] = ()  # empty: read from the engine's /v1/models
+    api_key: str | None = Field(default=None, repr=False)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("engine url must start with http:// or https://")
+        return v.rstrip("/")
+
+
+class RoutingConfig(BaseModel):
+    model_config = _FROZEN
+    policy: Literal["least_loaded", "round_robin", "session_affinity"] = "least_loaded"
+    session_header: str = "x-session-id"
+    affinity_load_factor: float = Field(default=1.25, ge=1.0)
+
+
+class HealthConfig(BaseModel):
+    model_config = _FROZEN
+    interval_s: float = Field(default=2.0, gt=0)
+    timeout_s: float = Field(default=2.0, gt=0)
+    failure_threshold: int = Field(default=2, ge=1)
+    success_threshold: int = Field(default=1, ge=1)
+    scrape_metrics: bool = True
+
+
+class TimeoutConfig(BaseModel):
+    model_config = _FROZEN
+    connect_s: float = Field(default=5.0, gt=0)
+    total_s: float = Field(default=60.0, gt=0)
+    stream_total_s: float = Field(default=300.0, gt=0)
+    keepalive_interval_s: float = Field(default=15.0, ge=0)  # SSE comments before 1st token
+    retries: int = Field(default=2, ge=0, le=10)
+
+
+class LimitsConfig(BaseModel):
+    model_config = _FROZEN
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
+
+
+class LoggingConfig(BaseModel):
+    model_config = _FROZEN
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    json_format: bool = Field(default=True, alias="json")
+    log_content: bool = False  # prompt/completion text in logs: off unless debugging
+
+
+class EmbeddedConfig(BaseModel):
+    """Simulated engines started when no engine is configured."""
+
+    model_config = _FROZEN
+    engines: int = Field(default=2, ge=1, le=16)
+    model: str = "qwen2.5-1.5b-instruct"
+    gpu: str = "L4"
+    served_model_name: str = "qwen2.5-1.5b-instruct"
+    profile: Literal["realistic", "instant"] = "realistic"
+    speedup: float = Field(default=1.0, gt=0)
+    extra_args: tuple[str, ...] = ()
+
+
+class TracingConfig(BaseModel):
+    model_config = _FROZEN
+    enabled: bool = False
+    service_name: str = "gantry"
+    exporter: Literal["console", "otlp", "none"] = "none"
+
+
+class GatewayConfig(BaseModel):
+    model_config = _FROZEN
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    engines: tuple[EngineSpec, ...] = ()
+    aliases: dict[str, str] = Field(default_factory=dict)
+    routing: RoutingConfig = RoutingConfig()
+    health: HealthConfig = HealthConfig()
+    timeouts: TimeoutConfig = TimeoutConfig()
+    limits: LimitsConfig = LimitsConfig()
+    logging: LoggingConfig = LoggingConfig()
+    embedded: EmbeddedConfig = EmbeddedConfig()
+    tracing: TracingConfig = TracingConfig()
+    metrics_public: bool = True
+    readyz_public: bool = True
+
+    @property
+    def is_embedded(self) -> bool:
+        return not self.engines
+
+
+_SECRET_KEYS = {"api_key", "password", "secret", "token"}
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, raw in env.items():
+        if not key.startswith("GANTRY_") or key == "GANTRY_CONFIG":
+            continue
+        path = key[len("GANTRY_") :].lower().split("__")
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        try:
+            node[path[-1]] = yaml.safe_load(raw) if raw else raw
+        except yaml.YAMLError:
+            node[path[-1]] = raw
+    return out
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _one_line(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "config"
+    extra = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    value = err.get("input")
+    shown = f" (got {value!r})" if not isinstance(value, dict | list) else ""
+    return f"{loc}: {err['msg']}{shown}{extra}"
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file {p}{where}: not valid YAML") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p}: top level must be a mapping")
+    return data
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> GatewayConfig:
+    """Build the configuration once; raises ConfigError with a one-line message."""
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    path = path or env.get("GANTRY_CONFIG")
+    if path:
+        data = read_yaml(path)
+    data = _merge(data, _env_overrides(env))
+    data = _merge(data, {k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None
+
+
+def masked(cfg: GatewayConfig) -> dict[str, Any]:
+    """The configuration as plain data with secrets replaced by ``***``."""
+
+    def walk(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: ("***" if k in _SECRET_KEYS and x else walk(x)) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [walk(x) for x in v]
+        return v
+
+    return walk(cfg.model_dump(mode="json", by_alias=True))  # type: ignore[no-any-return]

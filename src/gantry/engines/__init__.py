@@ -1,0 +1,22 @@
+"""Engines: the transport seam, the pool with health probes and load scrape."""
+
+from gantry.engines.health import HealthState, mark_down, observe
+from gantry.engines.pool import EnginePool
+from gantry.engines.scrape import EngineLoad, parse_metrics
+from gantry.engines.transport import EngineRequest, EngineResponse, EngineTransport, HTTPTransport
+from gantry.routing.snapshot import EngineView, PoolSnapshot
+
+__all__ = [
+    "EngineLoad",
+    "EnginePool",
+    "EngineRequest",
+    "EngineResponse",
+    "EngineTransport",
+    "EngineView",
+    "HTTPTransport",
+    "HealthState",
+    "PoolSnapshot",
+    "mark_down",
+    "observe",
+    "parse_metrics",
+]

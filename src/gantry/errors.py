@@ -1,0 +1,140 @@
+"""gantry's one error hierarchy. Code raises these; the API layer turns them into
+OpenAI error JSON through ``GantryError.response()`` (built with
+``gantry.protocol.error_body``, the only place the envelope is made)::
+
+    GantryError                      500 server_error
+    ├── ClientError                  400 invalid_request_error
+    │   ├── UnsupportedMediaType     415
+    │   ├── PayloadTooLarge          413
+    │   ├── ModelNotFound            404 (code model_not_found)
+    │   ├── NotFound                 404 (unknown route)
+    │   ├── MethodNotAllowed         405
+    │   ├── AuthenticationError      401
+    │   └── RateLimited              429 (+ Retry-After)
+    ├── ServiceUnavailable           503 (+ Retry-After): no healthy engine, draining
+    ├── ConfigError                  a setting that cannot work (CLI: one line, exit 2)
+    └── EngineError                  talking to an engine went wrong
+        ├── RetryableEngineError     502/503/504: connect failure, timeout, engine 5xx/429
+        └── EngineRejected           the engine answered 4xx: its status and body pass through
+"""
+
+from __future__ import annotations
+
+from gantry.protocol import error_bytes
+
+
+class GantryError(Exception):
+    status = 500
+    type = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.retry_after = retry_after
+
+    def body(self) -> bytes:
+        return error_bytes(self.message, self.type, param=self.param, code=self.code)
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        if self.retry_after is None:
+            return []
+        return [(b"retry-after", str(max(1, round(self.retry_after))).encode())]
+
+
+class ClientError(GantryError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class UnsupportedMediaType(ClientError):
+    status = 415
+
+
+class PayloadTooLarge(ClientError):
+    status = 413
+
+
+class ModelNotFound(ClientError):
+    status = 404
+    code = "model_not_found"
+
+
+class NotFound(ClientError):
+    status = 404
+    type = "not_found_error"
+
+
+class MethodNotAllowed(ClientError):
+    status = 405
+
+
+class AuthenticationError(ClientError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class RateLimited(ClientError):
+    status = 429
+    type = "rate_limit_error"
+
+
+class ServiceUnavailable(GantryError):
+    status = 503
+    type = "service_unavailable"
+
+
+class ConfigError(GantryError):
+    """Invalid configuration; shown as one line at start-up."""
+
+
+class EngineError(GantryError):
+    status = 502
+    type = "upstream_error"
+
+    def __init__(self, message: str, *, engine: str = "", **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.engine = engine
+
+
+class RetryableEngineError(EngineError):
+    """Safe to try on another engine (nothing reached the client yet)."""
+
+
+class EngineTimeout(RetryableEngineError):
+    status = 504
+    type = "timeout_error"
+
+
+class EngineRejected(EngineError):
+    """The engine refused the request (4xx); relayed to the client as it came."""
+
+    def __init__(self, status: int, body: bytes, *, engine: str = "") -> None:
+        super().__init__(f"engine rejected the request with {status}", engine=engine)
+        self.status = status
+        self._body = body
+
+    def body(self) -> bytes:
+        return self._body
+
+
+__all__ = [
+    "AuthenticationError",
+    "ClientError",
+    "ConfigError",
+    "EngineError",
+    "EngineRejected",
+    "EngineTimeout",
+    "GantryError",
+    "MethodNotAllowed",
+    "ModelNotFound",
+    "NotFound",
+    "PayloadTooLarge",
+    "RateLimited",
+    "RetryableEngineError",
+    "ServiceUnavailable",
+    "UnsupportedMediaType",
+]

@@ -1,0 +1,364 @@
+"""The gateway ASGI app: one visible place where the request path is assembled.
+
+Order for each request: request id -> error handling (outermost) -> route ->
+parse/validate once -> choose an engine and dispatch -> relay -> account.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from gantry import __version__
+from gantry.config import GatewayConfig
+from gantry.engines.pool import EnginePool
+from gantry.errors import (
+    ClientError,
+    EngineRejected,
+    GantryError,
+    MethodNotAllowed,
+    ModelNotFound,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+from gantry.gateway.dispatch import Dispatcher
+from gantry.gateway.openapi import openapi_document
+from gantry.gateway.relay import StreamStats, error_event, relay
+from gantry.observability import GatewayMetrics, Tracer, request_logger
+from gantry.protocol import (
+    ENDPOINT_CHAT,
+    ENDPOINT_COMPLETIONS,
+    ENDPOINT_EMBEDDINGS,
+    encode_done,
+    BodyTooLarge,
+    ClientGone,
+    Receive,
+    RequestShapeError,
+    Scope,
+    Send,
+    header,
+    inspect_request,
+    read_body,
+    respond,
+    start_stream,
+    stream_chunk,
+)
+from gantry.routing import RouteRequest, make_policy
+
+log = logging.getLogger("gantry.gateway")
+Handler = Callable[[Scope, Receive, Send, "Ctx"], Awaitable[None]]
+# Request headers passed on to engines (besides content-type and the request id).
+_FORWARD = (b"traceparent", b"tracestate", b"x-session-id", b"x-data-parallel-rank",
+            b"x-vllm-priority")
+
+
+class Ctx:
+    """Per-request context: id, response headers, and whether the response started."""
+
+    __slots__ = ("finished", "headers", "rid", "started", "status", "t0")
+
+    def __init__(self, rid: str) -> None:
+        self.rid = rid
+        self.headers = [(b"x-request-id", rid.encode())]
+        self.started = False
+        self.finished = False  # the last byte is being sent: a disconnect now is normal
+        self.status = 0
+        self.t0 = time.perf_counter()
+
+
+class GatewayApp:
+    def __init__(self, cfg: GatewayConfig, pool: EnginePool, *,
+                 metrics: GatewayMetrics | None = None) -> None:
+        self.cfg = cfg
+        self.pool = pool
+        self.metrics = metrics or GatewayMetrics()
+        self.tracer = Tracer(cfg.tracing)
+        self.reqlog = request_logger()
+        self.dispatcher = Dispatcher(
+            pool, make_policy(cfg.routing.policy, load_factor=cfg.routing.affinity_load_factor),
+            cfg.routing.policy, self.metrics, retries=cfg.timeouts.retries,
+            connect_timeout=cfg.timeouts.connect_s,
+        )
+        self.pool.listeners.append(self.metrics.on_snapshot)
+        self.ready = True  # false while draining
+        self._session_header = cfg.routing.session_header.lower().encode()
+        self._openapi = orjson.dumps(openapi_document(__version__))
+        self._routes: dict[str, dict[str, Handler]] = {
+            "/health": {"GET": self._health},
+            "/readyz": {"GET": self._readyz},
+            "/metrics": {"GET": self._metrics},
+            "/v1/models": {"GET": self._models},
+            "/openapi.json": {"GET": self._openapi_json},
+            ENDPOINT_CHAT: {"POST": self._generation(ENDPOINT_CHAT)},
+            ENDPOINT_COMPLETIONS: {"POST": self._generation(ENDPOINT_COMPLETIONS)},
+            ENDPOINT_EMBEDDINGS: {"POST": self._generation(ENDPOINT_EMBEDDINGS)},
+            "/tokenize": {"POST": self._generation("/tokenize")},
+            "/detokenize": {"POST": self._generation("/detokenize")},
+        }
+
+    # -- ASGI entry: error handling is the outermost layer -------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        ctx = Ctx(header(scope, b"x-request-id") or uuid.uuid4().hex)
+        try:
+            methods = self._routes.get(scope["path"])
+            if methods is None:
+                raise NotFound(f"Unknown path {scope['path']}")
+            handler = methods.get(scope["method"])
+            if handler is None:
+                raise MethodNotAllowed(f"Method {scope['method']} not allowed on {scope['path']}")
+            await handler(scope, receive, send, ctx)
+        except GantryError as err:
+            if not ctx.started:
+                ctx.status = err.status
+                await respond(send, err.status, err.body(), headers=ctx.headers + err.headers())
+        except ClientGone:
+            return
+        except Exception:
+            log.exception("unhandled error for request %s", ctx.rid)
+            if not ctx.started:
+                err = GantryError("The gateway had an internal error.")
+                await respond(send, 500, err.body(), headers=ctx.headers)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                try:
+                    await self.pool.__aenter__()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif msg["type"] == "lifespan.shutdown":
+                self.ready = False
+                await self.pool.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # -- health and metadata --------------------------------------------------------------
+    async def _health(self, scope: Scope, receive: Receive, send: Send, ctx: Ctx) -> None:
+        await respond(send, 200, b'{"status":"ok"}', headers=ctx.headers)
+
+    def readiness(self) -> tuple[bool, list[str]]:
+        reasons = []
+        if not self.ready:
+            reasons.append("draining")
+        snap = self.pool.snapshot
+        wanted = {m for e in snap.engines for m in e.models} or {"(any)"}
+        for model in sorted(wanted):
+            if not snap.healthy_for(model):
+                bad = [f"{e.name}: {e.reason or 'unhealthy'}" for e in snap.by_model.get(model, ())]
+                reasons.append(f"model {model}: no healthy engine ({'; '.join(bad) or 'none'})")
+        return not reasons, reasons
+
+    async def _readyz(self, scope: Scope, receive: Receive, send: Send, ctx: Ctx) -> None:
+        ok, reasons = self.readiness()
+        body = orjson.dumps({"ready": ok, "reasons": reasons})
+        await respond(send, 200 if ok else 503, body, headers=ctx.headers)
+
+    async def _metrics(self, scope: Scope, receive: Receive, send: Send, ctx: Ctx) -> None:
+        await respond(send, 200, self.metrics.render(),
+                      b"text/plain; version=0.0.4; charset=utf-8", headers=ctx.headers)
+
+    async def _openapi_json(self, scope: Scope, receive: Receive, send: Send, ctx: Ctx) -> None:
+        await respond(send, 200, self._openapi, headers=ctx.headers)
+
+    async def _models(self, scope: Scope, receive: Receive, send: Send, ctx: Ctx) -> None:
+        snap = self.pool.snapshot
+        now = int(time.time())
+        cards: list[dict[str, Any]] = []
+        for model, engines in sorted(snap.by_model.items()):
+            lens = [e.max_model_len for e in engines if e.max_model_len]
+            cards.append({"id": model, "object": "model", "created": now, "owned_by": "gantry",
+                          "root": model, "parent": None,
+                          "max_model_len": min(lens) if lens else None})
+        for alias, target in sorted(self.cfg.aliases.items()):
+            if target in snap.by_model:
+                cards.append({"id": alias, "object": "model", "created": now,
+                              "owned_by": "gantry", "root": target, "parent": target})
+        await respond(send, 200, orjson.dumps({"object": "list", "data": cards}),
+                      headers=ctx.headers)
+
+    # -- generation -----------------------------------------------------------------------
+    def _generation(self, endpoint: str) -> Handler:
+        async def handler(scope: Scope, receive: Receive, send: Send, ctx: Ctx) -> None:
+            await self._generate(endpoint, scope, receive, send, ctx)
+
+        return handler
+
+    async def _read_json(self, scope: Scope, receive: Receive) -> tuple[bytes, Any]:
+        ctype = header(scope, b"content-type") or ""
+        if ctype.split(";", 1)[0].strip().lower() != "application/json":
+            raise UnsupportedMediaType(
+                f"Content-Type must be application/json, got {ctype or 'nothing'}.")
+        try:
+            raw = await read_body(receive, self.cfg.limits.max_body_bytes)
+        except BodyTooLarge:
+            raise PayloadTooLarge(
+                f"Request body is larger than {self.cfg.limits.max_body_bytes} bytes.") from None
+        try:
+            return raw, orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise ClientError(f"Request body is not valid JSON: {exc}", param="body") from None
+
+    async def _generate(
+        self, endpoint: str, scope: Scope, receive: Receive, send: Send, ctx: Ctx
+    ) -> None:
+        raw, body = await self._read_json(scope, receive)
+        try:
+            info = inspect_request(endpoint, body) if endpoint.startswith("/v1") else None
+        except RequestShapeError as exc:
+            raise ClientError(exc.message, param=exc.param) from None
+        requested = (info.model if info else body.get("model")) if isinstance(body, dict) else None
+        snap = self.pool.snapshot
+        if not requested:
+            if endpoint.startswith("/v1") or len(snap.by_model) != 1:
+                raise ClientError("You must provide a model parameter.", param="model")
+            requested = next(iter(snap.by_model))
+        model = self.cfg.aliases.get(requested, requested)
+        if model not in snap.by_model:
+            raise ModelNotFound(f"The model '{requested}' does not exist.", param="model")
+        stream = bool(info and info.stream)
+        if model != requested or (stream and not info.include_usage):  # type: ignore[union-attr]
+            body["model"] = model
+            if stream:
+                body["stream_options"] = {**(body.get("stream_options") or {}),
+                                          "include_usage": True}
+            raw = orjson.dumps(body)
+        headers = {"content-type": "application/json", "x-request-id": ctx.rid}
+        for name in _FORWARD:
+            v = header(scope, name)
+            if v is not None:
+                headers[name.decode()] = v
+        session = header(scope, self._session_header) or (info.user if info else None)
+        route = RouteRequest(model=model, session=session)
+        self.tracer.inject(headers)
+        t = self.cfg.timeouts
+        self.metrics.active.labels(model).inc()
+        gone = asyncio.Event()
+        watcher = asyncio.ensure_future(_watch(receive, gone, ctx))
+        engine = "-"
+        stats = StreamStats()
+        try:
+            attempt = await self.dispatcher.send(
+                route, endpoint, raw, headers,
+                first_byte_timeout=t.stream_total_s if stream else t.total_s,
+            )
+            engine = attempt.engine
+            watcher.add_done_callback(lambda _: attempt.response.close())
+            try:
+                if stream:
+                    await self._stream(send, ctx, attempt.response, stats, info, model, gone)
+                else:
+                    await self._unary(send, ctx, attempt.response, stats, requested, model, gone)
+            finally:
+                attempt.response.close()
+                self.dispatcher.done(engine)
+        except EngineRejected as err:
+            engine = err.engine
+            ctx.status = err.status
+            ctx.finished = True
+            await respond(send, err.status, err.body(), headers=ctx.headers)
+        except GantryError as err:
+            ctx.status = err.status
+            raise
+        finally:
+            watcher.cancel()
+            self.metrics.active.labels(model).dec()
+            self._account(endpoint, model, engine, ctx, stats, gone.is_set())
+
+    async def _unary(self, send: Send, ctx: Ctx, resp: Any, stats: StreamStats,
+                     requested: str, model: str, gone: asyncio.Event) -> None:
+        try:
+            data = await asyncio.wait_for(resp.read(), self.cfg.timeouts.total_s)
+        except Exception:
+            if gone.is_set():
+                return
+            raise
+        status = resp.status
+        try:
+            parsed = orjson.loads(data)
+            usage = parsed.get("usage") or {}
+            stats.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            stats.completion_tokens = int(usage.get("completion_tokens") or 0)
+            stats.cached_tokens = int((usage.get("prompt_tokens_details") or {}).get(
+                "cached_tokens") or 0)
+            if requested != model and parsed.get("model") == model:
+                parsed["model"] = requested
+                data = orjson.dumps(parsed)
+        except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+            pass
+        ctx.status = status
+        ctx.finished = True
+        await respond(send, status, data, headers=ctx.headers)
+
+    async def _stream(self, send: Send, ctx: Ctx, resp: Any, stats: StreamStats, info: Any,
+                      model: str, gone: asyncio.Event) -> None:
+        ctx.status = resp.status
+        await start_stream(send, resp.status, ctx.headers)
+        ctx.started = True
+        t = self.cfg.timeouts
+        itl = self.metrics.itl.labels(model)
+
+        async def write(data: bytes) -> None:
+            await stream_chunk(send, data)
+
+        try:
+            await relay(resp.iter_chunks(), write, stats, pass_usage=info.include_usage,
+                        keepalive_s=t.keepalive_interval_s, idle_timeout_s=t.stream_total_s,
+                        itl_observe=itl.observe)
+        except Exception as exc:
+            if gone.is_set():
+                return
+            stats.error = f"upstream failed mid-stream: {type(exc).__name__}"
+            await write(error_event(stats.error) + encode_done())
+        ctx.finished = True
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def _account(self, endpoint: str, model: str, engine: str, ctx: Ctx, stats: StreamStats,
+                 disconnected: bool) -> None:
+        m = self.metrics
+        dur = time.perf_counter() - ctx.t0
+        status = 499 if disconnected else ctx.status
+        m.requests.labels(model, endpoint, str(status)).inc()
+        m.duration.labels(model, endpoint).observe(dur)
+        if stats.first_token_at is not None:
+            m.ttft.labels(model).observe(stats.first_token_at - ctx.t0)
+        if stats.prompt_tokens:
+            m.tokens.labels(model, "prompt").inc(stats.prompt_tokens)
+            m.tokens.labels(model, "completion").inc(stats.completion_tokens)
+            if stats.cached_tokens:
+                m.tokens.labels(model, "cached").inc(stats.cached_tokens)
+        if disconnected:
+            m.disconnects.labels(model).inc()
+        self.reqlog.info(
+            "request", request_id=ctx.rid, endpoint=endpoint, model=model, engine=engine,
+            status=status, latency_ms=round(dur * 1000, 2),
+            prompt_tokens=stats.prompt_tokens, completion_tokens=stats.completion_tokens,
+            cached_tokens=stats.cached_tokens, error=stats.error,
+        )
+
+
+async def _watch(receive: Receive, gone: asyncio.Event, ctx: Ctx) -> None:
+    """Wait for the client to disconnect before the response completes."""
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            if not ctx.finished:
+                gone.set()
+            return
+
+
+__all__ = ["GatewayApp"]

@@ -1,0 +1,106 @@
+"""The gateway's own Prometheus metrics (``gantry_`` prefix; ``vllm:`` is the engines').
+
+With ``--workers N`` the process runs in prometheus_client's multiprocess mode
+(``PROMETHEUS_MULTIPROC_DIR`` set before any worker starts), so ``/metrics`` on any
+worker reports the sum over all workers.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+from gantry.routing.snapshot import PoolSnapshot
+
+LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+TTFT = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 10, 20)
+ITL = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5)
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = reg = CollectorRegistry(auto_describe=True)
+        self._multiproc = multiprocess_dir() is not None
+        self.requests = Counter(
+            "gantry_requests", "Requests answered, by model, endpoint and status.",
+            ["model", "endpoint", "status"], registry=reg,
+        )
+        self.duration = Histogram(
+            "gantry_request_duration_seconds", "Request duration, arrival to last byte.",
+            ["model", "endpoint"], buckets=LATENCY, registry=reg,
+        )
+        self.ttft = Histogram(
+            "gantry_time_to_first_token_seconds", "Arrival to the first token sent.",
+            ["model"], buckets=TTFT, registry=reg,
+        )
+        self.itl = Histogram(
+            "gantry_inter_token_latency_seconds", "Gap between streamed chunks.",
+            ["model"], buckets=ITL, registry=reg,
+        )
+        self.tokens = Counter(
+            "gantry_tokens", "Tokens by model and kind (prompt, completion, cached).",
+            ["model", "kind"], registry=reg,
+        )
+        self.active = Gauge(
+            "gantry_active_requests", "Requests in flight in the gateway.", ["model"],
+            registry=reg, multiprocess_mode="livesum",
+        )
+        self.engine_up = Gauge(
+            "gantry_engine_up", "1 when the engine passes health checks.", ["engine"],
+            registry=reg, multiprocess_mode="max",
+        )
+        self.engine_running = Gauge(
+            "gantry_engine_requests_running", "Engine's running requests (scraped).",
+            ["engine"], registry=reg, multiprocess_mode="max",
+        )
+        self.engine_waiting = Gauge(
+            "gantry_engine_requests_waiting", "Engine's waiting requests (scraped).",
+            ["engine"], registry=reg, multiprocess_mode="max",
+        )
+        self.engine_kv = Gauge(
+            "gantry_engine_kv_cache_usage", "Engine's KV-cache usage, 0..1 (scraped).",
+            ["engine"], registry=reg, multiprocess_mode="max",
+        )
+        self.routed = Counter(
+            "gantry_routing_decisions", "Requests routed, by engine and policy.",
+            ["engine", "policy"], registry=reg,
+        )
+        self.retries = Counter(
+            "gantry_upstream_retries", "Requests retried on another engine before the first "
+            "byte.", ["engine", "reason"], registry=reg,
+        )
+        self.upstream_errors = Counter(
+            "gantry_upstream_errors", "Failures talking to engines.", ["engine", "kind"],
+            registry=reg,
+        )
+        self.disconnects = Counter(
+            "gantry_client_disconnects", "Clients that went away before the end; the "
+            "upstream request was cancelled.", ["model"], registry=reg,
+        )
+
+    def on_snapshot(self, snap: PoolSnapshot) -> None:
+        for e in snap.engines:
+            self.engine_up.labels(e.name).set(1 if e.healthy else 0)
+            self.engine_running.labels(e.name).set(e.running)
+            self.engine_waiting.labels(e.name).set(e.waiting)
+            if e.kv_usage is not None:
+                self.engine_kv.labels(e.name).set(e.kv_usage)
+
+    def render(self) -> bytes:
+        if self._multiproc:
+            reg = CollectorRegistry()
+            multiprocess.MultiProcessCollector(reg)
+            return generate_latest(reg)
+        return generate_latest(self.registry)

@@ -1,0 +1,24 @@
+"""Routing: pure policies that pick an engine from a pool snapshot."""
+
+from gantry.routing.policies import (
+    Policy,
+    RoundRobin,
+    RouteRequest,
+    SessionAffinity,
+    least_loaded,
+    load_of,
+    make_policy,
+)
+from gantry.routing.snapshot import EngineView, PoolSnapshot
+
+__all__ = [
+    "EngineView",
+    "Policy",
+    "PoolSnapshot",
+    "RoundRobin",
+    "RouteRequest",
+    "SessionAffinity",
+    "least_loaded",
+    "load_of",
+    "make_policy",
+]

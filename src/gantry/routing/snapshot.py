@@ -1,0 +1,48 @@
+"""The pool snapshot routing reads: immutable, rebuilt and swapped whole."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+
+@dataclass(frozen=True, slots=True)
+class EngineView:
+    name: str
+    url: str
+    models: tuple[str, ...]
+    healthy: bool
+    reason: str = ""
+    running: float = 0.0
+    waiting: float = 0.0
+    kv_usage: float | None = None
+    prefix_queries: float | None = None
+    prefix_hits: float | None = None
+    max_model_len: int | None = None
+    has_metrics: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSnapshot:
+    version: int
+    engines: tuple[EngineView, ...]
+    by_model: Mapping[str, tuple[EngineView, ...]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+
+    @classmethod
+    def build(cls, version: int, engines: tuple[EngineView, ...]) -> PoolSnapshot:
+        idx: dict[str, list[EngineView]] = {}
+        for e in engines:
+            for m in e.models:
+                idx.setdefault(m, []).append(e)
+        return cls(version, engines, MappingProxyType({k: tuple(v) for k, v in idx.items()}))
+
+    def healthy_for(self, model: str) -> tuple[EngineView, ...]:
+        return tuple(e for e in self.by_model.get(model, ()) if e.healthy)
+
+    def models(self) -> list[str]:
+        return sorted(self.by_model)
+
+
