@@ -41,6 +41,7 @@ class _Member:
     models: tuple[str, ...] = ()
     max_model_len: int | None = None
     has_metrics: bool = True
+    discovered: bool = False
 
 
 TransportFactory = Callable[[EngineSpec], EngineTransport]
@@ -151,7 +152,7 @@ class EnginePool:
             status, _ = await self._get(m, "/health")
             ok = status == 200
             reason = "" if ok else f"/health returned {status}"
-            if ok and not m.models:
+            if ok and not m.discovered:
                 ok, reason = await self._discover(m)
         except (GantryError, TimeoutError, OSError) as exc:
             reason = str(exc) or type(exc).__name__
@@ -167,14 +168,23 @@ class EnginePool:
     async def _discover(self, m: _Member) -> tuple[bool, str]:
         status, body = await self._get(m, "/v1/models")
         if status != 200:
+            if m.spec.models:
+                m.discovered = True
+                return True, ""
             return False, f"/v1/models returned {status}"
         try:
             data = orjson.loads(body)["data"]
-            m.models = tuple(str(c["id"]) for c in data)
+            served = tuple(str(c["id"]) for c in data)
             lens = [c.get("max_model_len") for c in data if c.get("max_model_len")]
             m.max_model_len = int(lens[0]) if lens else None
         except (ValueError, KeyError, TypeError):
+            if m.spec.models:  # configured names: discovery is only a nicety
+                m.discovered = True
+                return True, ""
             return False, "/v1/models answered something unreadable"
+        if not m.spec.models:
+            m.models = served
+        m.discovered = True
         log.info("engine %s serves %s", m.name, ", ".join(m.models))
         return True, ""
 

@@ -68,7 +68,9 @@ class FaultConfig:
             setattr(self, key, cast)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["error_rate"] = {str(k): v for k, v in self.error_rate.items()}
+        return d
 
     @property
     def active(self) -> bool:

@@ -71,7 +71,10 @@ def run_cluster(argv: list[str], engines: int, base_port: int, kv_events: str | 
     signal.signal(signal.SIGTERM, forward)
     code = 0
     for p in procs:
-        code = max(code, abs(p.wait()))
+        rc = p.wait()
+        # uvicorn re-raises the signal it shut down on: dying by it is a clean stop.
+        if rc not in (0, -signal.SIGTERM, -signal.SIGINT):
+            code = max(code, abs(rc))
     return code
 
 

@@ -191,12 +191,21 @@ def json_for_schema(schema: Any, rng: random.Random, depth: int = 0) -> Any:
     return rng.choice(["alpha", "bravo", "charlie", "delta", "echo"])
 
 
-def json_object_text(max_tokens: int, rng: random.Random) -> str:
-    """Valid JSON that fits in ``max_tokens`` of the built-in tokenizer (roughly)."""
+def json_object_text(max_tokens: int, rng: random.Random, tok: Tokenizer) -> str:
+    """Valid JSON that fits in ``max_tokens`` of ``tok`` (the output always closes)."""
     words = ["model", "answer", "token", "value", "result", "cache", "batch"]
-    n = max(0, (max_tokens - 8) // 2)
-    text = " ".join(rng.choice(words) for _ in range(min(n, 200)))
-    return json.dumps({"result": text}) if max_tokens >= 8 else "{}"
+    budget = max_tokens - len(tok.encode('{"result": ""}', allow_special=False))
+    if budget < 0:
+        return "{}"
+    chosen: list[str] = []
+    while len(chosen) < 200:
+        w = rng.choice(words)
+        cost = len(tok.encode((" " if chosen else "") + w, allow_special=False))
+        if cost > budget:
+            break
+        budget -= cost
+        chosen.append(w)
+    return json.dumps({"result": " ".join(chosen)})
 
 
 def parse(
@@ -271,7 +280,7 @@ def parse(
             schema = (rf.get("json_schema") or {}).get("schema") if isinstance(rf, dict) else None
             rng = random.Random(seed if seed is not None else plen)
             forced = (json.dumps(json_for_schema(schema, rng)) if schema
-                      else json_object_text(max_tokens, rng))
+                      else json_object_text(max_tokens, rng, tok))
         specs.append(SamplingSpec(
             max_tokens=max_tokens, min_tokens=min(min_tokens, max_tokens),
             ignore_eos=bool(body.get("ignore_eos", False)), stop=stop,

@@ -1,0 +1,105 @@
+"""Start real servers (simulator, gateway) as subprocesses on loopback ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None,
+              path: str = "/health") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited early with {proc.returncode}")
+        try:
+            if httpx.get(url + path, timeout=0.5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} did not come up")
+
+
+class Proc:
+    def __init__(self, proc: subprocess.Popen[bytes], url: str, port: int, log: Path) -> None:
+        self.proc, self.url, self.port, self.log = proc, url, port, log
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def gantry_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "gantry", *args]
+
+
+@contextmanager
+def run_proc(args: list[str], port: int, tmp: Path, *, health: str = "/health",
+             env: dict[str, str] | None = None, wait: bool = True,
+             timeout: float = 40.0) -> Iterator[Proc]:
+    log = tmp / f"proc-{port}.log"
+    full_env = {**os.environ, **(env or {})}
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, env=full_env,
+                                stdin=subprocess.DEVNULL)
+    p = Proc(proc, f"http://127.0.0.1:{port}", port, log)
+    try:
+        if wait:
+            wait_http(p.url, timeout, proc, health)
+        yield p
+    finally:
+        p.stop()
+
+
+@contextmanager
+def sim(tmp: Path, *extra: str, port: int | None = None, **kw: object) -> Iterator[Proc]:
+    port = port or free_port()
+    with run_proc(gantry_cmd("sim", "--port", str(port), *extra), port, tmp, **kw) as p:  # type: ignore[arg-type]
+        yield p
+
+
+@contextmanager
+def gateway(tmp: Path, *extra: str, port: int | None = None, **kw: object) -> Iterator[Proc]:
+    port = port or free_port()
+    args = gantry_cmd("serve", "--port", str(port), *extra)
+    with run_proc(args, port, tmp, health="/readyz", **kw) as p:  # type: ignore[arg-type]
+        yield p
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                total += s.value
+    return total
