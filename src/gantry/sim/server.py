@@ -354,6 +354,8 @@ class SimServer:
             self.metrics.faults.labels(kind="crash").inc()
             os.kill(os.getpid(), signal.SIGKILL)
         decision = decide(f, self._rng) if f.active else None
+        if work.stream and (decision is None or decision.action is not Action.ERROR):
+            await start_stream(send)  # vLLM sends headers before the first token
         if decision is not None:
             if decision.delay_s:
                 self.metrics.faults.labels(kind="latency").inc()
@@ -437,7 +439,6 @@ class SimServer:
     ) -> None:
         w = ChunkWriter(chat=work.chat, rid=rid, created=int(time.time()), model=work.model,
                         fingerprint=self.r.fingerprint)
-        await start_stream(send)
         prompt_len = {s.req.index: len(s.req.prompt_token_ids) for s in streams}
         counts = {s.req.index: 0 for s in streams}
         tool_ids = {s.req.index: tool_call_id() for s in streams} if work.tool else {}
