@@ -20,7 +20,7 @@ from gantry.sim.metrics import SimMetrics
 from gantry.sim.scheduler import ScheduledStep, Scheduler, SchedulerConfig
 from gantry.sim.sequence import SimRequest, Status, StepOutput
 
-_MAX_LAG_S = 0.05  # catch up at most this much lost wall-clock time
+_MAX_LAG_S = 0.25  # catch up at most this much lost wall-clock time
 
 
 class EngineState(enum.Enum):
@@ -142,25 +142,26 @@ class SimEngine:
         virtual = loop.time()
         speed = max(self.config.speedup, 1e-9)
         m = self.metrics
+        prev: tuple[float, float] | None = None  # (start, modelled dt) of the last busy step
         while True:
             if not self.scheduler.has_work:
                 self._wake.clear()
+                prev = None
                 await self._wake.wait()
                 virtual = loop.time()
             start = loop.time()
+            if prev is not None:
+                # Step period = start-to-start of back-to-back steps (delivery included).
+                m.step_model_l.inc(prev[1])
+                m.step_wall_l.inc(start - prev[0])
             step = self.scheduler.schedule()
             dt = self.latency.step_time(step.shape()) * self.slowdown / speed
             outputs = self.scheduler.complete(step)
             virtual = max(virtual + dt, start + dt - _MAX_LAG_S)
             delay = virtual - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            else:
-                await asyncio.sleep(0)
-            end = loop.time()
-            m.step_model_l.inc(dt)
-            m.step_wall_l.inc(end - start)
+            await asyncio.sleep(delay if delay > 0 else 0)
             m.steps.inc()
+            prev = (start, dt)
             self._account(step, outputs, time.monotonic())
 
     def _account(

@@ -2,13 +2,17 @@
 
 One engine step runs every scheduled token through the model once::
 
-    t_step = max(t_compute, t_memory) + overhead
+    t_step = max(t_compute, t_memory, t_cpu) + overhead
     t_compute = (2 * active_params * tokens + attention_flops) / (TP * peak_flops * mfu)
     t_memory  = (weight_bytes + kv_bytes_read) / (TP * hbm_bw * bw_eff)
+    t_cpu     = cpu_per_seq * sequences_in_step   (API server and scheduler work per output,
+                                                   overlapped with the GPU by async scheduling)
     attention_flops = 4 * layers * heads * head_dim * sum(tokens_i * context_i)
 
 Decode steps are memory-bound (weights are streamed once per step, whatever the
-batch), prefill chunks compute-bound. See docs/simulator.md for the sources.
+batch), prefill chunks compute-bound, very large decode batches CPU-bound. Each
+request also pays a fixed API-server overhead (tokenisation, hand-off to the engine)
+before it is scheduled. See docs/simulator.md for the sources and the calibration.
 """
 
 from __future__ import annotations
@@ -33,9 +37,10 @@ class StepShape:
 @dataclass(frozen=True, slots=True)
 class LatencyParams:
     mfu: float = 0.55  # achieved fraction of peak FLOPs in large matmuls
-    bw_eff: float = 0.80  # achieved fraction of HBM bandwidth
-    step_overhead_s: float = 0.0035  # scheduler, sampling, launch; CUDA graphs on
-    per_seq_overhead_s: float = 2e-6  # input prep and detokenisation per sequence
+    bw_eff: float = 0.80  # achieved fraction of HBM bandwidth (~77% measured on A100)
+    step_overhead_s: float = 0.0005  # launch and sampling per step, CUDA graphs on
+    cpu_per_seq_s: float = 65e-6  # output processing per sequence per step (overlapped)
+    request_overhead_s: float = 0.005  # API server: tokenise, hand off, first detokenise
     tp_overhead_s_per_layer: float = 12e-6  # two all-reduces per layer at TP > 1
     jitter: float = 0.0  # relative standard deviation of step time
 
@@ -75,10 +80,16 @@ class LatencyModel:
         flops = self._flops_per_token * shape.num_tokens + self._attn_coeff * shape.attn_token_ctx
         compute = flops / self._compute_rate
         memory = (self.model.weight_bytes + self._kv_bpt * shape.kv_tokens_read) / self._mem_rate
-        t = max(compute, memory) + self._fixed + self.params.per_seq_overhead_s * shape.num_seqs
+        cpu = self.params.cpu_per_seq_s * shape.num_seqs
+        t = max(compute, memory, cpu) + self._fixed
         if self.params.jitter:
             t *= max(0.3, self._rng.gauss(1.0, self.params.jitter))
         return t
+
+    @property
+    def request_overhead(self) -> float:
+        """Seconds every request spends in the API server before scheduling."""
+        return 0.0 if self.instant else self.params.request_overhead_s
 
     def decode_time(self, batch: int, context: int) -> float:
         """Convenience: one decode step of ``batch`` sequences at ``context`` tokens."""

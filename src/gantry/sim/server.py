@@ -370,6 +370,9 @@ class SimServer:
                 await _until_disconnect(receive)
                 return
         now = time.monotonic()
+        overhead = self.engine.latency.request_overhead / self.r.settings.speedup
+        if overhead:
+            await asyncio.sleep(overhead)  # API-server work before the engine sees it
         streams: list[RequestStream] = []
         for p_idx, ids in enumerate(work.prompts):
             for i in range(work.n):
