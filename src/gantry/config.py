@@ -26,6 +26,7 @@ class EngineSpec(BaseModel):
     name: str | None = None
     models: tuple[str, ...] = ()  # empty: read from the engine's /v1/models
     api_key: str | None = Field(default=None, repr=False)
+    transport: Literal["h1", "aiohttp"] = "h1"  # h1: gantry's lean HTTP/1.1 client
 
     @field_validator("url")
     @classmethod

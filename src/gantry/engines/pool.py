@@ -18,6 +18,7 @@ import orjson
 from gantry.config import EngineSpec, HealthConfig
 from gantry.engines.health import HealthState, mark_down, observe
 from gantry.engines.scrape import EngineLoad, parse_metrics
+from gantry.engines.h1 import H1Transport
 from gantry.engines.transport import EngineRequest, EngineTransport, HTTPTransport
 from gantry.errors import GantryError
 from gantry.routing.snapshot import EngineView, PoolSnapshot
@@ -48,7 +49,9 @@ TransportFactory = Callable[[EngineSpec], EngineTransport]
 
 
 def _http_factory(spec: EngineSpec) -> EngineTransport:
-    return HTTPTransport(spec.url, api_key=spec.api_key)
+    if spec.transport == "aiohttp":
+        return HTTPTransport(spec.url, api_key=spec.api_key)
+    return H1Transport(spec.url, api_key=spec.api_key)
 
 
 class EnginePool:
