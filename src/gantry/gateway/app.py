@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
+import os
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,6 +22,7 @@ from gantry.engines.pool import EnginePool
 from gantry.errors import (
     ClientError,
     EngineRejected,
+    EngineTimeout,
     GantryError,
     MethodNotAllowed,
     ModelNotFound,
@@ -55,8 +57,9 @@ from gantry.routing import RouteRequest, make_policy
 log = logging.getLogger("gantry.gateway")
 Handler = Callable[[Scope, Receive, Send, "Ctx"], Awaitable[None]]
 # Request headers passed on to engines (besides content-type and the request id).
-_FORWARD = (b"traceparent", b"tracestate", b"x-session-id", b"x-data-parallel-rank",
-            b"x-vllm-priority")
+_FORWARD = frozenset((b"traceparent", b"tracestate", b"x-session-id", b"x-data-parallel-rank",
+                      b"x-vllm-priority"))
+_USAGE_RE = re.compile(rb'"(prompt_tokens|completion_tokens|cached_tokens)":\s*(\d+)')
 
 
 class Ctx:
@@ -88,6 +91,7 @@ class GatewayApp:
         )
         self.pool.listeners.append(self.metrics.on_snapshot)
         self.ready = True  # false while draining
+        self._child_cache: dict[tuple[str, str], _Children] = {}
         self._session_header = cfg.routing.session_header.lower().encode()
         self._openapi = orjson.dumps(openapi_document(__version__))
         self._routes: dict[str, dict[str, Handler]] = {
@@ -110,7 +114,7 @@ class GatewayApp:
             return
         if scope["type"] != "http":
             return
-        ctx = Ctx(header(scope, b"x-request-id") or uuid.uuid4().hex)
+        ctx = Ctx(header(scope, b"x-request-id") or os.urandom(16).hex())
         try:
             methods = self._routes.get(scope["path"])
             if methods is None:
@@ -238,15 +242,18 @@ class GatewayApp:
                                           "include_usage": True}
             raw = orjson.dumps(body)
         headers = {"content-type": "application/json", "x-request-id": ctx.rid}
-        for name in _FORWARD:
-            v = header(scope, name)
-            if v is not None:
-                headers[name.decode()] = v
-        session = header(scope, self._session_header) or (info.user if info else None)
+        session = None
+        for k, v in scope["headers"]:
+            if k in _FORWARD:
+                headers[k.decode()] = v.decode("latin-1")
+            if k == self._session_header:
+                session = v.decode("latin-1")
+        session = session or (info.user if info else None)
         route = RouteRequest(model=model, session=session)
         self.tracer.inject(headers)
         t = self.cfg.timeouts
-        self.metrics.active.labels(model).inc()
+        active = self.metrics.active.labels(model)
+        active.inc()
         gone = asyncio.Event()
         watcher = asyncio.ensure_future(_watch(receive, gone, ctx))
         engine = "-"
@@ -276,30 +283,31 @@ class GatewayApp:
             raise
         finally:
             watcher.cancel()
-            self.metrics.active.labels(model).dec()
+            active.dec()
             self._account(endpoint, model, engine, ctx, stats, gone.is_set())
 
     async def _unary(self, send: Send, ctx: Ctx, resp: Any, stats: StreamStats,
                      requested: str, model: str, gone: asyncio.Event) -> None:
+        total = self.cfg.timeouts.total_s
+        timer = asyncio.get_running_loop().call_later(total, resp.close)
         try:
-            data = await asyncio.wait_for(resp.read(), self.cfg.timeouts.total_s)
+            data = await resp.read()
         except Exception:
             if gone.is_set():
                 return
-            raise
+            raise EngineTimeout(f"engine did not finish within {total:g}s") from None
+        finally:
+            timer.cancel()
         status = resp.status
-        try:
-            parsed = orjson.loads(data)
-            usage = parsed.get("usage") or {}
-            stats.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-            stats.completion_tokens = int(usage.get("completion_tokens") or 0)
-            stats.cached_tokens = int((usage.get("prompt_tokens_details") or {}).get(
-                "cached_tokens") or 0)
-            if requested != model and parsed.get("model") == model:
-                parsed["model"] = requested
-                data = orjson.dumps(parsed)
-        except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
-            pass
+        read_usage_tail(data, stats)
+        if requested != model:
+            try:
+                parsed = orjson.loads(data)
+                if parsed.get("model") == model:
+                    parsed["model"] = requested
+                    data = orjson.dumps(parsed)
+            except (orjson.JSONDecodeError, AttributeError):
+                pass
         ctx.status = status
         ctx.finished = True
         await respond(send, status, data, headers=ctx.headers)
@@ -329,26 +337,67 @@ class GatewayApp:
 
     def _account(self, endpoint: str, model: str, engine: str, ctx: Ctx, stats: StreamStats,
                  disconnected: bool) -> None:
-        m = self.metrics
         dur = time.perf_counter() - ctx.t0
         status = 499 if disconnected else ctx.status
-        m.requests.labels(model, endpoint, str(status)).inc()
-        m.duration.labels(model, endpoint).observe(dur)
+        m = self._children(model, endpoint)
+        m.count(status).inc()
+        m.duration.observe(dur)
         if stats.first_token_at is not None:
-            m.ttft.labels(model).observe(stats.first_token_at - ctx.t0)
+            m.ttft.observe(stats.first_token_at - ctx.t0)
         if stats.prompt_tokens:
-            m.tokens.labels(model, "prompt").inc(stats.prompt_tokens)
-            m.tokens.labels(model, "completion").inc(stats.completion_tokens)
+            m.prompt.inc(stats.prompt_tokens)
+            m.completion.inc(stats.completion_tokens)
             if stats.cached_tokens:
-                m.tokens.labels(model, "cached").inc(stats.cached_tokens)
+                m.cached.inc(stats.cached_tokens)
         if disconnected:
-            m.disconnects.labels(model).inc()
+            self.metrics.disconnects.labels(model).inc()
         self.reqlog.info(
             "request", request_id=ctx.rid, endpoint=endpoint, model=model, engine=engine,
             status=status, latency_ms=round(dur * 1000, 2),
             prompt_tokens=stats.prompt_tokens, completion_tokens=stats.completion_tokens,
             cached_tokens=stats.cached_tokens, error=stats.error,
         )
+
+    def _children(self, model: str, endpoint: str) -> _Children:
+        key = (model, endpoint)
+        ch = self._child_cache.get(key)
+        if ch is None:
+            if len(self._child_cache) >= 1024:  # bounded: models x endpoints seen
+                self._child_cache.clear()
+            ch = self._child_cache[key] = _Children(self.metrics, model, endpoint)
+        return ch
+
+
+class _Children:
+    """Metric children bound to one (model, endpoint): labels() costs ~1.5 us a call."""
+
+    __slots__ = ("_by_status", "_m", "_model", "_endpoint", "cached", "completion",
+                 "duration", "prompt", "ttft")
+
+    def __init__(self, m: GatewayMetrics, model: str, endpoint: str) -> None:
+        self._m, self._model, self._endpoint = m, model, endpoint
+        self._by_status: dict[int, Any] = {}
+        self.duration = m.duration.labels(model, endpoint)
+        self.ttft = m.ttft.labels(model)
+        self.prompt = m.tokens.labels(model, "prompt")
+        self.completion = m.tokens.labels(model, "completion")
+        self.cached = m.tokens.labels(model, "cached")
+
+    def count(self, status: int) -> Any:
+        c = self._by_status.get(status)
+        if c is None:
+            c = self._by_status[status] = self._m.requests.labels(
+                self._model, self._endpoint, str(status))
+        return c
+
+
+def read_usage_tail(data: bytes, stats: StreamStats) -> None:
+    """Token counts from a completion body without parsing all of it (usage is last)."""
+    pos = data.rfind(b'"usage"')
+    if pos < 0:
+        return
+    for key, value in _USAGE_RE.findall(data, pos):
+        setattr(stats, key.decode(), int(value))
 
 
 async def _watch(receive: Receive, gone: asyncio.Event, ctx: Ctx) -> None:

@@ -38,8 +38,9 @@ class Dispatcher:
         self.connect_timeout = connect_timeout
 
     def choose(self, route: RouteRequest, exclude: set[str]) -> str:
-        snap = self.pool.snapshot
-        candidates = [e for e in snap.healthy_for(route.model) if e.name not in exclude]
+        candidates = self.pool.snapshot.healthy_for(route.model)
+        if exclude:
+            candidates = tuple(e for e in candidates if e.name not in exclude)
         if not candidates:
             raise ServiceUnavailable(
                 f"No healthy engine can serve model '{route.model}' right now.",

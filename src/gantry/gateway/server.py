@@ -41,6 +41,7 @@ def _uvicorn_kwargs(cfg: GatewayConfig) -> dict[str, object]:
         host=cfg.host, port=cfg.port, log_level="warning", access_log=False,
         http="httptools", loop="uvloop", lifespan="on", timeout_keep_alive=30,
         timeout_graceful_shutdown=30, backlog=4096, server_header=False,
+        proxy_headers=False, date_header=False,
     )
 
 

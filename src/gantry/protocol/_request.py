@@ -31,22 +31,11 @@ class RequestInfo:
     include_usage: bool
     max_tokens: int | None
     user: str | None
-    prompt_chars: int
 
 
 def _expect(cond: bool, message: str, param: str) -> None:
     if not cond:
         raise RequestShapeError(message, param)
-
-
-def _text_size(value: Any) -> int:
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, list):
-        return sum(_text_size(v) if not isinstance(v, int) else 4 for v in value)
-    if isinstance(value, dict):
-        return sum(_text_size(v) for v in value.values())
-    return 0
 
 
 def inspect_request(endpoint: str, body: Any) -> RequestInfo:
@@ -82,20 +71,15 @@ def inspect_request(endpoint: str, body: Any) -> RequestInfo:
                 isinstance(msg.get("role"), str),
                 f"'messages[{i}].role' is a required string.", "messages",
             )
-        size = _text_size(messages)
     elif endpoint == ENDPOINT_COMPLETIONS:
         prompt = body.get("prompt")
         _expect(prompt is not None, "'prompt' is a required property.", "prompt")
         _expect(
             isinstance(prompt, str | list), "'prompt' must be a string or an array.", "prompt"
         )
-        size = _text_size(prompt)
     elif endpoint == ENDPOINT_EMBEDDINGS:
         inp = body.get("input")
         _expect(inp is not None, "'input' is a required property.", "input")
-        size = _text_size(inp)
-    else:
-        size = 0
     return RequestInfo(
         endpoint=endpoint,
         model=model,
@@ -103,5 +87,4 @@ def inspect_request(endpoint: str, body: Any) -> RequestInfo:
         include_usage=include_usage,
         max_tokens=max_tokens,
         user=user,
-        prompt_chars=size,
     )

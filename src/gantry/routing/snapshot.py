@@ -30,6 +30,9 @@ class PoolSnapshot:
     by_model: Mapping[str, tuple[EngineView, ...]] = field(
         default_factory=lambda: MappingProxyType({})
     )
+    healthy: Mapping[str, tuple[EngineView, ...]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
 
     @classmethod
     def build(cls, version: int, engines: tuple[EngineView, ...]) -> PoolSnapshot:
@@ -37,10 +40,12 @@ class PoolSnapshot:
         for e in engines:
             for m in e.models:
                 idx.setdefault(m, []).append(e)
-        return cls(version, engines, MappingProxyType({k: tuple(v) for k, v in idx.items()}))
+        by_model = {k: tuple(v) for k, v in idx.items()}
+        healthy = {k: tuple(e for e in v if e.healthy) for k, v in by_model.items()}
+        return cls(version, engines, MappingProxyType(by_model), MappingProxyType(healthy))
 
     def healthy_for(self, model: str) -> tuple[EngineView, ...]:
-        return tuple(e for e in self.by_model.get(model, ()) if e.healthy)
+        return self.healthy.get(model, ())
 
     def models(self) -> list[str]:
         return sorted(self.by_model)
