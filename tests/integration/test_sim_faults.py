@@ -174,3 +174,18 @@ def test_cli_bad_input_is_one_line(tmp_path):
         r = subprocess.run(gantry_cmd("sim", *args), capture_output=True, text=True, timeout=30)
         assert r.returncode == 2, args
         assert r.stderr.startswith("gantry: error:") and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_local_tokenizer_json(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"[UNK]": 0, "<|endoftext|>": 1, "hello": 2, "world": 3, "model": 4}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    path = tmp_path / "tokenizer.json"
+    tok.save(str(path))
+    with sim(tmp_path, "--profile", "instant", "--tokenizer", str(path)) as p:
+        r = httpx.post(p.url + "/tokenize", json={"prompt": "hello world"}).json()
+        assert r["tokens"] == [2, 3]
+        r = httpx.post(p.url + "/v1/completions", json={"prompt": "hello", "max_tokens": 3})
+        assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == 1

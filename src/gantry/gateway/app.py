@@ -12,6 +12,7 @@ import time
 import os
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -60,6 +61,18 @@ Handler = Callable[[Scope, Receive, Send, "Ctx"], Awaitable[None]]
 _FORWARD = frozenset((b"traceparent", b"tracestate", b"x-session-id", b"x-data-parallel-rank",
                       b"x-vllm-priority"))
 _USAGE_RE = re.compile(rb'"(prompt_tokens|completion_tokens|cached_tokens)":\s*(\d+)')
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    endpoint: str
+    requested: str
+    model: str
+    stream: bool
+    include_usage: bool
+    raw: bytes
+    headers: dict[str, str]
+    route: RouteRequest
 
 
 class Ctx:
@@ -221,6 +234,21 @@ class GatewayApp:
         self, endpoint: str, scope: Scope, receive: Receive, send: Send, ctx: Ctx
     ) -> None:
         raw, body = await self._read_json(scope, receive)
+        if not self.tracer.enabled:
+            await self._dispatch(self._prepare(endpoint, scope, raw, body, ctx), receive, send,
+                                 ctx)
+            return
+        parent = {k.decode(): v.decode("latin-1") for k, v in scope["headers"]
+                  if k in (b"traceparent", b"tracestate")}
+        with self.tracer.span("gantry.request", parent, endpoint=endpoint, request_id=ctx.rid):
+            with self.tracer.span("admission"):
+                prep = self._prepare(endpoint, scope, raw, body, ctx)
+            with self.tracer.span("dispatch", model=prep.route.model):
+                self.tracer.inject(prep.headers)  # engines continue this trace
+                await self._dispatch(prep, receive, send, ctx)
+
+    def _prepare(self, endpoint: str, scope: Scope, raw: bytes, body: Any, ctx: Ctx) -> _Prepared:
+        """Validate once and decide what to send (no I/O)."""
         try:
             info = inspect_request(endpoint, body) if endpoint.startswith("/v1") else None
         except RequestShapeError as exc:
@@ -235,9 +263,10 @@ class GatewayApp:
         if model not in snap.by_model:
             raise ModelNotFound(f"The model '{requested}' does not exist.", param="model")
         stream = bool(info and info.stream)
-        if model != requested or (stream and not info.include_usage):  # type: ignore[union-attr]
+        include_usage = bool(info and info.include_usage)
+        if model != requested or (stream and not include_usage):
             body["model"] = model
-            if stream:
+            if stream:  # always ask the engine for usage, to account
                 body["stream_options"] = {**(body.get("stream_options") or {}),
                                           "include_usage": True}
             raw = orjson.dumps(body)
@@ -248,11 +277,12 @@ class GatewayApp:
                 headers[k.decode()] = v.decode("latin-1")
             if k == self._session_header:
                 session = v.decode("latin-1")
-        session = session or (info.user if info else None)
-        route = RouteRequest(model=model, session=session)
-        self.tracer.inject(headers)
+        route = RouteRequest(model=model, session=session or (info.user if info else None))
+        return _Prepared(endpoint, requested, model, stream, include_usage, raw, headers, route)
+
+    async def _dispatch(self, p: _Prepared, receive: Receive, send: Send, ctx: Ctx) -> None:
         t = self.cfg.timeouts
-        active = self.metrics.active.labels(model)
+        active = self.metrics.active.labels(p.model)
         active.inc()
         gone = asyncio.Event()
         watcher = asyncio.ensure_future(_watch(receive, gone, ctx))
@@ -260,16 +290,19 @@ class GatewayApp:
         stats = StreamStats()
         try:
             attempt = await self.dispatcher.send(
-                route, endpoint, raw, headers,
-                first_byte_timeout=t.stream_total_s if stream else t.total_s,
+                p.route, p.endpoint, p.raw, p.headers,
+                first_byte_timeout=t.stream_total_s if p.stream else t.total_s,
+                tracer=self.tracer,
             )
             engine = attempt.engine
             watcher.add_done_callback(lambda _: attempt.response.close())
             try:
-                if stream:
-                    await self._stream(send, ctx, attempt.response, stats, info, model, gone)
+                if p.stream:
+                    await self._stream(send, ctx, attempt.response, stats, p.include_usage,
+                                       p.model, gone)
                 else:
-                    await self._unary(send, ctx, attempt.response, stats, requested, model, gone)
+                    await self._unary(send, ctx, attempt.response, stats, p.requested, p.model,
+                                      gone)
             finally:
                 attempt.response.close()
                 self.dispatcher.done(engine)
@@ -284,7 +317,7 @@ class GatewayApp:
         finally:
             watcher.cancel()
             active.dec()
-            self._account(endpoint, model, engine, ctx, stats, gone.is_set())
+            self._account(p.endpoint, p.model, engine, ctx, stats, gone.is_set())
 
     async def _unary(self, send: Send, ctx: Ctx, resp: Any, stats: StreamStats,
                      requested: str, model: str, gone: asyncio.Event) -> None:
@@ -312,8 +345,8 @@ class GatewayApp:
         ctx.finished = True
         await respond(send, status, data, headers=ctx.headers)
 
-    async def _stream(self, send: Send, ctx: Ctx, resp: Any, stats: StreamStats, info: Any,
-                      model: str, gone: asyncio.Event) -> None:
+    async def _stream(self, send: Send, ctx: Ctx, resp: Any, stats: StreamStats,
+                      pass_usage: bool, model: str, gone: asyncio.Event) -> None:
         ctx.status = resp.status
         await start_stream(send, resp.status, ctx.headers)
         ctx.started = True
@@ -324,7 +357,7 @@ class GatewayApp:
             await stream_chunk(send, data)
 
         try:
-            await relay(resp.iter_chunks(), write, stats, pass_usage=info.include_usage,
+            await relay(resp.iter_chunks(), write, stats, pass_usage=pass_usage,
                         keepalive_s=t.keepalive_interval_s, idle_timeout_s=t.stream_total_s,
                         itl_observe=itl.observe)
         except Exception as exc:

@@ -16,6 +16,7 @@ from gantry.errors import (
     ServiceUnavailable,
 )
 from gantry.observability.metrics import GatewayMetrics
+from gantry.observability.tracing import Tracer
 from gantry.routing import Policy, RouteRequest
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -50,7 +51,7 @@ class Dispatcher:
 
     async def send(
         self, route: RouteRequest, path: str, body: bytes, headers: Mapping[str, str],
-        *, first_byte_timeout: float | None,
+        *, first_byte_timeout: float | None, tracer: Tracer | None = None,
     ) -> Attempt:
         """Return the first engine response that is not a retryable failure.
 
@@ -61,7 +62,11 @@ class Dispatcher:
         last: Exception | None = None
         for attempt in range(self.retries + 1):
             try:
-                name = self.choose(route, tried)
+                if tracer is not None and tracer.enabled:
+                    with tracer.span("routing", policy=self.policy_name, attempt=attempt):
+                        name = self.choose(route, tried)
+                else:
+                    name = self.choose(route, tried)
             except ServiceUnavailable:
                 if last is not None:
                     break

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import tempfile
 
 import orjson
@@ -45,8 +46,16 @@ def _uvicorn_kwargs(cfg: GatewayConfig) -> dict[str, object]:
     )
 
 
+def _note_signal(signum: int, _frame: object) -> None:
+    log.info("received signal %d after shutdown", signum)
+
+
 def serve(cfg: GatewayConfig) -> None:
     setup_logging(cfg.logging.level, json_format=cfg.logging.json_format)
+    # uvicorn restores the previous handlers and re-raises the signal it shut down on;
+    # with these in place that re-raise is harmless and the cleanup below always runs.
+    signal.signal(signal.SIGTERM, _note_signal)
+    signal.signal(signal.SIGINT, _note_signal)
     embedded = None
     if cfg.is_embedded:
         embedded = EmbeddedEngines(cfg.embedded)

@@ -1,0 +1,96 @@
+"""`gantry serve` as a user runs it: embedded default, README examples, workers, tracing."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+
+from tests.helpers import ROOT, free_port, gateway, metric_value, sim
+from tests.recording_engine import recording_engine
+
+
+def readme_block(marker: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    m = re.search(rf"<!-- {marker} -->\n```\w+\n(.*?)```", text, re.S)
+    assert m, marker
+    return m.group(1)
+
+
+def test_embedded_default_and_readme_examples(tmp_path):
+    port = free_port()
+    with gateway(tmp_path, port=port, timeout=60) as gw:
+        logs = gw.logs()
+        assert logs.count("SIMULATED engine") == 2
+        pids = [int(p) for p in re.findall(r'"pid": (\d+)', logs)] or None
+        curl = readme_block("readme-curl").replace("8080", str(port))
+        out = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0 and '"chat.completion"' in out.stdout, out
+        env = {**os.environ, "GANTRY_URL": f"{gw.url}/v1"}
+        out = subprocess.run([sys.executable, "-c", readme_block("readme-python")], env=env,
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert len(out.stdout.strip()) > 5
+        children = subprocess.run(["pgrep", "-P", str(gw.proc.pid)], capture_output=True,
+                                  text=True).stdout.split()
+        assert len(children) == 2
+        del pids
+    # The simulated engines stop with the gateway.
+    time.sleep(0.5)
+    for pid in children:
+        assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(
+            f"/proc/{pid}/status").read().lower()
+
+
+def test_workers_share_metrics(tmp_path):
+    with sim(tmp_path, "--profile", "instant", "--served-model-name", "m") as e, gateway(
+            tmp_path, "--engine", e.url, "--workers", "2") as gw:
+        for _ in range(30):
+            r = httpx.post(gw.url + "/v1/completions", json={"model": "m", "prompt": "x",
+                                                              "max_tokens": 1})
+            assert r.status_code == 200
+        text = httpx.get(gw.url + "/metrics").text
+        assert metric_value(text, "gantry_requests_total", status="200") == 30
+        gw.stop(signal.SIGTERM)
+
+
+def test_traceparent_reaches_engines_and_spans_are_emitted(tmp_path):
+    with recording_engine() as (url, seen):
+        cfg = tmp_path / "t.yaml"
+        cfg.write_text(f"engines:\n  - url: {url}\ntracing:\n  enabled: true\n"
+                       "  exporter: console\n")
+        with gateway(tmp_path, "-c", str(cfg)) as gw:
+            parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+            r = httpx.post(gw.url + "/v1/chat/completions", headers={"traceparent": parent},
+                           json={"model": "rec", "messages": [{"role": "user", "content": "x"}]})
+            assert r.status_code == 200
+            sent = seen[-1]["traceparent"]
+            assert sent.split("-")[1] == "0af7651916cd43dd8448eb211c80319c"  # same trace
+            assert sent != parent  # a child span of the gateway's
+            gw.stop()
+            logs = gw.logs()
+        for name in ("gantry.request", "admission", "routing", "dispatch"):
+            assert f'"name": "{name}"' in logs, name
+
+
+def test_traceparent_passes_through_without_tracing(tmp_path):
+    with recording_engine() as (url, seen), gateway(tmp_path, "--engine", url) as gw:
+        parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        httpx.post(gw.url + "/v1/chat/completions", headers={"traceparent": parent},
+                   json={"model": "rec", "messages": [{"role": "user", "content": "x"}]})
+        assert seen[-1]["traceparent"] == parent
+        assert seen[-1]["x-request-id"]
+
+
+def test_engine_without_metrics_and_nonvllm_errors(tmp_path):
+    """An OpenAI-compatible server with no /metrics still serves; 404 /metrics tolerated."""
+    with recording_engine() as (url, _), gateway(tmp_path, "--engine", url) as gw:
+        r = httpx.post(gw.url + "/v1/chat/completions",
+                       json={"model": "rec", "messages": [{"role": "user", "content": "x"}]})
+        assert r.status_code == 200
+        assert httpx.get(gw.url + "/readyz").status_code == 200
