@@ -22,6 +22,8 @@ serve: $(VENV)/.installed
 	$(BIN)/gantry serve $(ARGS)
 
 test: $(VENV)/.installed-dev
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/pytest -q $(ARGS)
 
 test-fast: $(VENV)/.installed-dev

@@ -39,12 +39,17 @@ def cpu_seconds(pid: int) -> float:
 
 
 @contextmanager
-def process(args: list[str], health_url: str, *, cpu: int | None = None,
-            env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+def process(
+    args: list[str], health_url: str, *, cpu: int | None = None, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     if cpu is not None:
         args = ["taskset", "-c", str(cpu), *args]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, **(env or {})})
+    proc = subprocess.Popen(
+        args,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+    )
     try:
         wait_ok(health_url)
         yield proc

@@ -18,14 +18,19 @@ import statistics
 import time
 
 import aiohttp
-
 from _common import free_port, gantry, process, table
 
 
-async def stream(session: aiohttp.ClientSession, url: str, prompt: list[int],
-                 max_tokens: int) -> tuple[float, float, int]:
-    body = {"model": "m", "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True,
-            "stream": True}
+async def stream(
+    session: aiohttp.ClientSession, url: str, prompt: list[int], max_tokens: int
+) -> tuple[float, float, int]:
+    body = {
+        "model": "m",
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "ignore_eos": True,
+        "stream": True,
+    }
     t0 = time.perf_counter()
     first = last = 0.0
     n = 0
@@ -67,8 +72,19 @@ async def saturated(url: str) -> float:
 
 
 def sim_args(port: int, gpu: str) -> list[str]:
-    return gantry("sim", "--port", str(port), "--gpu", gpu, "--model", "llama-3.1-8b",
-                  "--served-model-name", "m", "--log-level", "warning")
+    return gantry(
+        "sim",
+        "--port",
+        str(port),
+        "--gpu",
+        gpu,
+        "--model",
+        "llama-3.1-8b",
+        "--served-model-name",
+        "m",
+        "--log-level",
+        "warning",
+    )
 
 
 def main() -> None:
@@ -83,17 +99,33 @@ def main() -> None:
     with process(sim_args(port, "A100-40GB"), f"http://127.0.0.1:{port}/health"):
         _, tpot_a100 = asyncio.run(single(url, 1024, 128, 3))
     print("sim fidelity: Llama-3.1-8B-Instruct, bf16, vLLM defaults (client-side timing)")
-    print(table([
-        ("metric", "gantry sim", "published vLLM", "source"),
-        ("H100 TTFT, short prompt, 1 stream", f"{ttft_short * 1000:.1f} ms", "13.98 ms (p50)",
-         "[1]"),
-        ("H100 TPOT, 1 stream", f"{tpot * 1000:.2f} ms", "6.48 ms (p50)", "[1]"),
-        ("H100 TTFT, 1k-token prompt, 1 stream", f"{ttft_1k * 1000:.1f} ms", "(none found)",
-         "roofline"),
-        ("A100-40GB TPOT, 1 stream", f"{tpot_a100 * 1000:.2f} ms", "13.3 ms (75 tok/s)",
-         "[2]"),
-        ("H100 output tok/s, saturated", f"{tps:,.0f}", "~12,500", "[3]"),
-    ]))
+    print(
+        table(
+            [
+                ("metric", "gantry sim", "published vLLM", "source"),
+                (
+                    "H100 TTFT, short prompt, 1 stream",
+                    f"{ttft_short * 1000:.1f} ms",
+                    "13.98 ms (p50)",
+                    "[1]",
+                ),
+                ("H100 TPOT, 1 stream", f"{tpot * 1000:.2f} ms", "6.48 ms (p50)", "[1]"),
+                (
+                    "H100 TTFT, 1k-token prompt, 1 stream",
+                    f"{ttft_1k * 1000:.1f} ms",
+                    "(none found)",
+                    "roofline",
+                ),
+                (
+                    "A100-40GB TPOT, 1 stream",
+                    f"{tpot_a100 * 1000:.2f} ms",
+                    "13.3 ms (75 tok/s)",
+                    "[2]",
+                ),
+                ("H100 output tok/s, saturated", f"{tps:,.0f}", "~12,500", "[3]"),
+            ]
+        )
+    )
     print("sources: see docs/simulator.md, section Fidelity")
 
 

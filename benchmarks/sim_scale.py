@@ -13,13 +13,18 @@ import asyncio
 import time
 
 import aiohttp
-
 from _common import cpu_seconds, free_port, gantry, process
 
 
 async def one(session: aiohttp.ClientSession, url: str, tokens: int) -> int:
-    body = {"model": "m", "prompt": "scale test", "max_tokens": tokens, "ignore_eos": True,
-            "stream": True, "stream_options": {"include_usage": True}}
+    body = {
+        "model": "m",
+        "prompt": "scale test",
+        "max_tokens": tokens,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     got = 0
     async with session.post(url, json=body) as r:
         async for line in r.content:
@@ -42,9 +47,23 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=256)
     a = ap.parse_args()
     port = free_port()
-    args = gantry("sim", "--port", str(port), "--profile", "instant", "--gpu", "H100",
-                  "--model", "llama-3.1-8b", "--served-model-name", "m",
-                  "--max-num-seqs", str(a.requests), "--log-level", "warning")
+    args = gantry(
+        "sim",
+        "--port",
+        str(port),
+        "--profile",
+        "instant",
+        "--gpu",
+        "H100",
+        "--model",
+        "llama-3.1-8b",
+        "--served-model-name",
+        "m",
+        "--max-num-seqs",
+        str(a.requests),
+        "--log-level",
+        "warning",
+    )
     with process(args, f"http://127.0.0.1:{port}/health") as proc:
         cpu0 = cpu_seconds(proc.pid)
         t0 = time.perf_counter()
@@ -54,8 +73,10 @@ def main() -> None:
     complete = sum(1 for c in counts if c == a.tokens)
     print(f"sim scale: {a.requests} concurrent streams x {a.tokens} tokens, instant profile")
     print(f"  completed with all tokens: {complete}/{a.requests}")
-    print(f"  wall time: {wall:.2f} s   simulator CPU: {cpu:.2f} s "
-          f"({a.requests * a.tokens / cpu:,.0f} streamed tokens per CPU-second)")
+    print(
+        f"  wall time: {wall:.2f} s   simulator CPU: {cpu:.2f} s "
+        f"({a.requests * a.tokens / cpu:,.0f} streamed tokens per CPU-second)"
+    )
 
 
 if __name__ == "__main__":

@@ -17,13 +17,17 @@ import time
 import urllib.request
 
 import aiohttp
-
 from _common import free_port, gantry, process
 
 
 async def one(session: aiohttp.ClientSession, url: str, tokens: int) -> None:
-    body = {"model": "m", "prompt": "timing " * 100, "max_tokens": tokens, "ignore_eos": True,
-            "stream": True}
+    body = {
+        "model": "m",
+        "prompt": "timing " * 100,
+        "max_tokens": tokens,
+        "ignore_eos": True,
+        "stream": True,
+    }
     async with session.post(url, json=body) as r:
         async for _ in r.content:
             pass
@@ -49,8 +53,20 @@ def main() -> None:
     a = ap.parse_args()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    args = gantry("sim", "--port", str(port), "--gpu", a.gpu, "--model", a.model,
-                  "--served-model-name", "m", "--enable-admin", "--log-level", "warning")
+    args = gantry(
+        "sim",
+        "--port",
+        str(port),
+        "--gpu",
+        a.gpu,
+        "--model",
+        a.model,
+        "--served-model-name",
+        "m",
+        "--enable-admin",
+        "--log-level",
+        "warning",
+    )
     with process(args, base + "/health"):
         s0 = stats(base)
         t0 = time.perf_counter()
@@ -62,8 +78,10 @@ def main() -> None:
     real = s1["step_seconds_wall"] - s0["step_seconds_wall"]
     err = (real - model) / model * 100
     print(f"sim timing: {a.streams} concurrent streams x {a.tokens} tokens, {a.model} on {a.gpu}")
-    print(f"  steps: {steps:.0f}   mean modelled step: {model / steps * 1000:.2f} ms   "
-          f"mean wall-clock step: {real / steps * 1000:.2f} ms")
+    print(
+        f"  steps: {steps:.0f}   mean modelled step: {model / steps * 1000:.2f} ms   "
+        f"mean wall-clock step: {real / steps * 1000:.2f} ms"
+    )
     print(f"  wall-clock vs model: {err:+.2f}%   (run took {wall:.1f} s)")
 
 

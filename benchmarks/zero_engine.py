@@ -20,36 +20,87 @@ MODEL = "zero"
 
 
 def _chunk(i: int, finish: str | None) -> bytes:
-    return b"data: " + orjson.dumps({
-        "id": "chatcmpl-zero", "object": "chat.completion.chunk", "created": 0, "model": MODEL,
-        "choices": [{"index": 0, "delta": {"content": f" t{i}"}, "logprobs": None,
-                     "finish_reason": finish}],
-    }) + b"\n\n"
+    return (
+        b"data: "
+        + orjson.dumps(
+            {
+                "id": "chatcmpl-zero",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": MODEL,
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": {"content": f" t{i}"},
+                        "logprobs": None,
+                        "finish_reason": finish,
+                    }
+                ],
+            }
+        )
+        + b"\n\n"
+    )
 
 
 def build(chunks: int) -> dict[str, bytes]:
-    unary = orjson.dumps({
-        "id": "chatcmpl-zero", "object": "chat.completion", "created": 0, "model": MODEL,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
-                     "logprobs": None, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 8, "total_tokens": 9, "completion_tokens": 1},
-    })
-    usage = b"data: " + orjson.dumps({
-        "id": "chatcmpl-zero", "object": "chat.completion.chunk", "created": 0, "model": MODEL,
-        "choices": [], "usage": {"prompt_tokens": 8, "total_tokens": 8 + chunks,
-                                 "completion_tokens": chunks}}) + b"\n\n"
+    unary = orjson.dumps(
+        {
+            "id": "chatcmpl-zero",
+            "object": "chat.completion",
+            "created": 0,
+            "model": MODEL,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "ok"},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 8, "total_tokens": 9, "completion_tokens": 1},
+        }
+    )
+    usage = (
+        b"data: "
+        + orjson.dumps(
+            {
+                "id": "chatcmpl-zero",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": MODEL,
+                "choices": [],
+                "usage": {
+                    "prompt_tokens": 8,
+                    "total_tokens": 8 + chunks,
+                    "completion_tokens": chunks,
+                },
+            }
+        )
+        + b"\n\n"
+    )
     body = b"".join(_chunk(i, "length" if i == chunks - 1 else None) for i in range(chunks))
-    models = orjson.dumps({"object": "list", "data": [{"id": MODEL, "object": "model",
-                                                       "max_model_len": 4096}]})
+    models = orjson.dumps(
+        {"object": "list", "data": [{"id": MODEL, "object": "model", "max_model_len": 4096}]}
+    )
 
     def resp(ctype: bytes, payload: bytes) -> bytes:
-        return (b"HTTP/1.1 200 OK\r\ncontent-type: " + ctype + b"\r\ncontent-length: "
-                + str(len(payload)).encode() + b"\r\n\r\n" + payload)
+        return (
+            b"HTTP/1.1 200 OK\r\ncontent-type: "
+            + ctype
+            + b"\r\ncontent-length: "
+            + str(len(payload)).encode()
+            + b"\r\n\r\n"
+            + payload
+        )
 
     def sse(payload: bytes) -> bytes:
-        return (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
-                b"transfer-encoding: chunked\r\n\r\n"
-                + b"%x\r\n" % len(payload) + payload + b"\r\n0\r\n\r\n")
+        return (
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
+            b"transfer-encoding: chunked\r\n\r\n"
+            + b"%x\r\n" % len(payload)
+            + payload
+            + b"\r\n0\r\n\r\n"
+        )
 
     return {
         "unary": resp(b"application/json", unary),

@@ -16,7 +16,18 @@ def module_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def fast_sim(module_tmp: Path) -> Iterator[Proc]:
     """One realistic-profile engine, sped up 20x, with the admin endpoint."""
-    with sim(module_tmp, "--model", "qwen2.5-1.5b-instruct", "--gpu", "L4", "--speedup", "20",
-             "--served-model-name", "qwen", "--served-model-name", "qwen-alias",
-             "--enable-admin") as p:
+    with sim(
+        module_tmp,
+        "--model",
+        "qwen2.5-1.5b-instruct",
+        "--gpu",
+        "L4",
+        "--speedup",
+        "20",
+        "--served-model-name",
+        "qwen",
+        "--served-model-name",
+        "qwen-alias",
+        "--enable-admin",
+    ) as p:
         yield p

@@ -23,8 +23,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None,
-              path: str = "/health") -> None:
+def wait_http(
+    url: str,
+    timeout: float = 30.0,
+    proc: subprocess.Popen[bytes] | None = None,
+    path: str = "/health",
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -61,14 +65,22 @@ def gantry_cmd(*args: str) -> list[str]:
 
 
 @contextmanager
-def run_proc(args: list[str], port: int, tmp: Path, *, health: str = "/health",
-             env: dict[str, str] | None = None, wait: bool = True,
-             timeout: float = 40.0) -> Iterator[Proc]:
+def run_proc(
+    args: list[str],
+    port: int,
+    tmp: Path,
+    *,
+    health: str = "/health",
+    env: dict[str, str] | None = None,
+    wait: bool = True,
+    timeout: float = 40.0,
+) -> Iterator[Proc]:
     log = tmp / f"proc-{port}.log"
     full_env = {**os.environ, **(env or {})}
     with open(log, "wb") as fh:
-        proc = subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, env=full_env,
-                                stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            args, stdout=fh, stderr=subprocess.STDOUT, env=full_env, stdin=subprocess.DEVNULL
+        )
     p = Proc(proc, f"http://127.0.0.1:{port}", port, log)
     try:
         if wait:

@@ -24,15 +24,31 @@ def recording_engine(model: str = "rec") -> Iterator[tuple[str, list[dict[str, s
 
     async def chat(req: web.Request) -> web.Response:
         seen.append({k.lower(): v for k, v in req.headers.items()})
-        return web.json_response({
-            "id": "x", "object": "chat.completion", "created": 0, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
-                         "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+        return web.json_response(
+            {
+                "id": "x",
+                "object": "chat.completion",
+                "created": 0,
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "ok"},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            }
+        )
 
     app = web.Application()
-    app.add_routes([web.get("/v1/models", models), web.get("/health", health),
-                    web.post("/v1/chat/completions", chat)])
+    app.add_routes(
+        [
+            web.get("/v1/models", models),
+            web.get("/health", health),
+            web.post("/v1/chat/completions", chat),
+        ]
+    )
     port = free_port()
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(app)

@@ -13,7 +13,9 @@ from gantry.config import GatewayConfig, load_config, masked
 from gantry.errors import ConfigError, GantryError
 
 app = typer.Typer(
-    name="gantry", add_completion=False, no_args_is_help=True,
+    name="gantry",
+    add_completion=False,
+    no_args_is_help=True,
     help="A production serving stack for vLLM.",
     pretty_exceptions_enable=False,
 )
@@ -28,7 +30,8 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 def _setup_logging(level: str) -> None:
     logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
+        level=getattr(logging, level.upper(), logging.INFO),
+        stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
 
@@ -36,13 +39,19 @@ def _setup_logging(level: str) -> None:
 @app.command()
 def sim(
     model: Annotated[str, typer.Option(help="Built-in model name or a path to config.json.")] = (
-        "qwen2.5-1.5b-instruct"),
-    gpu: Annotated[str, typer.Option(help="GPU profile: T4, L4, A10G, A4000, A40, "
-                                         "A100-40GB, A100-80GB, H100-80GB, H200.")] = "L4",
+        "qwen2.5-1.5b-instruct"
+    ),
+    gpu: Annotated[
+        str,
+        typer.Option(
+            help="GPU profile: T4, L4, A10G, A4000, A40, A100-40GB, A100-80GB, H100-80GB, H200."
+        ),
+    ] = "L4",
     host: str = "127.0.0.1",
     port: int = 8000,
-    served_model_name: Annotated[list[str] | None, typer.Option(
-        help="Name(s) the model is served as (repeatable).")] = None,
+    served_model_name: Annotated[
+        list[str] | None, typer.Option(help="Name(s) the model is served as (repeatable).")
+    ] = None,
     tensor_parallel_size: Annotated[int, typer.Option("--tensor-parallel-size", "-tp")] = 1,
     max_model_len: int | None = None,
     gpu_memory_utilization: float = 0.92,
@@ -51,27 +60,43 @@ def sim(
     num_gpu_blocks_override: int | None = None,
     max_num_seqs: int | None = None,
     max_num_batched_tokens: int | None = None,
-    enable_prefix_caching: Annotated[bool, typer.Option(
-        "--enable-prefix-caching/--no-enable-prefix-caching")] = True,
-    enable_chunked_prefill: Annotated[bool, typer.Option(
-        "--enable-chunked-prefill/--no-enable-chunked-prefill")] = True,
+    enable_prefix_caching: Annotated[
+        bool, typer.Option("--enable-prefix-caching/--no-enable-prefix-caching")
+    ] = True,
+    enable_chunked_prefill: Annotated[
+        bool, typer.Option("--enable-chunked-prefill/--no-enable-chunked-prefill")
+    ] = True,
     long_prefill_token_threshold: int = 0,
     profile: Annotated[str, typer.Option(help="'realistic' or 'instant' (no delays).")] = (
-        "realistic"),
-    speedup: Annotated[float, typer.Option(help="Run the model clock this many times faster.")] = 1.0,
+        "realistic"
+    ),
+    speedup: Annotated[
+        float, typer.Option(help="Run the model clock this many times faster.")
+    ] = 1.0,
     jitter: Annotated[float, typer.Option(help="Relative std-dev of step times (seeded).")] = 0.0,
     seed: int = 0,
-    tokenizer: Annotated[str | None, typer.Option(
-        help="'builtin' or a local tokenizer.json.")] = None,
-    api_key: Annotated[list[str] | None, typer.Option(help="Require this key (repeatable).")] = None,
-    kv_events: Annotated[str | None, typer.Option(
-        help="Publish KV events on ZMQ PUB, e.g. tcp://*:5557.")] = None,
-    enable_prompt_tokens_details: Annotated[bool, typer.Option(
-        "--enable-prompt-tokens-details/--no-enable-prompt-tokens-details")] = True,
-    enable_admin: Annotated[bool, typer.Option(
-        help="Serve /sim/faults, /sim/crash, /sim/stats for run-time fault injection.")] = False,
-    fault_error: Annotated[list[str] | None, typer.Option(
-        help="Inject errors: STATUS=PROBABILITY, e.g. 503=0.1 (repeatable).")] = None,
+    tokenizer: Annotated[
+        str | None, typer.Option(help="'builtin' or a local tokenizer.json.")
+    ] = None,
+    api_key: Annotated[
+        list[str] | None, typer.Option(help="Require this key (repeatable).")
+    ] = None,
+    kv_events: Annotated[
+        str | None, typer.Option(help="Publish KV events on ZMQ PUB, e.g. tcp://*:5557.")
+    ] = None,
+    enable_prompt_tokens_details: Annotated[
+        bool, typer.Option("--enable-prompt-tokens-details/--no-enable-prompt-tokens-details")
+    ] = True,
+    enable_admin: Annotated[
+        bool,
+        typer.Option(
+            help="Serve /sim/faults, /sim/crash, /sim/stats for run-time fault injection."
+        ),
+    ] = False,
+    fault_error: Annotated[
+        list[str] | None,
+        typer.Option(help="Inject errors: STATUS=PROBABILITY, e.g. 503=0.1 (repeatable)."),
+    ] = None,
     fault_latency_ms: float = 0.0,
     fault_spike_rate: float = 0.0,
     fault_spike_ms: float = 0.0,
@@ -80,10 +105,12 @@ def sim(
     fault_drop_rate: float = 0.0,
     fault_crash_after: int = 0,
     fault_slowdown: float = 1.0,
-    fault_kv_reserve: Annotated[float, typer.Option(
-        help="Fraction of KV blocks held back (KV pressure).")] = 0.0,
-    slow_start: Annotated[float, typer.Option(
-        help="Seconds before the port listens, as vLLM while loading.")] = 0.0,
+    fault_kv_reserve: Annotated[
+        float, typer.Option(help="Fraction of KV blocks held back (KV pressure).")
+    ] = 0.0,
+    slow_start: Annotated[
+        float, typer.Option(help="Seconds before the port listens, as vLLM while loading.")
+    ] = 0.0,
     engines: Annotated[int, typer.Option(help="Start N engines on base-port..base-port+N-1.")] = 1,
     base_port: int = 8100,
     log_level: str = "info",
@@ -100,27 +127,46 @@ def sim(
         fail("--engines must be at least 1")
     try:
         faults = FaultConfig()
-        faults.update({
-            "error_rate": parse_error_rates(fault_error or []),
-            "latency_ms": fault_latency_ms, "spike_rate": fault_spike_rate,
-            "spike_ms": fault_spike_ms, "hang_rate": fault_hang_rate,
-            "stall_rate": fault_stall_rate, "drop_rate": fault_drop_rate,
-            "crash_after": fault_crash_after, "slowdown": fault_slowdown,
-            "kv_reserve_frac": fault_kv_reserve,
-        })
+        faults.update(
+            {
+                "error_rate": parse_error_rates(fault_error or []),
+                "latency_ms": fault_latency_ms,
+                "spike_rate": fault_spike_rate,
+                "spike_ms": fault_spike_ms,
+                "hang_rate": fault_hang_rate,
+                "stall_rate": fault_stall_rate,
+                "drop_rate": fault_drop_rate,
+                "crash_after": fault_crash_after,
+                "slowdown": fault_slowdown,
+                "kv_reserve_frac": fault_kv_reserve,
+            }
+        )
         settings = SimSettings(
-            model=model, gpu=gpu, served_model_names=tuple(served_model_name or ()),
-            tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
-            gpu_memory_utilization=gpu_memory_utilization, kv_cache_dtype=kv_cache_dtype,
-            block_size=block_size, num_gpu_blocks_override=num_gpu_blocks_override,
-            max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
+            model=model,
+            gpu=gpu,
+            served_model_names=tuple(served_model_name or ()),
+            tensor_parallel_size=tensor_parallel_size,
+            max_model_len=max_model_len,
+            gpu_memory_utilization=gpu_memory_utilization,
+            kv_cache_dtype=kv_cache_dtype,
+            block_size=block_size,
+            num_gpu_blocks_override=num_gpu_blocks_override,
+            max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=max_num_batched_tokens,
             enable_prefix_caching=enable_prefix_caching,
             enable_chunked_prefill=enable_chunked_prefill,
             long_prefill_token_threshold=long_prefill_token_threshold,
-            speedup=speedup, instant=profile == "instant", jitter=jitter, seed=seed,
-            tokenizer=tokenizer, api_keys=tuple(api_key or ()), kv_events=kv_events,
+            speedup=speedup,
+            instant=profile == "instant",
+            jitter=jitter,
+            seed=seed,
+            tokenizer=tokenizer,
+            api_keys=tuple(api_key or ()),
+            kv_events=kv_events,
             enable_prompt_tokens_details=enable_prompt_tokens_details,
-            admin=enable_admin, faults=faults, slow_start_s=slow_start,
+            admin=enable_admin,
+            faults=faults,
+            slow_start_s=slow_start,
         )
         settings.resolve()
     except (ValueError, SimConfigError) as exc:
@@ -148,13 +194,18 @@ def _strip_cluster_args(argv: list[str]) -> list[str]:
 @app.command()
 def serve(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")] = None,
-    engine: Annotated[list[str] | None, typer.Option(
-        help="URL of an engine that already runs (repeatable); no config file needed.")] = None,
+    engine: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="URL of an engine that already runs (repeatable); no config file needed."
+        ),
+    ] = None,
     host: Annotated[str | None, typer.Option(help="Listen address.")] = None,
     port: Annotated[int | None, typer.Option(help="Listen port.")] = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes (one per core).")] = None,
-    policy: Annotated[str | None, typer.Option(
-        help="Routing: least_loaded, round_robin or session_affinity.")] = None,
+    policy: Annotated[
+        str | None, typer.Option(help="Routing: least_loaded, round_robin or session_affinity.")
+    ] = None,
 ) -> None:
     """Run the gateway (with no engines configured: two simulated engines)."""
     from gantry.gateway.server import serve as run_gateway

@@ -198,4 +198,4 @@ def masked(cfg: GatewayConfig) -> dict[str, Any]:
             return [walk(x) for x in v]
         return v
 
-    return walk(cfg.model_dump(mode="json", by_alias=True))  # type: ignore[no-any-return]
+    return dict(walk(cfg.model_dump(mode="json", by_alias=True)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import subprocess
 import time
@@ -18,9 +19,10 @@ from tests.helpers import Proc, free_port, gantry_cmd, gateway, metric_value, si
 
 @pytest.fixture(scope="module")
 def stack(module_tmp: Path) -> Iterator[tuple[Proc, list[Proc]]]:
-    with sim(module_tmp, "--served-model-name", "qwen", "--speedup", "10",
-             "--enable-admin") as a, sim(module_tmp, "--served-model-name", "qwen",
-                                         "--speedup", "10", "--enable-admin") as b:
+    with (
+        sim(module_tmp, "--served-model-name", "qwen", "--speedup", "10", "--enable-admin") as a,
+        sim(module_tmp, "--served-model-name", "qwen", "--speedup", "10", "--enable-admin") as b,
+    ):
         cfg = module_tmp / "gantry.yaml"
         cfg.write_text(
             f"engines:\n  - url: {a.url}\n    name: a\n  - url: {b.url}\n    name: b\n"
@@ -41,8 +43,9 @@ def reset_faults(engines: list[Proc]) -> None:
 def test_openai_sdk_through_gateway(stack):
     gw, _ = stack
     client = openai.OpenAI(base_url=gw.url + "/v1", api_key="none")
-    r = client.chat.completions.create(model="qwen", messages=[{"role": "user", "content": "hi"}],
-                                       max_tokens=4)
+    r = client.chat.completions.create(
+        model="qwen", messages=[{"role": "user", "content": "hi"}], max_tokens=4
+    )
     assert r.usage.completion_tokens == 4
     chunks = list(client.completions.create(model="qwen", prompt="x", max_tokens=3, stream=True))
     assert chunks[-1].choices[0].finish_reason == "length"
@@ -51,8 +54,12 @@ def test_openai_sdk_through_gateway(stack):
         ac = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key="none")
         n = 0
         stream = await ac.chat.completions.create(
-            model="gpt-4", messages=[{"role": "user", "content": "hi"}], max_tokens=5,
-            stream=True, stream_options={"include_usage": True})
+            model="gpt-4",
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=5,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
         async for c in stream:
             n += 1
             last = c
@@ -65,8 +72,14 @@ def test_openai_sdk_through_gateway(stack):
 
 def test_usage_chunk_only_when_asked_and_extra_fields_pass_through(stack):
     gw, _ = stack
-    body = {"model": "qwen", "prompt": "x", "max_tokens": 3, "stream": True,
-            "ignore_eos": True, "min_tokens": 3}
+    body = {
+        "model": "qwen",
+        "prompt": "x",
+        "max_tokens": 3,
+        "stream": True,
+        "ignore_eos": True,
+        "min_tokens": 3,
+    }
     raw = httpx.post(gw.url + "/v1/completions", json=body).text
     assert '"choices":[]' not in raw and raw.endswith("data: [DONE]\n\n")
     body["stream_options"] = {"include_usage": True}
@@ -75,19 +88,26 @@ def test_usage_chunk_only_when_asked_and_extra_fields_pass_through(stack):
 
 
 def test_streaming_is_incremental(tmp_path):
-    with sim(tmp_path, "--served-model-name", "m") as e, gateway(tmp_path, "--engine",
-                                                                  e.url) as gw:
+    with sim(tmp_path, "--served-model-name", "m") as e, gateway(tmp_path, "--engine", e.url) as gw:
         arrivals = []
-        with httpx.stream("POST", gw.url + "/v1/completions", json={
-            "model": "m", "prompt": "x", "max_tokens": 30, "ignore_eos": True, "stream": True,
-        }) as r:
+        with httpx.stream(
+            "POST",
+            gw.url + "/v1/completions",
+            json={
+                "model": "m",
+                "prompt": "x",
+                "max_tokens": 30,
+                "ignore_eos": True,
+                "stream": True,
+            },
+        ) as r:
             for line in r.iter_lines():
                 if line.startswith("data: {"):
                     arrivals.append(time.monotonic())
         assert len(arrivals) == 30
         # ~15 ms per token on the simulated L4: chunks are spread over time, not one burst.
         assert arrivals[-1] - arrivals[0] > 0.2
-        gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(arrivals)]
         assert sorted(gaps)[len(gaps) // 2] > 0.005
 
 
@@ -96,8 +116,11 @@ def test_keepalive_comments_before_first_token(stack):
     for e in engines:
         httpx.post(e.url + "/sim/faults", json={"reset": True, "latency_ms": 700})
     try:
-        raw = httpx.post(gw.url + "/v1/completions", timeout=10, json={
-            "model": "qwen", "prompt": "x", "max_tokens": 2, "stream": True}).text
+        raw = httpx.post(
+            gw.url + "/v1/completions",
+            timeout=10,
+            json={"model": "qwen", "prompt": "x", "max_tokens": 2, "stream": True},
+        ).text
     finally:
         reset_faults(engines)
     assert raw.startswith(": keep-alive\n\n")
@@ -106,9 +129,11 @@ def test_keepalive_comments_before_first_token(stack):
 
 def test_request_id_is_honoured_and_returned(stack):
     gw, _ = stack
-    r = httpx.post(gw.url + "/v1/chat/completions", headers={"X-Request-Id": "req-42"},
-                   json={"model": "qwen", "messages": [{"role": "user", "content": "x"}],
-                         "max_tokens": 1})
+    r = httpx.post(
+        gw.url + "/v1/chat/completions",
+        headers={"X-Request-Id": "req-42"},
+        json={"model": "qwen", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1},
+    )
     assert r.headers["x-request-id"] == "req-42"
     assert r.json()["id"] == "chatcmpl-req-42"  # the engine saw it too
     r = httpx.get(gw.url + "/v1/models")
@@ -120,36 +145,58 @@ def test_models_union_and_alias(stack):
     data = httpx.get(gw.url + "/v1/models").json()["data"]
     assert {m["id"] for m in data} == {"qwen", "gpt-4"}
     assert next(m for m in data if m["id"] == "qwen")["max_model_len"] == 32768
-    r = httpx.post(gw.url + "/v1/completions", json={"model": "gpt-4", "prompt": "x",
-                                                      "max_tokens": 1})
+    r = httpx.post(
+        gw.url + "/v1/completions", json={"model": "gpt-4", "prompt": "x", "max_tokens": 1}
+    )
     assert r.status_code == 200 and r.json()["model"] == "gpt-4"
 
 
 def test_tokenize_detokenize_through_gateway(stack):
     gw, _ = stack
     t = httpx.post(gw.url + "/tokenize", json={"model": "qwen", "prompt": "Hello"}).json()
-    assert httpx.post(gw.url + "/detokenize", json={"model": "qwen", "tokens": t["tokens"]}
-                      ).json()["prompt"] == "Hello"
+    assert (
+        httpx.post(gw.url + "/detokenize", json={"model": "qwen", "tokens": t["tokens"]}).json()[
+            "prompt"
+        ]
+        == "Hello"
+    )
 
 
 BAD = [
     ("malformed json", "/v1/chat/completions", b"{not json", "application/json", 400),
     ("not an object", "/v1/chat/completions", b"[1,2]", "application/json", 400),
     ("missing messages", "/v1/chat/completions", b'{"model":"qwen"}', "application/json", 400),
-    ("wrong type", "/v1/chat/completions",
-     b'{"model":"qwen","messages":[{"role":"user","content":"x"}],"stream":"yes"}',
-     "application/json", 400),
-    ("wrong max_tokens type", "/v1/completions", b'{"model":"qwen","prompt":"x",'
-     b'"max_tokens":"many"}', "application/json", 400),
+    (
+        "wrong type",
+        "/v1/chat/completions",
+        b'{"model":"qwen","messages":[{"role":"user","content":"x"}],"stream":"yes"}',
+        "application/json",
+        400,
+    ),
+    (
+        "wrong max_tokens type",
+        "/v1/completions",
+        b'{"model":"qwen","prompt":"x","max_tokens":"many"}',
+        "application/json",
+        400,
+    ),
     ("missing model", "/v1/completions", b'{"prompt":"x"}', "application/json", 400),
-    ("unknown model", "/v1/completions", b'{"model":"nope","prompt":"x"}', "application/json",
-     404),
-    ("wrong content type", "/v1/completions", b'{"model":"qwen","prompt":"x"}', "text/plain",
-     415),
-    ("oversized body", "/v1/completions",
-     b'{"model":"qwen","prompt":"' + b"x" * 300_000 + b'"}', "application/json", 413),
-    ("engine-side validation", "/v1/completions", b'{"model":"qwen","prompt":"x","n":0}',
-     "application/json", 400),
+    ("unknown model", "/v1/completions", b'{"model":"nope","prompt":"x"}', "application/json", 404),
+    ("wrong content type", "/v1/completions", b'{"model":"qwen","prompt":"x"}', "text/plain", 415),
+    (
+        "oversized body",
+        "/v1/completions",
+        b'{"model":"qwen","prompt":"' + b"x" * 300_000 + b'"}',
+        "application/json",
+        413,
+    ),
+    (
+        "engine-side validation",
+        "/v1/completions",
+        b'{"model":"qwen","prompt":"x","n":0}',
+        "application/json",
+        400,
+    ),
     ("unknown path", "/v1/nope", b"{}", "application/json", 404),
 ]
 
@@ -165,11 +212,21 @@ def test_bad_input_gets_openai_error(stack, name, path, body, ctype, status):
 
 
 def test_client_disconnect_cancels_upstream(tmp_path):
-    with sim(tmp_path, "--served-model-name", "m", "--enable-admin") as e, gateway(
-            tmp_path, "--engine", e.url) as gw:
-        with httpx.stream("POST", gw.url + "/v1/completions", json={
-            "model": "m", "prompt": "x", "max_tokens": 3000, "ignore_eos": True,
-            "stream": True}) as r:
+    with (
+        sim(tmp_path, "--served-model-name", "m", "--enable-admin") as e,
+        gateway(tmp_path, "--engine", e.url) as gw,
+    ):
+        with httpx.stream(
+            "POST",
+            gw.url + "/v1/completions",
+            json={
+                "model": "m",
+                "prompt": "x",
+                "max_tokens": 3000,
+                "ignore_eos": True,
+                "stream": True,
+            },
+        ) as r:
             for i, _ in enumerate(r.iter_lines()):
                 if i > 4:
                     break
@@ -190,8 +247,9 @@ def test_failover_on_engine_errors(stack):
     httpx.post(engines[0].url + "/sim/faults", json={"reset": True, "error_rate": {"503": 1}})
     try:
         for _ in range(10):
-            r = httpx.post(gw.url + "/v1/completions", json={"model": "qwen", "prompt": "x",
-                                                              "max_tokens": 1})
+            r = httpx.post(
+                gw.url + "/v1/completions", json={"model": "qwen", "prompt": "x", "max_tokens": 1}
+            )
             assert r.status_code == 200
     finally:
         reset_faults(engines)
@@ -201,11 +259,14 @@ def test_failover_on_engine_errors(stack):
 
 def test_gateway_metrics(stack):
     gw, _ = stack
-    httpx.post(gw.url + "/v1/completions", json={"model": "qwen", "prompt": "x",
-                                                  "max_tokens": 2, "stream": True})
+    httpx.post(
+        gw.url + "/v1/completions",
+        json={"model": "qwen", "prompt": "x", "max_tokens": 2, "stream": True},
+    )
     text = httpx.get(gw.url + "/metrics").text
-    assert metric_value(text, "gantry_requests_total", endpoint="/v1/completions",
-                        status="200") >= 1
+    assert (
+        metric_value(text, "gantry_requests_total", endpoint="/v1/completions", status="200") >= 1
+    )
     assert metric_value(text, "gantry_engine_up", engine="a") == 1
     assert metric_value(text, "gantry_tokens_total", kind="completion") >= 2
     assert metric_value(text, "gantry_time_to_first_token_seconds_count") >= 1
@@ -217,8 +278,9 @@ def test_readiness_as_engines_die_and_recover(tmp_path):
     port = free_port()
     with sim(tmp_path, "--served-model-name", "m", "--profile", "instant", port=port) as e:
         cfg = tmp_path / "g.yaml"
-        cfg.write_text(f"engines:\n  - url: {e.url}\nhealth:\n  interval_s: 0.2\n"
-                       "  failure_threshold: 1\n")
+        cfg.write_text(
+            f"engines:\n  - url: {e.url}\nhealth:\n  interval_s: 0.2\n  failure_threshold: 1\n"
+        )
         with gateway(tmp_path, "-c", str(cfg)) as gw:
             assert httpx.get(gw.url + "/readyz").json() == {"ready": True, "reasons": []}
             e.stop(9)
@@ -239,14 +301,19 @@ def test_readiness_as_engines_die_and_recover(tmp_path):
 
 
 def test_engine_killed_requests_fail_over(tmp_path):
-    with sim(tmp_path, "--served-model-name", "m", "--profile", "instant") as a, sim(
-            tmp_path, "--served-model-name", "m", "--profile", "instant") as b:
-        with gateway(tmp_path, "--engine", a.url, "--engine", b.url,
-                     "--policy", "round_robin") as gw:
-            a.stop(9)
-            codes = [httpx.post(gw.url + "/v1/completions", json={
-                "model": "m", "prompt": "x", "max_tokens": 1}).status_code for _ in range(20)]
-            assert codes == [200] * 20
+    with (
+        sim(tmp_path, "--served-model-name", "m", "--profile", "instant") as a,
+        sim(tmp_path, "--served-model-name", "m", "--profile", "instant") as b,
+        gateway(tmp_path, "--engine", a.url, "--engine", b.url, "--policy", "round_robin") as gw,
+    ):
+        a.stop(9)
+        codes = [
+            httpx.post(
+                gw.url + "/v1/completions", json={"model": "m", "prompt": "x", "max_tokens": 1}
+            ).status_code
+            for _ in range(20)
+        ]
+        assert codes == [200] * 20
 
 
 def test_config_cli(tmp_path):
@@ -258,8 +325,12 @@ def test_config_cli(tmp_path):
     good.write_text("engines:\n  - url: http://127.0.0.1:9\n    api_key: topsecret\n")
     r = subprocess.run(gantry_cmd("config", "check", str(good)), capture_output=True, text=True)
     assert r.returncode == 0 and "ok" in r.stdout
-    r = subprocess.run(gantry_cmd("config", "show", "-c", str(good)), capture_output=True,
-                       text=True, env={"GANTRY_PORT": "9999", "PATH": "/usr/bin"})
+    r = subprocess.run(
+        gantry_cmd("config", "show", "-c", str(good)),
+        capture_output=True,
+        text=True,
+        env={"GANTRY_PORT": "9999", "PATH": "/usr/bin"},
+    )
     assert r.returncode == 0 and "topsecret" not in r.stdout and "***" in r.stdout
     assert "port: 9999" in r.stdout
     r = subprocess.run(gantry_cmd("serve", "--port", "99999"), capture_output=True, text=True)

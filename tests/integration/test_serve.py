@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 
@@ -32,27 +33,36 @@ def test_embedded_default_and_readme_examples(tmp_path):
         out = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=30)
         assert out.returncode == 0 and '"chat.completion"' in out.stdout, out
         env = {**os.environ, "GANTRY_URL": f"{gw.url}/v1"}
-        out = subprocess.run([sys.executable, "-c", readme_block("readme-python")], env=env,
-                             capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [sys.executable, "-c", readme_block("readme-python")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert out.returncode == 0, out.stderr
         assert len(out.stdout.strip()) > 5
-        children = subprocess.run(["pgrep", "-P", str(gw.proc.pid)], capture_output=True,
-                                  text=True).stdout.split()
+        children = subprocess.run(
+            ["pgrep", "-P", str(gw.proc.pid)], capture_output=True, text=True
+        ).stdout.split()
         assert len(children) == 2
         del pids
     # The simulated engines stop with the gateway.
     time.sleep(0.5)
     for pid in children:
-        assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(
-            f"/proc/{pid}/status").read().lower()
+        status = Path(f"/proc/{pid}/status")
+        assert not status.exists() or "zombie" in status.read_text().lower()
 
 
 def test_workers_share_metrics(tmp_path):
-    with sim(tmp_path, "--profile", "instant", "--served-model-name", "m") as e, gateway(
-            tmp_path, "--engine", e.url, "--workers", "2") as gw:
+    with (
+        sim(tmp_path, "--profile", "instant", "--served-model-name", "m") as e,
+        gateway(tmp_path, "--engine", e.url, "--workers", "2") as gw,
+    ):
         for _ in range(30):
-            r = httpx.post(gw.url + "/v1/completions", json={"model": "m", "prompt": "x",
-                                                              "max_tokens": 1})
+            r = httpx.post(
+                gw.url + "/v1/completions", json={"model": "m", "prompt": "x", "max_tokens": 1}
+            )
             assert r.status_code == 200
         text = httpx.get(gw.url + "/metrics").text
         assert metric_value(text, "gantry_requests_total", status="200") == 30
@@ -62,12 +72,16 @@ def test_workers_share_metrics(tmp_path):
 def test_traceparent_reaches_engines_and_spans_are_emitted(tmp_path):
     with recording_engine() as (url, seen):
         cfg = tmp_path / "t.yaml"
-        cfg.write_text(f"engines:\n  - url: {url}\ntracing:\n  enabled: true\n"
-                       "  exporter: console\n")
+        cfg.write_text(
+            f"engines:\n  - url: {url}\ntracing:\n  enabled: true\n  exporter: console\n"
+        )
         with gateway(tmp_path, "-c", str(cfg)) as gw:
             parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-            r = httpx.post(gw.url + "/v1/chat/completions", headers={"traceparent": parent},
-                           json={"model": "rec", "messages": [{"role": "user", "content": "x"}]})
+            r = httpx.post(
+                gw.url + "/v1/chat/completions",
+                headers={"traceparent": parent},
+                json={"model": "rec", "messages": [{"role": "user", "content": "x"}]},
+            )
             assert r.status_code == 200
             sent = seen[-1]["traceparent"]
             assert sent.split("-")[1] == "0af7651916cd43dd8448eb211c80319c"  # same trace
@@ -81,8 +95,11 @@ def test_traceparent_reaches_engines_and_spans_are_emitted(tmp_path):
 def test_traceparent_passes_through_without_tracing(tmp_path):
     with recording_engine() as (url, seen), gateway(tmp_path, "--engine", url) as gw:
         parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-        httpx.post(gw.url + "/v1/chat/completions", headers={"traceparent": parent},
-                   json={"model": "rec", "messages": [{"role": "user", "content": "x"}]})
+        httpx.post(
+            gw.url + "/v1/chat/completions",
+            headers={"traceparent": parent},
+            json={"model": "rec", "messages": [{"role": "user", "content": "x"}]},
+        )
         assert seen[-1]["traceparent"] == parent
         assert seen[-1]["x-request-id"]
 
@@ -90,7 +107,9 @@ def test_traceparent_passes_through_without_tracing(tmp_path):
 def test_engine_without_metrics_and_nonvllm_errors(tmp_path):
     """An OpenAI-compatible server with no /metrics still serves; 404 /metrics tolerated."""
     with recording_engine() as (url, _), gateway(tmp_path, "--engine", url) as gw:
-        r = httpx.post(gw.url + "/v1/chat/completions",
-                       json={"model": "rec", "messages": [{"role": "user", "content": "x"}]})
+        r = httpx.post(
+            gw.url + "/v1/chat/completions",
+            json={"model": "rec", "messages": [{"role": "user", "content": "x"}]},
+        )
         assert r.status_code == 200
         assert httpx.get(gw.url + "/readyz").status_code == 200

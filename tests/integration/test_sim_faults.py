@@ -37,19 +37,28 @@ def test_hang_stall_and_drop(fast_sim: Proc):
         httpx.post(fast_sim.url + "/v1/completions", json={"prompt": "x"}, timeout=0.5)
     set_faults(fast_sim, stall_rate=1.0, stall_after_tokens=2)
     got = []
-    with pytest.raises(httpx.ReadTimeout), httpx.stream(
-        "POST", fast_sim.url + "/v1/completions", timeout=0.7,
-        json={"prompt": "x", "max_tokens": 50, "stream": True},
-    ) as r:
+    with (
+        pytest.raises(httpx.ReadTimeout),
+        httpx.stream(
+            "POST",
+            fast_sim.url + "/v1/completions",
+            timeout=0.7,
+            json={"prompt": "x", "max_tokens": 50, "stream": True},
+        ) as r,
+    ):
         for line in r.iter_lines():
             if line:
                 got.append(line)
     assert len(got) == 2
     set_faults(fast_sim, drop_rate=1.0, stall_after_tokens=2)
-    with pytest.raises(httpx.RemoteProtocolError), httpx.stream(
-        "POST", fast_sim.url + "/v1/completions",
-        json={"prompt": "x", "max_tokens": 50, "stream": True},
-    ) as r:
+    with (
+        pytest.raises(httpx.RemoteProtocolError),
+        httpx.stream(
+            "POST",
+            fast_sim.url + "/v1/completions",
+            json={"prompt": "x", "max_tokens": 50, "stream": True},
+        ) as r,
+    ):
         for _ in r.iter_lines():
             pass
     set_faults(fast_sim)
@@ -65,11 +74,21 @@ def test_latency_fault_delays_first_token(fast_sim: Proc):
 
 def test_client_disconnect_aborts_and_frees_blocks(tmp_path):
     with sim(tmp_path, "--speedup", "1", "--enable-admin") as p:
-        before = metric_value(httpx.get(p.url + "/metrics").text, "vllm:request_success_total",
-                              finished_reason="abort")
-        with httpx.stream("POST", p.url + "/v1/completions", json={
-            "prompt": "long " * 500, "max_tokens": 2000, "ignore_eos": True, "stream": True,
-        }) as r:
+        before = metric_value(
+            httpx.get(p.url + "/metrics").text,
+            "vllm:request_success_total",
+            finished_reason="abort",
+        )
+        with httpx.stream(
+            "POST",
+            p.url + "/v1/completions",
+            json={
+                "prompt": "long " * 500,
+                "max_tokens": 2000,
+                "ignore_eos": True,
+                "stream": True,
+            },
+        ) as r:
             for i, _ in enumerate(r.iter_lines()):
                 if i > 3:
                     break
@@ -80,8 +99,11 @@ def test_client_disconnect_aborts_and_frees_blocks(tmp_path):
                 break
             time.sleep(0.05)
         assert stats["running"] == 0 and stats["kv_usage"] == 0.0
-        after = metric_value(httpx.get(p.url + "/metrics").text, "vllm:request_success_total",
-                             finished_reason="abort")
+        after = metric_value(
+            httpx.get(p.url + "/metrics").text,
+            "vllm:request_success_total",
+            finished_reason="abort",
+        )
         assert after == before + 1
 
 
@@ -99,8 +121,12 @@ def test_crash_on_command_and_after_n(tmp_path):
 
 def test_slow_start_refuses_connections_until_ready(tmp_path):
     port = free_port()
-    with run_proc(gantry_cmd("sim", "--port", str(port), "--slow-start", "1.5",
-                             "--profile", "instant"), port, tmp_path, wait=False) as p:
+    with run_proc(
+        gantry_cmd("sim", "--port", str(port), "--slow-start", "1.5", "--profile", "instant"),
+        port,
+        tmp_path,
+        wait=False,
+    ) as p:
         time.sleep(0.5)
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", port)) != 0  # connection refused while loading
@@ -108,14 +134,28 @@ def test_slow_start_refuses_connections_until_ready(tmp_path):
 
 
 def test_kv_pressure_causes_preemption(tmp_path):
-    with sim(tmp_path, "--profile", "instant", "--num-gpu-blocks-override", "64",
-             "--max-model-len", "512", "--enable-admin") as p:
+    with sim(
+        tmp_path,
+        "--profile",
+        "instant",
+        "--num-gpu-blocks-override",
+        "64",
+        "--max-model-len",
+        "512",
+        "--enable-admin",
+    ) as p:
         import concurrent.futures as cf
 
         def one(i: int) -> int:
-            return httpx.post(p.url + "/v1/completions", timeout=30, json={
-                "prompt": list(range(1000 + i, 1200 + i)), "max_tokens": 200,
-                "ignore_eos": True}).status_code
+            return httpx.post(
+                p.url + "/v1/completions",
+                timeout=30,
+                json={
+                    "prompt": list(range(1000 + i, 1200 + i)),
+                    "max_tokens": 200,
+                    "ignore_eos": True,
+                },
+            ).status_code
 
         with cf.ThreadPoolExecutor(8) as ex:
             assert set(ex.map(one, range(8))) == {200}
@@ -144,7 +184,8 @@ def test_kv_events_published_over_zmq(tmp_path):
     stored = events[0]
     assert stored["type"] == "BlockStored" and stored["medium"] == "GPU"
     assert stored["block_size"] == 16 and len(stored["token_ids"]) == 16 * len(
-        stored["block_hashes"])
+        stored["block_hashes"]
+    )
     assert stored["parent_block_hash"] is None
     assert all(0 <= h < 2**64 for h in stored["block_hashes"])
 
@@ -156,8 +197,11 @@ def test_cluster_of_engines(tmp_path):
             if s.connect_ex(("127.0.0.1", base + 1)) != 0:
                 break
         base = free_port()
-    with run_proc(gantry_cmd("sim", "--engines", "2", "--base-port", str(base), "--profile",
-                             "instant"), base, tmp_path) as p:
+    with run_proc(
+        gantry_cmd("sim", "--engines", "2", "--base-port", str(base), "--profile", "instant"),
+        base,
+        tmp_path,
+    ) as p:
         wait_http(f"http://127.0.0.1:{base + 1}", 20)
         for port in (base, base + 1):
             r = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json={"prompt": "x"})
@@ -169,8 +213,13 @@ def test_cluster_of_engines(tmp_path):
 def test_cli_bad_input_is_one_line(tmp_path):
     import subprocess
 
-    for args in (["--gpu", "Z80"], ["--model", "nope"], ["--fault-error", "503"],
-                 ["--model", "llama-3.1-70b", "--gpu", "T4"], ["--profile", "warp"]):
+    for args in (
+        ["--gpu", "Z80"],
+        ["--model", "nope"],
+        ["--fault-error", "503"],
+        ["--model", "llama-3.1-70b", "--gpu", "T4"],
+        ["--profile", "warp"],
+    ):
         r = subprocess.run(gantry_cmd("sim", *args), capture_output=True, text=True, timeout=30)
         assert r.returncode == 2, args
         assert r.stderr.startswith("gantry: error:") and r.stderr.count("\n") == 1, r.stderr

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from gantry.config import load_config, masked
 from gantry.errors import ConfigError
@@ -8,8 +9,10 @@ from gantry.errors import ConfigError
 
 def test_precedence_yaml_env_flags(tmp_path):
     f = tmp_path / "g.yaml"
-    f.write_text("port: 9000\nrouting:\n  policy: round_robin\nengines:\n"
-                 "  - url: http://127.0.0.1:8000\n    api_key: sekret\n")
+    f.write_text(
+        "port: 9000\nrouting:\n  policy: round_robin\nengines:\n"
+        "  - url: http://127.0.0.1:8000\n    api_key: sekret\n"
+    )
     cfg = load_config(f, env={})
     assert cfg.port == 9000 and cfg.routing.policy == "round_robin"
     cfg = load_config(f, env={"GANTRY_PORT": "9100", "GANTRY_ROUTING__POLICY": "least_loaded"})
@@ -46,6 +49,6 @@ def test_missing_file_is_a_clear_error(tmp_path):
 
 def test_config_is_frozen():
     cfg = load_config(None, env={})
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         cfg.port = 1  # type: ignore[misc]
     assert cfg.is_embedded

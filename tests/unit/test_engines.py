@@ -42,8 +42,10 @@ vllm:prefix_cache_hits_total{engine="0",model_name="m"} 40.0
     load = parse_metrics(text)
     assert (load.running, load.waiting, load.kv_usage) == (3.0, 3.0, 0.5)
     assert (load.prefix_queries, load.prefix_hits) == (100.0, 40.0)
-    old = parse_metrics('vllm:gpu_cache_usage_perc{model_name="m"} 0.25\n'
-                        'vllm:gpu_prefix_cache_hits_total{model_name="m"} 7\n')
+    old = parse_metrics(
+        'vllm:gpu_cache_usage_perc{model_name="m"} 0.25\n'
+        'vllm:gpu_prefix_cache_hits_total{model_name="m"} 7\n'
+    )
     assert old.kv_usage == 0.25 and old.prefix_hits == 7
     empty = parse_metrics("garbage\nhttp_requests_total 5\n")
     assert empty.running is None and empty.kv_usage is None

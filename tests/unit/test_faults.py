@@ -21,10 +21,12 @@ def test_error_rate_is_respected_statistically():
 
 @pytest.mark.parametrize(
     ("patch", "field", "value"),
-    [({"hang_rate": 1}, "action", Action.HANG),
-     ({"stall_rate": 1}, "action", Action.STALL),
-     ({"drop_rate": 1}, "action", Action.DROP),
-     ({"latency_ms": 250}, "delay_s", 0.25)],
+    [
+        ({"hang_rate": 1}, "action", Action.HANG),
+        ({"stall_rate": 1}, "action", Action.STALL),
+        ({"drop_rate": 1}, "action", Action.DROP),
+        ({"latency_ms": 250}, "delay_s", 0.25),
+    ],
 )
 def test_each_fault_kind(patch, field, value):
     cfg = FaultConfig()
@@ -32,8 +34,16 @@ def test_each_fault_kind(patch, field, value):
     assert getattr(decide(cfg, random.Random(0)), field) == value
 
 
-@pytest.mark.parametrize("patch", [{"nope": 1}, {"hang_rate": 2}, {"error_rate": {404: 0.5}},
-                                   {"latency_ms": "x"}, {"error_rate": [1]}])
+@pytest.mark.parametrize(
+    "patch",
+    [
+        {"nope": 1},
+        {"hang_rate": 2},
+        {"error_rate": {404: 0.5}},
+        {"latency_ms": "x"},
+        {"error_rate": [1]},
+    ],
+)
 def test_bad_patches_are_refused(patch):
     with pytest.raises(ValueError):
         FaultConfig().update(patch)

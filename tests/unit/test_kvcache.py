@@ -22,7 +22,7 @@ def test_hashes_chain_on_parent_and_only_cover_full_blocks():
     assert hs[0] == hash_block(NONE_HASH, tuple(range(16)), None)
     assert hs[1] == hash_block(hs[0], tuple(range(16, 32)), None)
     # Same second block after a different first block hashes differently (chained).
-    other = block_hashes([99] + toks[1:], 16)
+    other = block_hashes([99, *toks[1:]], 16)
     assert other[1] != hs[1]
 
 
@@ -41,7 +41,7 @@ def test_prefix_hit_is_block_aligned_and_leaves_last_token():
     # An identical 8-token prompt may reuse only one block: the last token is recomputed.
     assert len(kv.lookup(hs, 8)) == 1
     # A longer prompt with the same prefix reuses both.
-    assert len(kv.lookup(block_hashes(toks + [50, 51], 4), 10)) == 2
+    assert len(kv.lookup(block_hashes([*toks, 50, 51], 4), 10)) == 2
 
 
 def test_freed_blocks_stay_cached_until_reused_then_evicted_lru():
@@ -78,9 +78,14 @@ def test_allocation_fails_when_full_and_reserve_applies_pressure():
 
 def test_num_gpu_blocks_formula_llama8b_h100():
     gib = 1024**3
-    blocks = num_gpu_blocks(gpu_memory_bytes=80 * gib, utilization=0.92,
-                            weight_bytes=16e9, kv_bytes_per_token=131072, block_size=16,
-                            activation_reserve_bytes=2 * gib)
+    blocks = num_gpu_blocks(
+        gpu_memory_bytes=80 * gib,
+        utilization=0.92,
+        weight_bytes=16e9,
+        kv_bytes_per_token=131072,
+        block_size=16,
+        activation_reserve_bytes=2 * gib,
+    )
     tokens = blocks * 16
     assert 400_000 < tokens < 500_000  # ~54 GiB of KV at 128 KiB/token
 

@@ -38,8 +38,10 @@ def test_faster_gpu_is_faster_and_instant_is_zero():
     l4 = LatencyModel(gpu_profile("L4"), m).decode_time(8, 500)
     h200 = LatencyModel(gpu_profile("H200"), m).decode_time(8, 500)
     assert h200 < l4
-    assert LatencyModel(gpu_profile("L4"), m, instant=True).step_time(
-        StepShape(100, 1e4, 100, 1)) == 0.0
+    assert (
+        LatencyModel(gpu_profile("L4"), m, instant=True).step_time(StepShape(100, 1e4, 100, 1))
+        == 0.0
+    )
 
 
 def test_awq_reads_fewer_weight_bytes():
@@ -51,9 +53,11 @@ def test_awq_reads_fewer_weight_bytes():
 
 def test_model_from_local_config(tmp_path):
     cfg = tmp_path / "config.json"
-    cfg.write_text('{"hidden_size": 2048, "num_attention_heads": 16, "num_hidden_layers": 24,'
-                   ' "num_key_value_heads": 4, "intermediate_size": 5632, "vocab_size": 32000,'
-                   ' "max_position_embeddings": 4096}')
+    cfg.write_text(
+        '{"hidden_size": 2048, "num_attention_heads": 16, "num_hidden_layers": 24,'
+        ' "num_key_value_heads": 4, "intermediate_size": 5632, "vocab_size": 32000,'
+        ' "max_position_embeddings": 4096}'
+    )
     m = model_profile(str(cfg))
     assert m.num_layers == 24 and m.head_dim == 128 and m.max_model_len == 4096
     assert m.kv_bytes_per_token() == 2 * 24 * 4 * 128 * 2

@@ -55,7 +55,13 @@ def test_inspect_rejects_bad_shapes(endpoint, body, param):
 
 
 def test_inspect_reads_stream_and_usage_flags():
-    info = inspect_request(ENDPOINT_CHAT, {"model": "m", "messages": [{"role": "user"}],
-                                           "stream": True,
-                                           "stream_options": {"include_usage": True}})
+    info = inspect_request(
+        ENDPOINT_CHAT,
+        {
+            "model": "m",
+            "messages": [{"role": "user"}],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    )
     assert info.stream and info.include_usage and info.model == "m"

@@ -14,8 +14,16 @@ from gantry.routing import (
 
 
 def views(n: int, **load: float) -> list[EngineView]:
-    return [EngineView(name=f"e{i}", url=f"http://e{i}", models=("m",), healthy=True,
-                       running=load.get(f"e{i}", 0.0)) for i in range(n)]
+    return [
+        EngineView(
+            name=f"e{i}",
+            url=f"http://e{i}",
+            models=("m",),
+            healthy=True,
+            running=load.get(f"e{i}", 0.0),
+        )
+        for i in range(n)
+    ]
 
 
 def test_least_loaded_counts_gateway_inflight_and_engine_queue():

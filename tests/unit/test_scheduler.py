@@ -9,8 +9,13 @@ TOK = BuiltinTokenizer()
 
 
 def req(n_prompt: int, max_tokens: int = 4, rid: str = "r", prompt: list[int] | None = None):
-    return SimRequest(rid, prompt or list(range(300, 300 + n_prompt)),
-                      SamplingSpec(max_tokens=max_tokens, ignore_eos=True), TOK, 0.0)
+    return SimRequest(
+        rid,
+        prompt or list(range(300, 300 + n_prompt)),
+        SamplingSpec(max_tokens=max_tokens, ignore_eos=True),
+        TOK,
+        0.0,
+    )
 
 
 def run_to_end(s: Scheduler, limit: int = 10_000) -> int:
@@ -78,7 +83,7 @@ def test_prefix_cache_hit_skips_computed_blocks():
     first = req(64, prompt=prompt)
     s.add(first)
     run_to_end(s)
-    second = req(64, rid="b", prompt=prompt + [1, 2, 3])
+    second = req(64, rid="b", prompt=[*prompt, 1, 2, 3])
     s.add(second)
     step = s.schedule()
     assert second.num_cached_prompt == 64

@@ -1,7 +1,7 @@
 """Engines: the transport seam, the pool with health probes and load scrape."""
 
-from gantry.engines.health import HealthState, mark_down, observe
 from gantry.engines.h1 import H1Transport
+from gantry.engines.health import HealthState, mark_down, observe
 from gantry.engines.pool import EnginePool
 from gantry.engines.scrape import EngineLoad, parse_metrics
 from gantry.engines.transport import EngineRequest, EngineResponse, EngineTransport, HTTPTransport

@@ -31,8 +31,21 @@ _MAX_IDLE = 256  # bounded pool of idle connections per engine
 
 class _Conn(asyncio.Protocol):
     __slots__ = (
-        "_body", "_done", "_eof", "_headers", "_headers_fut", "_paused", "_waiter", "exc",
-        "idle_since", "keep_alive", "loop", "parser", "status", "transport", "used",
+        "_body",
+        "_done",
+        "_eof",
+        "_headers",
+        "_headers_fut",
+        "_paused",
+        "_waiter",
+        "exc",
+        "idle_since",
+        "keep_alive",
+        "loop",
+        "parser",
+        "status",
+        "transport",
+        "used",
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -108,8 +121,13 @@ class _Conn(asyncio.Protocol):
         return self.status != 0
 
     def reusable(self) -> bool:
-        return (self._done and self.keep_alive and self.exc is None and self.transport is not None
-                and not self.transport.is_closing())
+        return (
+            self._done
+            and self.keep_alive
+            and self.exc is None
+            and self.transport is not None
+            and not self.transport.is_closing()
+        )
 
     def close(self) -> None:
         self.keep_alive = False
@@ -172,14 +190,16 @@ class _Response:
 class H1Transport:
     """EngineTransport over pooled HTTP/1.1 connections to one engine."""
 
-    def __init__(self, base_url: str, *, api_key: str | None = None,
-                 max_idle: int = _MAX_IDLE) -> None:
+    def __init__(
+        self, base_url: str, *, api_key: str | None = None, max_idle: int = _MAX_IDLE
+    ) -> None:
         u = urlsplit(base_url)
         self.base_url = base_url.rstrip("/")
         self._host = u.hostname or "127.0.0.1"
         self._port = u.port or (443 if u.scheme == "https" else 80)
         self._ssl: ssl.SSLContext | None = (
-            ssl.create_default_context() if u.scheme == "https" else None)
+            ssl.create_default_context() if u.scheme == "https" else None
+        )
         self._prefix = u.path.rstrip("/")
         host_hdr = u.netloc.encode()
         auth = f"authorization: Bearer {api_key}\r\n".encode() if api_key else b""
@@ -187,20 +207,22 @@ class H1Transport:
         self._idle: list[_Conn] = []
         self._max_idle = max_idle
 
-    async def _connect(self, timeout: float) -> _Conn:
+    async def _connect(self, connect_s: float) -> _Conn:
         loop = asyncio.get_running_loop()
         try:
             _, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: _Conn(loop), self._host, self._port,
-                                       ssl=self._ssl),
-                timeout)
+                loop.create_connection(lambda: _Conn(loop), self._host, self._port, ssl=self._ssl),
+                connect_s,
+            )
         except TimeoutError as exc:
-            raise EngineTimeout(f"engine {self.base_url}: connect timed out",
-                                engine=self.base_url) from exc
+            raise EngineTimeout(
+                f"engine {self.base_url}: connect timed out", engine=self.base_url
+            ) from exc
         except OSError as exc:
             raise RetryableEngineError(
                 f"engine {self.base_url} unreachable: {exc.strerror or type(exc).__name__}",
-                engine=self.base_url) from exc
+                engine=self.base_url,
+            ) from exc
         return conn
 
     def _acquire_idle(self) -> _Conn | None:
@@ -221,8 +243,13 @@ class H1Transport:
             conn.close()
 
     def _encode(self, req: EngineRequest) -> bytes:
-        head = [req.method.encode(), b" ", (self._prefix + req.path).encode(),
-                b" HTTP/1.1\r\n", self._fixed]
+        head = [
+            req.method.encode(),
+            b" ",
+            (self._prefix + req.path).encode(),
+            b" HTTP/1.1\r\n",
+            self._fixed,
+        ]
         if req.headers:
             for k, v in req.headers.items():
                 head.append(f"{k}: {v}\r\n".encode("latin-1"))
@@ -247,13 +274,13 @@ class H1Transport:
         conn = await self._connect(request.connect_timeout)
         return await self._exchange(conn, data, request.read_timeout)
 
-    async def _exchange(self, conn: _Conn, data: bytes, timeout: float | None) -> _Response:
+    async def _exchange(self, conn: _Conn, data: bytes, read_s: float | None) -> _Response:
         assert conn.transport is not None
         conn.used = True
         conn.transport.write(data)
         handle = None
-        if timeout is not None:
-            handle = conn.loop.call_later(timeout, _expire, conn, timeout, self.base_url)
+        if read_s is not None:
+            handle = conn.loop.call_later(read_s, _expire, conn, read_s, self.base_url)
         try:
             await conn._headers_fut
         except BaseException:

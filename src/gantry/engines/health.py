@@ -15,7 +15,11 @@ class HealthState:
 
 
 def observe(
-    state: HealthState, ok: bool, *, failure_threshold: int, success_threshold: int,
+    state: HealthState,
+    ok: bool,
+    *,
+    failure_threshold: int,
+    success_threshold: int,
     reason: str = "",
 ) -> HealthState:
     """Next state after one probe. The first probe decides at once."""
@@ -30,5 +34,6 @@ def observe(
 
 def mark_down(state: HealthState, reason: str) -> HealthState:
     """A definitive failure seen on the data path (connection refused)."""
-    return replace(state, healthy=False, known=True, failures=state.failures + 1, successes=0,
-                   reason=reason)
+    return replace(
+        state, healthy=False, known=True, failures=state.failures + 1, successes=0, reason=reason
+    )

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import orjson
 
 from gantry.config import EngineSpec, HealthConfig
+from gantry.engines.h1 import H1Transport
 from gantry.engines.health import HealthState, mark_down, observe
 from gantry.engines.scrape import EngineLoad, parse_metrics
-from gantry.engines.h1 import H1Transport
 from gantry.engines.transport import EngineRequest, EngineTransport, HTTPTransport
 from gantry.errors import GantryError
 from gantry.routing.snapshot import EngineView, PoolSnapshot
@@ -56,7 +56,9 @@ def _http_factory(spec: EngineSpec) -> EngineTransport:
 
 class EnginePool:
     def __init__(
-        self, specs: tuple[EngineSpec, ...], health: HealthConfig,
+        self,
+        specs: tuple[EngineSpec, ...],
+        health: HealthConfig,
         transport_factory: TransportFactory = _http_factory,
     ) -> None:
         self._cfg = health
@@ -67,8 +69,9 @@ class EnginePool:
             if name in seen:
                 raise GantryError(f"duplicate engine name {name!r}")
             seen.add(name)
-            self._members.append(_Member(spec, name, transport_factory(spec),
-                                         models=tuple(spec.models)))
+            self._members.append(
+                _Member(spec, name, transport_factory(spec), models=tuple(spec.models))
+            )
         self.inflight: dict[str, int] = {m.name: 0 for m in self._members}
         self._by_name = {m.name: m for m in self._members}
         self._version = 0
@@ -131,20 +134,25 @@ class EnginePool:
     def _views(self) -> tuple[EngineView, ...]:
         return tuple(
             EngineView(
-                name=m.name, url=m.spec.url, models=m.models, healthy=m.health.healthy,
-                reason=m.health.reason, running=m.load.running or 0.0,
-                waiting=m.load.waiting or 0.0, kv_usage=m.load.kv_usage,
-                prefix_queries=m.load.prefix_queries, prefix_hits=m.load.prefix_hits,
-                max_model_len=m.max_model_len, has_metrics=m.has_metrics,
+                name=m.name,
+                url=m.spec.url,
+                models=m.models,
+                healthy=m.health.healthy,
+                reason=m.health.reason,
+                running=m.load.running or 0.0,
+                waiting=m.load.waiting or 0.0,
+                kv_usage=m.load.kv_usage,
+                prefix_queries=m.load.prefix_queries,
+                prefix_hits=m.load.prefix_hits,
+                max_model_len=m.max_model_len,
+                has_metrics=m.has_metrics,
             )
             for m in self._members
         )
 
     async def _get(self, m: _Member, path: str) -> tuple[int, bytes]:
         t = self._cfg.timeout_s
-        resp = await m.transport.send(
-            EngineRequest("GET", path, connect_timeout=t, read_timeout=t)
-        )
+        resp = await m.transport.send(EngineRequest("GET", path, connect_timeout=t, read_timeout=t))
         body = await asyncio.wait_for(resp.read(), t)
         return resp.status, body
 
@@ -159,14 +167,22 @@ class EnginePool:
                 ok, reason = await self._discover(m)
         except (GantryError, TimeoutError, OSError) as exc:
             reason = str(exc) or type(exc).__name__
-        m.health = observe(m.health, ok, failure_threshold=self._cfg.failure_threshold,
-                           success_threshold=self._cfg.success_threshold, reason=reason)
+        m.health = observe(
+            m.health,
+            ok,
+            failure_threshold=self._cfg.failure_threshold,
+            success_threshold=self._cfg.success_threshold,
+            reason=reason,
+        )
         if ok and self._cfg.scrape_metrics and m.has_metrics:
             await self._scrape(m)
         if before != m.health.healthy:
-            log.warning("engine %s is now %s%s", m.name,
-                        "healthy" if m.health.healthy else "unhealthy",
-                        f" ({m.health.reason})" if m.health.reason else "")
+            log.warning(
+                "engine %s is now %s%s",
+                m.name,
+                "healthy" if m.health.healthy else "unhealthy",
+                f" ({m.health.reason})" if m.health.reason else "",
+            )
 
     async def _discover(self, m: _Member) -> tuple[bool, str]:
         status, body = await self._get(m, "/v1/models")
@@ -205,4 +221,6 @@ class EnginePool:
 
     def __repr__(self) -> str:
         healthy = sum(1 for e in self.snapshot.engines if e.healthy)
-        return f"<EnginePool engines={len(self._members)} healthy={healthy} state={self.state.value}>"
+        return (
+            f"<EnginePool engines={len(self._members)} healthy={healthy} state={self.state.value}>"
+        )

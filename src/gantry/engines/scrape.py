@@ -35,17 +35,18 @@ def parse_metrics(text: str) -> EngineLoad:
     for line in text.splitlines():
         if not line or line[0] == "#" or not line.startswith("vllm:"):
             continue
-        name_end = min(
-            (i for i in (line.find("{"), line.find(" ")) if i >= 0), default=-1
-        )
+        name_end = min((i for i in (line.find("{"), line.find(" ")) if i >= 0), default=-1)
         if name_end < 0:
             continue
         key = _WANTED.get(line[:name_end])
         if key is None:
             continue
         try:
-            value = float(line.rsplit(" ", 1)[-1] if "}" not in line else
-                          line[line.rindex("}") + 1 :].split()[0])
+            value = float(
+                line.rsplit(" ", 1)[-1]
+                if "}" not in line
+                else line[line.rindex("}") + 1 :].split()[0]
+            )
         except (ValueError, IndexError):
             continue
         if key.startswith("kv_usage"):

@@ -51,7 +51,7 @@ class _AiohttpResponse:
     def __init__(self, resp: aiohttp.ClientResponse) -> None:
         self._resp = resp
         self.status = resp.status
-        self.headers = resp.headers
+        self.headers: Mapping[str, str] = resp.headers
 
     async def read(self) -> bytes:
         try:
@@ -79,11 +79,15 @@ class HTTPTransport:
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(
-                limit=self._limit, keepalive_timeout=4.0, enable_cleanup_closed=True,
+                limit=self._limit,
+                keepalive_timeout=4.0,
+                enable_cleanup_closed=True,
                 ttl_dns_cache=300,
             )
             self._session = aiohttp.ClientSession(
-                connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",),
+                connector=connector,
+                auto_decompress=False,
+                skip_auto_headers=("User-Agent",),
                 timeout=aiohttp.ClientTimeout(total=None),
             )
         return self._session
@@ -93,12 +97,18 @@ class HTTPTransport:
         if request.headers:
             headers.update(request.headers)
         timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=request.connect_timeout, sock_read=None,
+            total=None,
+            sock_connect=request.connect_timeout,
+            sock_read=None,
         )
         url = self.base_url + request.path
         try:
             cm = self._client().request(
-                request.method, url, data=request.body, headers=headers, timeout=timeout,
+                request.method,
+                url,
+                data=request.body,
+                headers=headers,
+                timeout=timeout,
             )
             if request.read_timeout is not None:
                 resp = await asyncio.wait_for(cm, request.read_timeout)

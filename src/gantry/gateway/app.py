@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import os
 import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -39,13 +39,13 @@ from gantry.protocol import (
     ENDPOINT_CHAT,
     ENDPOINT_COMPLETIONS,
     ENDPOINT_EMBEDDINGS,
-    encode_done,
     BodyTooLarge,
     ClientGone,
     Receive,
     RequestShapeError,
     Scope,
     Send,
+    encode_done,
     header,
     inspect_request,
     read_body,
@@ -58,8 +58,9 @@ from gantry.routing import RouteRequest, make_policy
 log = logging.getLogger("gantry.gateway")
 Handler = Callable[[Scope, Receive, Send, "Ctx"], Awaitable[None]]
 # Request headers passed on to engines (besides content-type and the request id).
-_FORWARD = frozenset((b"traceparent", b"tracestate", b"x-session-id", b"x-data-parallel-rank",
-                      b"x-vllm-priority"))
+_FORWARD = frozenset(
+    (b"traceparent", b"tracestate", b"x-session-id", b"x-data-parallel-rank", b"x-vllm-priority")
+)
 _USAGE_RE = re.compile(rb'"(prompt_tokens|completion_tokens|cached_tokens)":\s*(\d+)')
 
 
@@ -90,16 +91,20 @@ class Ctx:
 
 
 class GatewayApp:
-    def __init__(self, cfg: GatewayConfig, pool: EnginePool, *,
-                 metrics: GatewayMetrics | None = None) -> None:
+    def __init__(
+        self, cfg: GatewayConfig, pool: EnginePool, *, metrics: GatewayMetrics | None = None
+    ) -> None:
         self.cfg = cfg
         self.pool = pool
         self.metrics = metrics or GatewayMetrics()
         self.tracer = Tracer(cfg.tracing)
         self.reqlog = request_logger()
         self.dispatcher = Dispatcher(
-            pool, make_policy(cfg.routing.policy, load_factor=cfg.routing.affinity_load_factor),
-            cfg.routing.policy, self.metrics, retries=cfg.timeouts.retries,
+            pool,
+            make_policy(cfg.routing.policy, load_factor=cfg.routing.affinity_load_factor),
+            cfg.routing.policy,
+            self.metrics,
+            retries=cfg.timeouts.retries,
             connect_timeout=cfg.timeouts.connect_s,
         )
         self.pool.listeners.append(self.metrics.on_snapshot)
@@ -145,8 +150,8 @@ class GatewayApp:
         except Exception:
             log.exception("unhandled error for request %s", ctx.rid)
             if not ctx.started:
-                err = GantryError("The gateway had an internal error.")
-                await respond(send, 500, err.body(), headers=ctx.headers)
+                internal = GantryError("The gateway had an internal error.")
+                await respond(send, 500, internal.body(), headers=ctx.headers)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -186,8 +191,13 @@ class GatewayApp:
         await respond(send, 200 if ok else 503, body, headers=ctx.headers)
 
     async def _metrics(self, scope: Scope, receive: Receive, send: Send, ctx: Ctx) -> None:
-        await respond(send, 200, self.metrics.render(),
-                      b"text/plain; version=0.0.4; charset=utf-8", headers=ctx.headers)
+        await respond(
+            send,
+            200,
+            self.metrics.render(),
+            b"text/plain; version=0.0.4; charset=utf-8",
+            headers=ctx.headers,
+        )
 
     async def _openapi_json(self, scope: Scope, receive: Receive, send: Send, ctx: Ctx) -> None:
         await respond(send, 200, self._openapi, headers=ctx.headers)
@@ -198,15 +208,32 @@ class GatewayApp:
         cards: list[dict[str, Any]] = []
         for model, engines in sorted(snap.by_model.items()):
             lens = [e.max_model_len for e in engines if e.max_model_len]
-            cards.append({"id": model, "object": "model", "created": now, "owned_by": "gantry",
-                          "root": model, "parent": None,
-                          "max_model_len": min(lens) if lens else None})
+            cards.append(
+                {
+                    "id": model,
+                    "object": "model",
+                    "created": now,
+                    "owned_by": "gantry",
+                    "root": model,
+                    "parent": None,
+                    "max_model_len": min(lens) if lens else None,
+                }
+            )
         for alias, target in sorted(self.cfg.aliases.items()):
             if target in snap.by_model:
-                cards.append({"id": alias, "object": "model", "created": now,
-                              "owned_by": "gantry", "root": target, "parent": target})
-        await respond(send, 200, orjson.dumps({"object": "list", "data": cards}),
-                      headers=ctx.headers)
+                cards.append(
+                    {
+                        "id": alias,
+                        "object": "model",
+                        "created": now,
+                        "owned_by": "gantry",
+                        "root": target,
+                        "parent": target,
+                    }
+                )
+        await respond(
+            send, 200, orjson.dumps({"object": "list", "data": cards}), headers=ctx.headers
+        )
 
     # -- generation -----------------------------------------------------------------------
     def _generation(self, endpoint: str) -> Handler:
@@ -219,12 +246,14 @@ class GatewayApp:
         ctype = header(scope, b"content-type") or ""
         if ctype.split(";", 1)[0].strip().lower() != "application/json":
             raise UnsupportedMediaType(
-                f"Content-Type must be application/json, got {ctype or 'nothing'}.")
+                f"Content-Type must be application/json, got {ctype or 'nothing'}."
+            )
         try:
             raw = await read_body(receive, self.cfg.limits.max_body_bytes)
         except BodyTooLarge:
             raise PayloadTooLarge(
-                f"Request body is larger than {self.cfg.limits.max_body_bytes} bytes.") from None
+                f"Request body is larger than {self.cfg.limits.max_body_bytes} bytes."
+            ) from None
         try:
             return raw, orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -235,11 +264,13 @@ class GatewayApp:
     ) -> None:
         raw, body = await self._read_json(scope, receive)
         if not self.tracer.enabled:
-            await self._dispatch(self._prepare(endpoint, scope, raw, body, ctx), receive, send,
-                                 ctx)
+            await self._dispatch(self._prepare(endpoint, scope, raw, body, ctx), receive, send, ctx)
             return
-        parent = {k.decode(): v.decode("latin-1") for k, v in scope["headers"]
-                  if k in (b"traceparent", b"tracestate")}
+        parent = {
+            k.decode(): v.decode("latin-1")
+            for k, v in scope["headers"]
+            if k in (b"traceparent", b"tracestate")
+        }
         with self.tracer.span("gantry.request", parent, endpoint=endpoint, request_id=ctx.rid):
             with self.tracer.span("admission"):
                 prep = self._prepare(endpoint, scope, raw, body, ctx)
@@ -267,8 +298,10 @@ class GatewayApp:
         if model != requested or (stream and not include_usage):
             body["model"] = model
             if stream:  # always ask the engine for usage, to account
-                body["stream_options"] = {**(body.get("stream_options") or {}),
-                                          "include_usage": True}
+                body["stream_options"] = {
+                    **(body.get("stream_options") or {}),
+                    "include_usage": True,
+                }
             raw = orjson.dumps(body)
         headers = {"content-type": "application/json", "x-request-id": ctx.rid}
         session = None
@@ -290,7 +323,10 @@ class GatewayApp:
         stats = StreamStats()
         try:
             attempt = await self.dispatcher.send(
-                p.route, p.endpoint, p.raw, p.headers,
+                p.route,
+                p.endpoint,
+                p.raw,
+                p.headers,
                 first_byte_timeout=t.stream_total_s if p.stream else t.total_s,
                 tracer=self.tracer,
             )
@@ -298,11 +334,13 @@ class GatewayApp:
             watcher.add_done_callback(lambda _: attempt.response.close())
             try:
                 if p.stream:
-                    await self._stream(send, ctx, attempt.response, stats, p.include_usage,
-                                       p.model, gone)
+                    await self._stream(
+                        send, ctx, attempt.response, stats, p.include_usage, p.model, gone
+                    )
                 else:
-                    await self._unary(send, ctx, attempt.response, stats, p.requested, p.model,
-                                      gone)
+                    await self._unary(
+                        send, ctx, attempt.response, stats, p.requested, p.model, gone
+                    )
             finally:
                 attempt.response.close()
                 self.dispatcher.done(engine)
@@ -319,8 +357,16 @@ class GatewayApp:
             active.dec()
             self._account(p.endpoint, p.model, engine, ctx, stats, gone.is_set())
 
-    async def _unary(self, send: Send, ctx: Ctx, resp: Any, stats: StreamStats,
-                     requested: str, model: str, gone: asyncio.Event) -> None:
+    async def _unary(
+        self,
+        send: Send,
+        ctx: Ctx,
+        resp: Any,
+        stats: StreamStats,
+        requested: str,
+        model: str,
+        gone: asyncio.Event,
+    ) -> None:
         total = self.cfg.timeouts.total_s
         timer = asyncio.get_running_loop().call_later(total, resp.close)
         try:
@@ -345,8 +391,16 @@ class GatewayApp:
         ctx.finished = True
         await respond(send, status, data, headers=ctx.headers)
 
-    async def _stream(self, send: Send, ctx: Ctx, resp: Any, stats: StreamStats,
-                      pass_usage: bool, model: str, gone: asyncio.Event) -> None:
+    async def _stream(
+        self,
+        send: Send,
+        ctx: Ctx,
+        resp: Any,
+        stats: StreamStats,
+        pass_usage: bool,
+        model: str,
+        gone: asyncio.Event,
+    ) -> None:
         ctx.status = resp.status
         await start_stream(send, resp.status, ctx.headers)
         ctx.started = True
@@ -357,9 +411,15 @@ class GatewayApp:
             await stream_chunk(send, data)
 
         try:
-            await relay(resp.iter_chunks(), write, stats, pass_usage=pass_usage,
-                        keepalive_s=t.keepalive_interval_s, idle_timeout_s=t.stream_total_s,
-                        itl_observe=itl.observe)
+            await relay(
+                resp.iter_chunks(),
+                write,
+                stats,
+                pass_usage=pass_usage,
+                keepalive_s=t.keepalive_interval_s,
+                idle_timeout_s=t.stream_total_s,
+                itl_observe=itl.observe,
+            )
         except Exception as exc:
             if gone.is_set():
                 return
@@ -368,8 +428,15 @@ class GatewayApp:
         ctx.finished = True
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    def _account(self, endpoint: str, model: str, engine: str, ctx: Ctx, stats: StreamStats,
-                 disconnected: bool) -> None:
+    def _account(
+        self,
+        endpoint: str,
+        model: str,
+        engine: str,
+        ctx: Ctx,
+        stats: StreamStats,
+        disconnected: bool,
+    ) -> None:
         dur = time.perf_counter() - ctx.t0
         status = 499 if disconnected else ctx.status
         m = self._children(model, endpoint)
@@ -385,10 +452,17 @@ class GatewayApp:
         if disconnected:
             self.metrics.disconnects.labels(model).inc()
         self.reqlog.info(
-            "request", request_id=ctx.rid, endpoint=endpoint, model=model, engine=engine,
-            status=status, latency_ms=round(dur * 1000, 2),
-            prompt_tokens=stats.prompt_tokens, completion_tokens=stats.completion_tokens,
-            cached_tokens=stats.cached_tokens, error=stats.error,
+            "request",
+            request_id=ctx.rid,
+            endpoint=endpoint,
+            model=model,
+            engine=engine,
+            status=status,
+            latency_ms=round(dur * 1000, 2),
+            prompt_tokens=stats.prompt_tokens,
+            completion_tokens=stats.completion_tokens,
+            cached_tokens=stats.cached_tokens,
+            error=stats.error,
         )
 
     def _children(self, model: str, endpoint: str) -> _Children:
@@ -404,8 +478,17 @@ class GatewayApp:
 class _Children:
     """Metric children bound to one (model, endpoint): labels() costs ~1.5 us a call."""
 
-    __slots__ = ("_by_status", "_m", "_model", "_endpoint", "cached", "completion",
-                 "duration", "prompt", "ttft")
+    __slots__ = (
+        "_by_status",
+        "_endpoint",
+        "_m",
+        "_model",
+        "cached",
+        "completion",
+        "duration",
+        "prompt",
+        "ttft",
+    )
 
     def __init__(self, m: GatewayMetrics, model: str, endpoint: str) -> None:
         self._m, self._model, self._endpoint = m, model, endpoint
@@ -420,7 +503,8 @@ class _Children:
         c = self._by_status.get(status)
         if c is None:
             c = self._by_status[status] = self._m.requests.labels(
-                self._model, self._endpoint, str(status))
+                self._model, self._endpoint, str(status)
+            )
         return c
 
 

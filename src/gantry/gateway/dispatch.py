@@ -29,8 +29,16 @@ class Attempt:
 
 
 class Dispatcher:
-    def __init__(self, pool: EnginePool, policy: Policy, policy_name: str,
-                 metrics: GatewayMetrics, *, retries: int, connect_timeout: float) -> None:
+    def __init__(
+        self,
+        pool: EnginePool,
+        policy: Policy,
+        policy_name: str,
+        metrics: GatewayMetrics,
+        *,
+        retries: int,
+        connect_timeout: float,
+    ) -> None:
         self.pool = pool
         self.policy = policy
         self.policy_name = policy_name
@@ -50,8 +58,14 @@ class Dispatcher:
         return self.policy(route, candidates, self.pool.inflight).name
 
     async def send(
-        self, route: RouteRequest, path: str, body: bytes, headers: Mapping[str, str],
-        *, first_byte_timeout: float | None, tracer: Tracer | None = None,
+        self,
+        route: RouteRequest,
+        path: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        first_byte_timeout: float | None,
+        tracer: Tracer | None = None,
     ) -> Attempt:
         """Return the first engine response that is not a retryable failure.
 
@@ -75,10 +89,16 @@ class Dispatcher:
             self.metrics.routed.labels(name, self.policy_name).inc()
             self.pool.inflight[name] += 1
             try:
-                resp = await self.pool.transport(name).send(EngineRequest(
-                    "POST", path, body, headers, connect_timeout=self.connect_timeout,
-                    read_timeout=first_byte_timeout,
-                ))
+                resp = await self.pool.transport(name).send(
+                    EngineRequest(
+                        "POST",
+                        path,
+                        body,
+                        headers,
+                        connect_timeout=self.connect_timeout,
+                        read_timeout=first_byte_timeout,
+                    )
+                )
             except RetryableEngineError as exc:
                 self.done(name)
                 kind = "timeout" if isinstance(exc, EngineTimeout) else "connect"

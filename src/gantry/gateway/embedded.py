@@ -42,16 +42,43 @@ class EmbeddedEngines:
         specs = []
         for i in range(c.engines):
             port = free_port()
-            args = [sys.executable, "-m", "gantry", "sim", "--port", str(port),
-                    "--model", c.model, "--gpu", c.gpu, "--served-model-name",
-                    c.served_model_name, "--profile", c.profile, "--speedup", str(c.speedup),
-                    "--seed", str(i), "--log-level", "warning", *c.extra_args]
+            args = [
+                sys.executable,
+                "-m",
+                "gantry",
+                "sim",
+                "--port",
+                str(port),
+                "--model",
+                c.model,
+                "--gpu",
+                c.gpu,
+                "--served-model-name",
+                c.served_model_name,
+                "--profile",
+                c.profile,
+                "--speedup",
+                str(c.speedup),
+                "--seed",
+                str(i),
+                "--log-level",
+                "warning",
+                *c.extra_args,
+            ]
             self.procs.append(subprocess.Popen(args, stdin=subprocess.DEVNULL))
-            specs.append(EngineSpec(url=f"http://127.0.0.1:{port}", name=f"sim-{i}",
-                                    models=(c.served_model_name,)))
+            specs.append(
+                EngineSpec(
+                    url=f"http://127.0.0.1:{port}", name=f"sim-{i}", models=(c.served_model_name,)
+                )
+            )
             log.warning(
                 "embedded default: started SIMULATED engine sim-%d (%s on a simulated %s, no "
-                "GPU) at http://127.0.0.1:%d", i, c.model, c.gpu, port)
+                "GPU) at http://127.0.0.1:%d",
+                i,
+                c.model,
+                c.gpu,
+                port,
+            )
         self.specs = tuple(specs)
         deadline = time.monotonic() + ready_timeout
         for spec, proc in zip(self.specs, self.procs, strict=True):

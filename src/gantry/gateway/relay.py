@@ -149,4 +149,3 @@ async def _next_with_keepalive(it: AsyncIterator[bytes], interval: float, write:
     finally:
         if not nxt.done():
             nxt.cancel()
-

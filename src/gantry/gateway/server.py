@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import tempfile
+from typing import Any
 
 import orjson
 import uvicorn
@@ -37,12 +38,21 @@ def worker_app() -> GatewayApp:
     return build_app(cfg)
 
 
-def _uvicorn_kwargs(cfg: GatewayConfig) -> dict[str, object]:
+def _uvicorn_kwargs(cfg: GatewayConfig) -> dict[str, Any]:
     return dict(
-        host=cfg.host, port=cfg.port, log_level="warning", access_log=False,
-        http="httptools", loop="uvloop", lifespan="on", timeout_keep_alive=30,
-        timeout_graceful_shutdown=30, backlog=4096, server_header=False,
-        proxy_headers=False, date_header=False,
+        host=cfg.host,
+        port=cfg.port,
+        log_level="warning",
+        access_log=False,
+        http="httptools",
+        loop="uvloop",
+        lifespan="on",
+        timeout_keep_alive=30,
+        timeout_graceful_shutdown=30,
+        backlog=4096,
+        server_header=False,
+        proxy_headers=False,
+        date_header=False,
     )
 
 
@@ -61,18 +71,27 @@ def serve(cfg: GatewayConfig) -> None:
         embedded = EmbeddedEngines(cfg.embedded)
         specs = embedded.start()
         cfg = cfg.model_copy(update={"engines": specs})
-    log.info("gantry gateway listening on http://%s:%d (%d engine(s), %d worker(s))",
-             cfg.host, cfg.port, len(cfg.engines), cfg.workers)
+    log.info(
+        "gantry gateway listening on http://%s:%d (%d engine(s), %d worker(s))",
+        cfg.host,
+        cfg.port,
+        len(cfg.engines),
+        cfg.workers,
+    )
     mpdir = None
     try:
         if cfg.workers > 1:
             mpdir = tempfile.mkdtemp(prefix="gantry-metrics-")
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = mpdir
             os.environ[_RESOLVED] = cfg.model_dump_json(by_alias=True)
-            uvicorn.run("gantry.gateway.server:worker_app", factory=True, workers=cfg.workers,
-                        **_uvicorn_kwargs(cfg))  # type: ignore[arg-type]
+            uvicorn.run(
+                "gantry.gateway.server:worker_app",
+                factory=True,
+                workers=cfg.workers,
+                **_uvicorn_kwargs(cfg),
+            )
         else:
-            server = uvicorn.Server(uvicorn.Config(build_app(cfg), **_uvicorn_kwargs(cfg)))  # type: ignore[arg-type]
+            server = uvicorn.Server(uvicorn.Config(build_app(cfg), **_uvicorn_kwargs(cfg)))
             server.run()
     finally:
         if embedded is not None:

@@ -12,7 +12,8 @@ import structlog
 def setup_logging(level: str = "info", *, json_format: bool = True) -> None:
     lvl = getattr(logging, level.upper(), logging.INFO)
     renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer() if json_format
+        structlog.processors.JSONRenderer()
+        if json_format
         else structlog.dev.ConsoleRenderer(colors=False)
     )
     shared: list[structlog.types.Processor] = [
@@ -27,10 +28,12 @@ def setup_logging(level: str = "info", *, json_format: bool = True) -> None:
     )
     # stdlib loggers (ours and libraries') go through the same renderer.
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
-        foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
-    ))
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+        )
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(lvl)
@@ -38,4 +41,5 @@ def setup_logging(level: str = "info", *, json_format: bool = True) -> None:
 
 
 def request_logger() -> structlog.typing.FilteringBoundLogger:
-    return structlog.get_logger("gantry.request")  # type: ignore[no-any-return]
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger("gantry.request")
+    return logger

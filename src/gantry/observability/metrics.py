@@ -34,60 +34,96 @@ class GatewayMetrics:
         self.registry = reg = CollectorRegistry(auto_describe=True)
         self._multiproc = multiprocess_dir() is not None
         self.requests = Counter(
-            "gantry_requests", "Requests answered, by model, endpoint and status.",
-            ["model", "endpoint", "status"], registry=reg,
+            "gantry_requests",
+            "Requests answered, by model, endpoint and status.",
+            ["model", "endpoint", "status"],
+            registry=reg,
         )
         self.duration = Histogram(
-            "gantry_request_duration_seconds", "Request duration, arrival to last byte.",
-            ["model", "endpoint"], buckets=LATENCY, registry=reg,
+            "gantry_request_duration_seconds",
+            "Request duration, arrival to last byte.",
+            ["model", "endpoint"],
+            buckets=LATENCY,
+            registry=reg,
         )
         self.ttft = Histogram(
-            "gantry_time_to_first_token_seconds", "Arrival to the first token sent.",
-            ["model"], buckets=TTFT, registry=reg,
+            "gantry_time_to_first_token_seconds",
+            "Arrival to the first token sent.",
+            ["model"],
+            buckets=TTFT,
+            registry=reg,
         )
         self.itl = Histogram(
-            "gantry_inter_token_latency_seconds", "Gap between streamed chunks.",
-            ["model"], buckets=ITL, registry=reg,
+            "gantry_inter_token_latency_seconds",
+            "Gap between streamed chunks.",
+            ["model"],
+            buckets=ITL,
+            registry=reg,
         )
         self.tokens = Counter(
-            "gantry_tokens", "Tokens by model and kind (prompt, completion, cached).",
-            ["model", "kind"], registry=reg,
+            "gantry_tokens",
+            "Tokens by model and kind (prompt, completion, cached).",
+            ["model", "kind"],
+            registry=reg,
         )
         self.active = Gauge(
-            "gantry_active_requests", "Requests in flight in the gateway.", ["model"],
-            registry=reg, multiprocess_mode="livesum",
+            "gantry_active_requests",
+            "Requests in flight in the gateway.",
+            ["model"],
+            registry=reg,
+            multiprocess_mode="livesum",
         )
         self.engine_up = Gauge(
-            "gantry_engine_up", "1 when the engine passes health checks.", ["engine"],
-            registry=reg, multiprocess_mode="max",
+            "gantry_engine_up",
+            "1 when the engine passes health checks.",
+            ["engine"],
+            registry=reg,
+            multiprocess_mode="max",
         )
         self.engine_running = Gauge(
-            "gantry_engine_requests_running", "Engine's running requests (scraped).",
-            ["engine"], registry=reg, multiprocess_mode="max",
+            "gantry_engine_requests_running",
+            "Engine's running requests (scraped).",
+            ["engine"],
+            registry=reg,
+            multiprocess_mode="max",
         )
         self.engine_waiting = Gauge(
-            "gantry_engine_requests_waiting", "Engine's waiting requests (scraped).",
-            ["engine"], registry=reg, multiprocess_mode="max",
+            "gantry_engine_requests_waiting",
+            "Engine's waiting requests (scraped).",
+            ["engine"],
+            registry=reg,
+            multiprocess_mode="max",
         )
         self.engine_kv = Gauge(
-            "gantry_engine_kv_cache_usage", "Engine's KV-cache usage, 0..1 (scraped).",
-            ["engine"], registry=reg, multiprocess_mode="max",
+            "gantry_engine_kv_cache_usage",
+            "Engine's KV-cache usage, 0..1 (scraped).",
+            ["engine"],
+            registry=reg,
+            multiprocess_mode="max",
         )
         self.routed = Counter(
-            "gantry_routing_decisions", "Requests routed, by engine and policy.",
-            ["engine", "policy"], registry=reg,
+            "gantry_routing_decisions",
+            "Requests routed, by engine and policy.",
+            ["engine", "policy"],
+            registry=reg,
         )
         self.retries = Counter(
-            "gantry_upstream_retries", "Requests retried on another engine before the first "
-            "byte.", ["engine", "reason"], registry=reg,
+            "gantry_upstream_retries",
+            "Requests retried on another engine before the first byte.",
+            ["engine", "reason"],
+            registry=reg,
         )
         self.upstream_errors = Counter(
-            "gantry_upstream_errors", "Failures talking to engines.", ["engine", "kind"],
+            "gantry_upstream_errors",
+            "Failures talking to engines.",
+            ["engine", "kind"],
             registry=reg,
         )
         self.disconnects = Counter(
-            "gantry_client_disconnects", "Clients that went away before the end; the "
-            "upstream request was cancelled.", ["model"], registry=reg,
+            "gantry_client_disconnects",
+            "Clients that went away before the end; the upstream request was cancelled.",
+            ["model"],
+            registry=reg,
         )
 
     def on_snapshot(self, snap: PoolSnapshot) -> None:

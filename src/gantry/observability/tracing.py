@@ -37,6 +37,7 @@ class Tracer:
                 from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
                     OTLPSpanExporter,
                 )
+
                 provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
             except ImportError:
                 pass
@@ -49,8 +50,9 @@ class Tracer:
         return self._tracer is not None
 
     @contextlib.contextmanager
-    def span(self, name: str, parent_headers: Mapping[str, str] | None = None,
-             **attrs: Any) -> Iterator[Any]:
+    def span(
+        self, name: str, parent_headers: Mapping[str, str] | None = None, **attrs: Any
+    ) -> Iterator[Any]:
         if self._tracer is None:
             yield None
             return

@@ -47,7 +47,8 @@ def inspect_request(endpoint: str, body: Any) -> RequestInfo:
     _expect(stream is None or isinstance(stream, bool), "'stream' must be a boolean.", "stream")
     opts = body.get("stream_options")
     _expect(
-        opts is None or isinstance(opts, dict), "'stream_options' must be an object.",
+        opts is None or isinstance(opts, dict),
+        "'stream_options' must be an object.",
         "stream_options",
     )
     include_usage = bool(opts.get("include_usage")) if opts else False
@@ -56,27 +57,28 @@ def inspect_request(endpoint: str, body: Any) -> RequestInfo:
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     _expect(
         max_tokens is None or (isinstance(max_tokens, int) and not isinstance(max_tokens, bool)),
-        "'max_tokens' must be an integer.", "max_tokens",
+        "'max_tokens' must be an integer.",
+        "max_tokens",
     )
     if endpoint == ENDPOINT_CHAT:
         messages = body.get("messages")
         _expect(messages is not None, "'messages' is a required property.", "messages")
         _expect(
             isinstance(messages, list) and len(messages) > 0,
-            "'messages' must be a non-empty array.", "messages",
+            "'messages' must be a non-empty array.",
+            "messages",
         )
         for i, msg in enumerate(messages):
             _expect(isinstance(msg, dict), f"'messages[{i}]' must be an object.", "messages")
             _expect(
                 isinstance(msg.get("role"), str),
-                f"'messages[{i}].role' is a required string.", "messages",
+                f"'messages[{i}].role' is a required string.",
+                "messages",
             )
     elif endpoint == ENDPOINT_COMPLETIONS:
         prompt = body.get("prompt")
         _expect(prompt is not None, "'prompt' is a required property.", "prompt")
-        _expect(
-            isinstance(prompt, str | list), "'prompt' must be a string or an array.", "prompt"
-        )
+        _expect(isinstance(prompt, str | list), "'prompt' must be a string or an array.", "prompt")
     elif endpoint == ENDPOINT_EMBEDDINGS:
         inp = body.get("input")
         _expect(inp is not None, "'input' is a required property.", "input")

@@ -49,5 +49,3 @@ class PoolSnapshot:
 
     def models(self) -> list[str]:
         return sorted(self.by_model)
-
-

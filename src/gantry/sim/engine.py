@@ -83,8 +83,9 @@ class SimEngine:
         self.config = config
         self.latency = latency
         self.metrics = metrics
-        self.kv = KVCache(config.num_gpu_blocks, config.block_size,
-                          prefix_caching=config.prefix_caching)
+        self.kv = KVCache(
+            config.num_gpu_blocks, config.block_size, prefix_caching=config.prefix_caching
+        )
         self.kv.collect_events = on_kv_events is not None
         self.scheduler = Scheduler(config.scheduler, self.kv)
         self._on_kv_events = on_kv_events

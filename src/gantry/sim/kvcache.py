@@ -33,7 +33,9 @@ def event_hash(digest: bytes) -> int:
 
 
 def block_hashes(
-    tokens: list[int], block_size: int, extra: tuple[Any, ...] | None = None,
+    tokens: list[int],
+    block_size: int,
+    extra: tuple[Any, ...] | None = None,
     start: list[bytes] | None = None,
 ) -> list[bytes]:
     """Chained hashes of every full block of ``tokens`` (continuing ``start``)."""
@@ -211,8 +213,13 @@ class KVCache:
 
 
 def num_gpu_blocks(
-    *, gpu_memory_bytes: int, utilization: float, weight_bytes: float,
-    kv_bytes_per_token: float, block_size: int, activation_reserve_bytes: float,
+    *,
+    gpu_memory_bytes: int,
+    utilization: float,
+    weight_bytes: float,
+    kv_bytes_per_token: float,
+    block_size: int,
+    activation_reserve_bytes: float,
     tp: int = 1,
 ) -> int:
     """vLLM's sizing: (memory x utilization - weights - activations) // bytes per block."""

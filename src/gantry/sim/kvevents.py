@@ -45,7 +45,7 @@ class KVEventPublisher:
 
         self.endpoint = endpoint
         self.topic = topic
-        self._ctx = zmq.Context.instance()
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.PUB)
         self._sock.setsockopt(zmq.SNDHWM, hwm)
         self._sock.setsockopt(zmq.LINGER, 0)
@@ -68,9 +68,14 @@ class KVEventPublisher:
 
     def config(self) -> dict[str, Any]:
         return {
-            "enable_kv_cache_events": True, "publisher": "zmq", "endpoint": self.endpoint,
-            "replay_endpoint": None, "buffer_steps": 10000, "hwm": 100000,
-            "max_queue_size": 100000, "topic": self.topic,
+            "enable_kv_cache_events": True,
+            "publisher": "zmq",
+            "endpoint": self.endpoint,
+            "replay_endpoint": None,
+            "buffer_steps": 10000,
+            "hwm": 100000,
+            "max_queue_size": 100000,
+            "topic": self.topic,
         }
 
     def close(self) -> None:

@@ -4,13 +4,75 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-REQUEST_LATENCY = [0.3, 0.5, 0.8, 1, 1.5, 2, 2.5, 5, 10, 15, 20, 30, 40, 50, 60, 120, 240,
-                   480, 960, 1920, 7680]
-TTFT = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10,
-        20, 40, 80, 160, 640, 2560]
-ITL = [0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20,
-       40, 80]
-ITERATION = [1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384]
+REQUEST_LATENCY: list[float] = [
+    0.3,
+    0.5,
+    0.8,
+    1,
+    1.5,
+    2,
+    2.5,
+    5,
+    10,
+    15,
+    20,
+    30,
+    40,
+    50,
+    60,
+    120,
+    240,
+    480,
+    960,
+    1920,
+    7680,
+]
+TTFT: list[float] = [
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1,
+    2.5,
+    5,
+    7.5,
+    10,
+    20,
+    40,
+    80,
+    160,
+    640,
+    2560,
+]
+ITL: list[float] = [
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.75,
+    1,
+    2.5,
+    5,
+    7.5,
+    10,
+    20,
+    40,
+    80,
+]
+ITERATION: list[float] = [1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384]
 FINISH_REASONS = ("stop", "length", "abort", "error", "repetition")
 
 
@@ -49,12 +111,22 @@ class SimMetrics:
         self.waiting = gauge("vllm:num_requests_waiting", "Requests waiting to be processed.")
         self.kv_usage = gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent.")
         self.cache_info = Gauge(
-            "vllm:cache_config_info", "Information of the LLMEngine CacheConfig",
-            ["engine", "block_size", "cache_dtype", "enable_prefix_caching",
-             "gpu_memory_utilization", "num_gpu_blocks", "prefix_caching_hash_algo"],
+            "vllm:cache_config_info",
+            "Information of the LLMEngine CacheConfig",
+            [
+                "engine",
+                "block_size",
+                "cache_dtype",
+                "enable_prefix_caching",
+                "gpu_memory_utilization",
+                "num_gpu_blocks",
+                "prefix_caching_hash_algo",
+            ],
             registry=reg,
         )
-        self.prefix_queries = counter("vllm:prefix_cache_queries", "Prefix cache queries, in tokens.")
+        self.prefix_queries = counter(
+            "vllm:prefix_cache_queries", "Prefix cache queries, in tokens."
+        )
         self.prefix_hits = counter("vllm:prefix_cache_hits", "Prefix cache hits, in tokens.")
         self.preemptions = counter("vllm:num_preemptions", "Cumulative number of preemptions.")
         self.prompt_tokens = counter("vllm:prompt_tokens", "Number of prefill tokens processed.")
@@ -62,13 +134,16 @@ class SimMetrics:
             "vllm:generation_tokens", "Number of generation tokens processed."
         )
         self.success = Counter(
-            "vllm:request_success", "Count of successfully processed requests.",
-            [*labels, "finished_reason"], registry=reg,
+            "vllm:request_success",
+            "Count of successfully processed requests.",
+            [*labels, "finished_reason"],
+            registry=reg,
         )
         self.ttft = hist("vllm:time_to_first_token_seconds", "Time to first token.", TTFT)
         self.itl = hist("vllm:inter_token_latency_seconds", "Inter-token latency.", ITL)
         self.tpot = hist(
-            "vllm:request_time_per_output_token_seconds", "Time per output token per request.",
+            "vllm:request_time_per_output_token_seconds",
+            "Time per output token per request.",
             ITL,
         )
         self.e2e = hist("vllm:e2e_request_latency_seconds", "End-to-end latency.", REQUEST_LATENCY)
@@ -100,7 +175,9 @@ class SimMetrics:
             "gantry_sim_faults", "Faults injected by the simulator.", ["kind"], registry=reg
         )
         self.step_seconds = Counter(
-            "gantry_sim_step_seconds", "Engine step time: modelled and wall-clock.", ["clock"],
+            "gantry_sim_step_seconds",
+            "Engine step time: modelled and wall-clock.",
+            ["clock"],
             registry=reg,
         )
         self.steps = Counter("gantry_sim_steps", "Engine steps run.", registry=reg)

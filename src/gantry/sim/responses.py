@@ -18,7 +18,8 @@ _dumps = orjson.dumps
 
 def usage(prompt: int, completion: int, cached: int | None) -> dict[str, Any]:
     u: dict[str, Any] = {
-        "prompt_tokens": prompt, "total_tokens": prompt + completion,
+        "prompt_tokens": prompt,
+        "total_tokens": prompt + completion,
         "completion_tokens": completion,
     }
     if cached is not None:
@@ -41,21 +42,38 @@ class ChunkWriter:
         self._fingerprint = fingerprint
         obj = "chat.completion.chunk" if chat else "text_completion"
         self._head = (
-            b'data: {"id":' + _dumps(rid) + b',"object":"' + obj.encode() + b'","created":'
-            + str(created).encode() + b',"model":' + _dumps(model) + b',"choices":['
+            b'data: {"id":'
+            + _dumps(rid)
+            + b',"object":"'
+            + obj.encode()
+            + b'","created":'
+            + str(created).encode()
+            + b',"model":'
+            + _dumps(model)
+            + b',"choices":['
         )
 
     def role(self, index: int, cont_usage: dict[str, Any] | None = None) -> bytes:
         tail = b'],"prompt_token_ids":null,"prompt_text":null'
         if cont_usage is not None:
             tail += b',"usage":' + _dumps(cont_usage)
-        return (self._head + b'{"index":' + str(index).encode()
-                + b',"delta":{"role":"assistant","content":""},"logprobs":null,'
-                b'"finish_reason":null}' + tail + b"}\n\n")
+        return (
+            self._head
+            + b'{"index":'
+            + str(index).encode()
+            + b',"delta":{"role":"assistant","content":""},"logprobs":null,'
+            b'"finish_reason":null}' + tail + b"}\n\n"
+        )
 
     def token(
-        self, index: int, text: str, finish: str | None, stop_reason: str | int | None,
-        *, fingerprint: bool = False, cont_usage: dict[str, Any] | None = None,
+        self,
+        index: int,
+        text: str,
+        finish: str | None,
+        stop_reason: str | int | None,
+        *,
+        fingerprint: bool = False,
+        cont_usage: dict[str, Any] | None = None,
         tool_delta: list[dict[str, Any]] | None = None,
     ) -> bytes:
         idx = str(index).encode()
@@ -68,14 +86,21 @@ class ChunkWriter:
         else:
             choice = b'{"index":' + idx + b',"text":' + _dumps(text) + b',"logprobs":null'
         if finish is None:
-            choice += (b',"finish_reason":null,"token_ids":null}' if self._chat else
-                       b',"finish_reason":null,"stop_reason":null,"prompt_token_ids":null,'
-                       b'"token_ids":null,"weight_versions":null}')
+            choice += (
+                b',"finish_reason":null,"token_ids":null}'
+                if self._chat
+                else b',"finish_reason":null,"stop_reason":null,"prompt_token_ids":null,'
+                b'"token_ids":null,"weight_versions":null}'
+            )
         else:
-            choice += (b',"finish_reason":' + _dumps(finish) + b',"stop_reason":'
-                       + _dumps(stop_reason))
-            choice += (b',"token_ids":null,"weight_versions":null}' if self._chat else
-                       b',"prompt_token_ids":null,"token_ids":null,"weight_versions":null}')
+            choice += (
+                b',"finish_reason":' + _dumps(finish) + b',"stop_reason":' + _dumps(stop_reason)
+            )
+            choice += (
+                b',"token_ids":null,"weight_versions":null}'
+                if self._chat
+                else b',"prompt_token_ids":null,"token_ids":null,"weight_versions":null}'
+            )
         tail = b'],"kv_transfer_params":null'
         if cont_usage is not None:
             tail += b',"usage":' + _dumps(cont_usage)
@@ -84,8 +109,14 @@ class ChunkWriter:
         return self._head + choice + tail + b"}\n\n"
 
     def usage(self, u: dict[str, Any]) -> bytes:
-        return (self._head + b'],"usage":' + _dumps(u) + b',"system_fingerprint":'
-                + _dumps(self._fingerprint) + b"}\n\n")
+        return (
+            self._head
+            + b'],"usage":'
+            + _dumps(u)
+            + b',"system_fingerprint":'
+            + _dumps(self._fingerprint)
+            + b"}\n\n"
+        )
 
 
 def tool_call_id() -> str:
@@ -93,55 +124,109 @@ def tool_call_id() -> str:
 
 
 def completion_body(
-    *, rid: str, created: int, model: str, fingerprint: str, choices: list[dict[str, Any]],
+    *,
+    rid: str,
+    created: int,
+    model: str,
+    fingerprint: str,
+    choices: list[dict[str, Any]],
     usage_: dict[str, Any],
 ) -> bytes:
     full_usage = {**usage_, "completion_tokens_details": None}
     full_usage.setdefault("prompt_tokens_details", None)
-    return _dumps({
-        "id": rid, "object": "text_completion", "created": created, "model": model,
-        "choices": [
-            {"index": c["index"], "text": c["text"], "logprobs": None,
-             "finish_reason": c["finish_reason"], "stop_reason": c["stop_reason"],
-             "token_ids": None, "prompt_logprobs": None, "prompt_token_ids": None,
-             "routed_experts": None, "weight_versions": None}
-            for c in choices
-        ],
-        "service_tier": None, "system_fingerprint": fingerprint, "usage": full_usage,
-        "kv_transfer_params": None, "ec_transfer_params": None, "metrics": None,
-    })
+    return _dumps(
+        {
+            "id": rid,
+            "object": "text_completion",
+            "created": created,
+            "model": model,
+            "choices": [
+                {
+                    "index": c["index"],
+                    "text": c["text"],
+                    "logprobs": None,
+                    "finish_reason": c["finish_reason"],
+                    "stop_reason": c["stop_reason"],
+                    "token_ids": None,
+                    "prompt_logprobs": None,
+                    "prompt_token_ids": None,
+                    "routed_experts": None,
+                    "weight_versions": None,
+                }
+                for c in choices
+            ],
+            "service_tier": None,
+            "system_fingerprint": fingerprint,
+            "usage": full_usage,
+            "kv_transfer_params": None,
+            "ec_transfer_params": None,
+            "metrics": None,
+        }
+    )
 
 
 def chat_body(
-    *, rid: str, created: int, model: str, fingerprint: str, choices: list[dict[str, Any]],
-    usage_: dict[str, Any], tool: ToolPlan | None,
+    *,
+    rid: str,
+    created: int,
+    model: str,
+    fingerprint: str,
+    choices: list[dict[str, Any]],
+    usage_: dict[str, Any],
+    tool: ToolPlan | None,
 ) -> bytes:
     full_usage = {**usage_, "completion_tokens_details": None}
     full_usage.setdefault("prompt_tokens_details", None)
     out = []
     for c in choices:
         message: dict[str, Any] = {
-            "role": "assistant", "content": c["text"], "refusal": None, "annotations": None,
-            "audio": None, "function_call": None, "reasoning": None,
+            "role": "assistant",
+            "content": c["text"],
+            "refusal": None,
+            "annotations": None,
+            "audio": None,
+            "function_call": None,
+            "reasoning": None,
         }
         finish = c["finish_reason"]
         if tool is not None:
             message["content"] = None
-            message["tool_calls"] = [{
-                "id": tool_call_id(), "type": "function",
-                "function": {"name": tool.name, "arguments": c["text"]},
-            }]
+            message["tool_calls"] = [
+                {
+                    "id": tool_call_id(),
+                    "type": "function",
+                    "function": {"name": tool.name, "arguments": c["text"]},
+                }
+            ]
             if not tool.named and finish == "stop":
                 finish = "tool_calls"
-        out.append({
-            "index": c["index"], "message": message, "logprobs": None, "finish_reason": finish,
-            "stop_reason": c["stop_reason"], "token_ids": None, "routed_experts": None,
-            "weight_versions": None,
-        })
-    return _dumps({
-        "id": rid, "object": "chat.completion", "created": created, "model": model,
-        "choices": out, "service_tier": None, "system_fingerprint": fingerprint,
-        "usage": full_usage, "prompt_logprobs": None, "prompt_token_ids": None,
-        "prompt_text": None, "kv_transfer_params": None, "ec_transfer_params": None,
-        "metrics": None,
-    })
+        out.append(
+            {
+                "index": c["index"],
+                "message": message,
+                "logprobs": None,
+                "finish_reason": finish,
+                "stop_reason": c["stop_reason"],
+                "token_ids": None,
+                "routed_experts": None,
+                "weight_versions": None,
+            }
+        )
+    return _dumps(
+        {
+            "id": rid,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": out,
+            "service_tier": None,
+            "system_fingerprint": fingerprint,
+            "usage": full_usage,
+            "prompt_logprobs": None,
+            "prompt_token_ids": None,
+            "prompt_text": None,
+            "kv_transfer_params": None,
+            "ec_transfer_params": None,
+            "metrics": None,
+        }
+    )

@@ -29,9 +29,16 @@ def serve(settings: SimSettings, host: str, port: int, *, log_level: str = "warn
         time.sleep(settings.slow_start_s)
     app = SimServer(resolved)
     config = uvicorn.Config(
-        app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
-        loop="uvloop" if _has_uvloop() else "asyncio", http="httptools",
-        timeout_keep_alive=5, backlog=4096,
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        lifespan="on",
+        loop="uvloop" if _has_uvloop() else "asyncio",
+        http="httptools",
+        timeout_keep_alive=5,
+        backlog=4096,
     )
     server = uvicorn.Server(config)
     asyncio.run(server.serve()) if not _has_uvloop() else _run_uvloop(server)

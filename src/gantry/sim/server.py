@@ -10,7 +10,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -86,22 +86,27 @@ class SimServer:
             "/kv_event_sources": {"GET": self._kv_sources},
         }
         if s.admin:
-            self._routes.update({
-                "/sim/faults": {"GET": self._faults_get, "POST": self._faults_post},
-                "/sim/crash": {"POST": self._crash},
-                "/sim/stats": {"GET": self._stats},
-                "/reset_prefix_cache": {"POST": self._reset_prefix_cache},
-            })
+            self._routes.update(
+                {
+                    "/sim/faults": {"GET": self._faults_get, "POST": self._faults_post},
+                    "/sim/crash": {"POST": self._crash},
+                    "/sim/stats": {"GET": self._stats},
+                    "/reset_prefix_cache": {"POST": self._reset_prefix_cache},
+                }
+            )
 
     # -- lifecycle ------------------------------------------------------------
     async def start(self) -> None:
         r = self.r
         s = r.settings
         cache_info = {
-            "engine": "0", "block_size": str(s.block_size),
-            "cache_dtype": s.kv_cache_dtype, "enable_prefix_caching": str(s.enable_prefix_caching),
+            "engine": "0",
+            "block_size": str(s.block_size),
+            "cache_dtype": s.kv_cache_dtype,
+            "enable_prefix_caching": str(s.enable_prefix_caching),
             "gpu_memory_utilization": str(s.gpu_memory_utilization),
-            "num_gpu_blocks": str(r.num_gpu_blocks), "prefix_caching_hash_algo": "sha256",
+            "num_gpu_blocks": str(r.num_gpu_blocks),
+            "prefix_caching_hash_algo": "sha256",
         }
         self.metrics.cache_info.labels(**cache_info).set(1)
         on_events = None
@@ -112,20 +117,32 @@ class SimServer:
             on_events = self._publisher.publish
         self.engine = SimEngine(
             EngineConfig(
-                model_name=r.served[0], max_model_len=r.max_model_len,
-                num_gpu_blocks=r.num_gpu_blocks, block_size=s.block_size, scheduler=r.scheduler,
-                speedup=s.speedup, prefix_caching=s.enable_prefix_caching,
+                model_name=r.served[0],
+                max_model_len=r.max_model_len,
+                num_gpu_blocks=r.num_gpu_blocks,
+                block_size=s.block_size,
+                scheduler=r.scheduler,
+                speedup=s.speedup,
+                prefix_caching=s.enable_prefix_caching,
             ),
-            r.latency_model(), self.metrics, on_kv_events=on_events,
+            r.latency_model(),
+            self.metrics,
+            on_kv_events=on_events,
         )
         await self.engine.__aenter__()
         self._apply_engine_faults()
         log.info(
             "simulated vLLM engine: model=%s gpu=%s tp=%d blocks=%d (%d tokens) "
             "max_model_len=%d max_num_seqs=%d max_num_batched_tokens=%d%s",
-            r.served[0], r.gpu.name, s.tensor_parallel_size, r.num_gpu_blocks,
-            r.num_gpu_blocks * s.block_size, r.max_model_len, r.scheduler.max_num_seqs,
-            r.scheduler.max_num_batched_tokens, " instant" if s.instant else "",
+            r.served[0],
+            r.gpu.name,
+            s.tensor_parallel_size,
+            r.num_gpu_blocks,
+            r.num_gpu_blocks * s.block_size,
+            r.max_model_len,
+            r.scheduler.max_num_seqs,
+            r.scheduler.max_num_batched_tokens,
+            " instant" if s.instant else "",
         )
 
     async def stop(self) -> None:
@@ -205,24 +222,42 @@ class SimServer:
         await respond(send, 200, orjson.dumps(data))
 
     async def _models(self, scope: Scope, receive: Receive, send: Send) -> None:
-        cards = [{
-            "id": name, "object": "model", "created": self._created, "owned_by": "vllm",
-            "root": self.r.model.hf_id, "parent": None, "max_model_len": self.r.max_model_len,
-            "permission": [{
-                "id": "modelperm-" + random_id(), "object": "model_permission",
-                "created": self._created, "allow_create_engine": False, "allow_sampling": True,
-                "allow_logprobs": True, "allow_search_indices": False, "allow_view": True,
-                "allow_fine_tuning": False, "organization": "*", "group": None,
-                "is_blocking": False,
-            }],
-        } for name in self.r.served]
+        cards = [
+            {
+                "id": name,
+                "object": "model",
+                "created": self._created,
+                "owned_by": "vllm",
+                "root": self.r.model.hf_id,
+                "parent": None,
+                "max_model_len": self.r.max_model_len,
+                "permission": [
+                    {
+                        "id": "modelperm-" + random_id(),
+                        "object": "model_permission",
+                        "created": self._created,
+                        "allow_create_engine": False,
+                        "allow_sampling": True,
+                        "allow_logprobs": True,
+                        "allow_search_indices": False,
+                        "allow_view": True,
+                        "allow_fine_tuning": False,
+                        "organization": "*",
+                        "group": None,
+                        "is_blocking": False,
+                    }
+                ],
+            }
+            for name in self.r.served
+        ]
         await respond(send, 200, orjson.dumps({"object": "list", "data": cards}))
 
     async def _json_body(self, scope: Scope, receive: Receive) -> dict[str, Any]:
         ctype = header(scope, b"content-type") or ""
         if ctype.split(";")[0].strip().lower() != "application/json":
-            raise VLLMError(400, "Unsupported Media Type: Only 'application/json' is allowed",
-                            "Bad Request")
+            raise VLLMError(
+                400, "Unsupported Media Type: Only 'application/json' is allowed", "Bad Request"
+            )
         try:
             raw = await read_body(receive, self.r.settings.max_body_bytes)
         except BodyTooLarge:
@@ -250,19 +285,31 @@ class SimServer:
                 msgs = body["messages"]
                 if not isinstance(msgs, list):
                     raise schema_error("messages", "Input should be a valid list", msgs)
-                text = render_chat(msgs, add_generation_prompt=body.get(
-                    "add_generation_prompt", True) is not False)
+                text = render_chat(
+                    msgs, add_generation_prompt=body.get("add_generation_prompt", True) is not False
+                )
             elif isinstance(body.get("prompt"), str):
                 text = body["prompt"]
             else:
                 raise schema_error("prompt", "Field required", None)
             ids = self.tokenizer.encode(text)
-            strs = [self.tokenizer.token_text(t) for t in ids] if body.get(
-                "return_token_strs") else None
-            await respond(send, 200, orjson.dumps({
-                "count": len(ids), "max_model_len": self.r.max_model_len, "tokens": ids,
-                "token_strs": strs,
-            }))
+            strs = (
+                [self.tokenizer.token_text(t) for t in ids]
+                if body.get("return_token_strs")
+                else None
+            )
+            await respond(
+                send,
+                200,
+                orjson.dumps(
+                    {
+                        "count": len(ids),
+                        "max_model_len": self.r.max_model_len,
+                        "tokens": ids,
+                        "token_strs": strs,
+                    }
+                ),
+            )
 
         await self._guard(run, scope, receive, send)
 
@@ -276,8 +323,9 @@ class SimServer:
                 raise schema_error("tokens", "Input should be a valid list of integers", tokens)
             bad = next((t for t in tokens if t < 0 or t >= self.tokenizer.vocab_size), None)
             if bad is not None:
-                raise VLLMError(400, f"Token id {bad} is out of vocabulary", "BadRequestError",
-                                "tokens")
+                raise VLLMError(
+                    400, f"Token id {bad} is out of vocabulary", "BadRequestError", "tokens"
+                )
             await respond(send, 200, orjson.dumps({"prompt": self.tokenizer.decode(tokens)}))
 
         await self._guard(run, scope, receive, send)
@@ -309,14 +357,22 @@ class SimServer:
     async def _stats(self, scope: Scope, receive: Receive, send: Send) -> None:
         m = self.metrics
         e = self.engine
-        await respond(send, 200, orjson.dumps({
-            "steps": m.steps._value.get(),
-            "step_seconds_model": m.step_model_l._value.get(),
-            "step_seconds_wall": m.step_wall_l._value.get(),
-            "running": e.num_running if e else 0, "waiting": e.num_waiting if e else 0,
-            "kv_usage": e.kv.usage if e else 0.0, "num_gpu_blocks": self.r.num_gpu_blocks,
-            "in_flight": self._in_flight,
-        }))
+        await respond(
+            send,
+            200,
+            orjson.dumps(
+                {
+                    "steps": m.steps._value.get(),
+                    "step_seconds_model": m.step_model_l._value.get(),
+                    "step_seconds_wall": m.step_wall_l._value.get(),
+                    "running": e.num_running if e else 0,
+                    "waiting": e.num_waiting if e else 0,
+                    "kv_usage": e.kv.usage if e else 0.0,
+                    "num_gpu_blocks": self.r.num_gpu_blocks,
+                    "in_flight": self._in_flight,
+                }
+            ),
+        )
 
     async def _reset_prefix_cache(self, scope: Scope, receive: Receive, send: Send) -> None:
         ok = self.engine is not None and self.engine.kv.reset_prefix_cache()
@@ -333,9 +389,14 @@ class SimServer:
         async def run(scope: Scope, receive: Receive, send: Send) -> None:
             body = await self._json_body(scope, receive)
             rid_base = header(scope, b"x-request-id") or body.get("request_id") or random_id()
-            work = parse(body, chat=chat, served=self.r.served, tok=self.tokenizer,
-                         max_model_len=self.r.max_model_len,
-                         request_seed=self._rng.getrandbits(32))
+            work = parse(
+                body,
+                chat=chat,
+                served=self.r.served,
+                tok=self.tokenizer,
+                max_model_len=self.r.max_model_len,
+                request_seed=self._rng.getrandbits(32),
+            )
             rid = ("chatcmpl-" if chat else "cmpl-") + str(rid_base)
             self._in_flight += 1
             try:
@@ -377,9 +438,13 @@ class SimServer:
         for p_idx, ids in enumerate(work.prompts):
             for i in range(work.n):
                 req = SimRequest(
-                    request_id=f"{rid}-{p_idx}", prompt_token_ids=ids,
-                    sampling=work.sampling[p_idx], tokenizer=self.tokenizer, arrival=now,
-                    cache_salt=work.cache_salt, index=p_idx * work.n + i,
+                    request_id=f"{rid}-{p_idx}",
+                    prompt_token_ids=ids,
+                    sampling=work.sampling[p_idx],
+                    tokenizer=self.tokenizer,
+                    arrival=now,
+                    cache_salt=work.cache_salt,
+                    index=p_idx * work.n + i,
                 )
                 streams.append(self.engine.add(req))
         watcher = asyncio.create_task(self._watch_disconnect(receive, streams))
@@ -428,26 +493,50 @@ class SimServer:
             if finish == "abort":
                 return  # client went away: nobody to answer
             prefix = work.echo_prompts[s.req.index // work.n] if work.echo_prompts else ""
-            choices.append({"index": s.req.index, "text": prefix + "".join(text),
-                            "finish_reason": finish, "stop_reason": stop_reason})
-        kw = dict(rid=rid, created=int(time.time()), model=work.model,
-                  fingerprint=self.r.fingerprint, choices=choices,
-                  usage_=self._usage(work, streams))
+            choices.append(
+                {
+                    "index": s.req.index,
+                    "text": prefix + "".join(text),
+                    "finish_reason": finish,
+                    "stop_reason": stop_reason,
+                }
+            )
+        kw: dict[str, Any] = dict(
+            rid=rid,
+            created=int(time.time()),
+            model=work.model,
+            fingerprint=self.r.fingerprint,
+            choices=choices,
+            usage_=self._usage(work, streams),
+        )
         body = chat_body(**kw, tool=work.tool) if work.chat else completion_body(**kw)
         await respond(send, 200, body)
 
     async def _stream(
-        self, work: Work, rid: str, streams: list[RequestStream], send: Send,
-        decision: Any, receive: Receive,
+        self,
+        work: Work,
+        rid: str,
+        streams: list[RequestStream],
+        send: Send,
+        decision: Any,
+        receive: Receive,
     ) -> None:
-        w = ChunkWriter(chat=work.chat, rid=rid, created=int(time.time()), model=work.model,
-                        fingerprint=self.r.fingerprint)
+        w = ChunkWriter(
+            chat=work.chat,
+            rid=rid,
+            created=int(time.time()),
+            model=work.model,
+            fingerprint=self.r.fingerprint,
+        )
         prompt_len = {s.req.index: len(s.req.prompt_token_ids) for s in streams}
         counts = {s.req.index: 0 for s in streams}
         tool_ids = {s.req.index: tool_call_id() for s in streams} if work.tool else {}
         chunks_sent = 0
-        limit = decision.after_tokens if decision and decision.action in (
-            Action.STALL, Action.DROP) else -1
+        limit = (
+            decision.after_tokens
+            if decision and decision.action in (Action.STALL, Action.DROP)
+            else -1
+        )
         async for s, batch in _merge(streams):
             idx = s.req.index
             first = counts[idx] == 0
@@ -457,7 +546,7 @@ class SimServer:
                 return
             stop_reason = batch[-1].stop_reason
             text = "".join(o.text for o in batch)
-            cu = (usage(prompt_len[idx], counts[idx], None) if work.continuous_usage else None)
+            cu = usage(prompt_len[idx], counts[idx], None) if work.continuous_usage else None
             out = b""
             if work.chat and first:
                 out += w.role(idx, usage(prompt_len[idx], 0, None) if cu else None)
@@ -471,8 +560,15 @@ class SimServer:
                     tool_delta[0]["function"] = {"name": work.tool.name, "arguments": text}
                 if finish == "stop" and not work.tool.named:
                     finish = "tool_calls"
-            out += w.token(idx, text, finish, stop_reason, cont_usage=cu, tool_delta=tool_delta,
-                           fingerprint=finish is not None and not work.include_usage)
+            out += w.token(
+                idx,
+                text,
+                finish,
+                stop_reason,
+                cont_usage=cu,
+                tool_delta=tool_delta,
+                fingerprint=finish is not None and not work.include_usage,
+            )
             await stream_chunk(send, out)
             chunks_sent += 1
             if chunks_sent == limit:
@@ -491,7 +587,9 @@ class SimServer:
         await end_stream(send, encode_done())
 
 
-async def _merge(streams: list[RequestStream]):  # type: ignore[no-untyped-def]
+async def _merge(
+    streams: list[RequestStream],
+) -> AsyncIterator[tuple[RequestStream, list[StepOutput]]]:
     """Yield (stream, outputs) as any of the streams produces, until all finish."""
     if len(streams) == 1:
         s = streams[0]
@@ -536,8 +634,12 @@ def _fault_error(status: int) -> VLLMError:
     if status == 429:
         return VLLMError(429, "Too many requests (injected fault).", "RateLimitError")
     if status == 503:
-        return VLLMError(503, "The engine is currently busy and cannot accept new requests. "
-                         "Please try again later or on a different instance.",
-                         "Service Unavailable")
-    return VLLMError(500, "The server had an error while processing your request.",
-                     "InternalServerError")
+        return VLLMError(
+            503,
+            "The engine is currently busy and cannot accept new requests. "
+            "Please try again later or on a different instance.",
+            "Service Unavailable",
+        )
+    return VLLMError(
+        500, "The server had an error while processing your request.", "InternalServerError"
+    )

@@ -72,8 +72,13 @@ class ResolvedSim:
     def latency_model(self) -> LatencyModel:
         s = self.settings
         return LatencyModel(
-            self.gpu, self.model, tp=s.tensor_parallel_size, kv_dtype_bytes=self.kv_dtype_bytes,
-            params=LatencyParams(jitter=s.jitter), seed=s.seed, instant=s.instant,
+            self.gpu,
+            self.model,
+            tp=s.tensor_parallel_size,
+            kv_dtype_bytes=self.kv_dtype_bytes,
+            params=LatencyParams(jitter=s.jitter),
+            seed=s.seed,
+            instant=s.instant,
         )
 
 
@@ -99,8 +104,14 @@ def resolve(s: SimSettings, gpu: GPUProfile, model: ModelProfile) -> ResolvedSim
         raise SimConfigError("--gpu-memory-utilization must be in (0, 1]")
     if s.speedup <= 0:
         raise SimConfigError("--speedup must be positive")
-    kv_bytes = {"auto": 2.0, "bfloat16": 2.0, "float16": 2.0, "fp8": 1.0, "fp8_e4m3": 1.0,
-                "fp8_e5m2": 1.0}.get(s.kv_cache_dtype)
+    kv_bytes = {
+        "auto": 2.0,
+        "bfloat16": 2.0,
+        "float16": 2.0,
+        "fp8": 1.0,
+        "fp8_e4m3": 1.0,
+        "fp8_e5m2": 1.0,
+    }.get(s.kv_cache_dtype)
     if kv_bytes is None:
         raise SimConfigError(f"unknown --kv-cache-dtype {s.kv_cache_dtype!r}")
     seqs, batched = batch_defaults(gpu)
@@ -115,10 +126,13 @@ def resolve(s: SimSettings, gpu: GPUProfile, model: ModelProfile) -> ResolvedSim
         blocks = s.num_gpu_blocks_override
     else:
         blocks = num_gpu_blocks(
-            gpu_memory_bytes=gpu.memory_bytes, utilization=s.gpu_memory_utilization,
-            weight_bytes=model.weight_bytes, kv_bytes_per_token=per_token,
-            block_size=s.block_size, activation_reserve_bytes=activation_reserve(
-                model, max_batched), tp=tp,
+            gpu_memory_bytes=gpu.memory_bytes,
+            utilization=s.gpu_memory_utilization,
+            weight_bytes=model.weight_bytes,
+            kv_bytes_per_token=per_token,
+            block_size=s.block_size,
+            activation_reserve_bytes=activation_reserve(model, max_batched),
+            tp=tp,
         )
     if blocks < 2:
         raise SimConfigError(

@@ -187,9 +187,7 @@ def render_chat(messages: list[dict[str, object]], *, add_generation_prompt: boo
     for msg in messages:
         content = msg.get("content")
         if isinstance(content, list):  # content parts: keep the text ones
-            content = "".join(
-                str(p.get("text", "")) for p in content if isinstance(p, dict)
-            )
+            content = "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
         elif content is None:
             content = ""
         parts.append(f"<|im_start|>{msg.get('role')}\n{content}<|im_end|>\n")

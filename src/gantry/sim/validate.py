@@ -33,8 +33,7 @@ def invalid(message: str, param: str, value: Any) -> VLLMError:
 
 def schema_error(loc: str, msg: str, value: Any) -> VLLMError:
     """Pydantic-style schema error, as FastAPI/vLLM report it (type "Bad Request")."""
-    detail = {"type": "value_error", "loc": ["body", *loc.split(".")], "msg": msg,
-              "input": value}
+    detail = {"type": "value_error", "loc": ["body", *loc.split(".")], "msg": msg, "input": value}
     text = f"1 validation error:\n  {json.dumps(detail, default=str)}"
     return VLLMError(400, text, "Bad Request", f"body.{loc}")
 
@@ -89,8 +88,9 @@ def _stop(body: dict[str, Any]) -> tuple[str, ...]:
         return (stop,) if stop else ()
     if isinstance(stop, list) and all(isinstance(s, str) for s in stop):
         if len(stop) > MAX_STOP_STRINGS:
-            raise invalid(f"At most {MAX_STOP_STRINGS} stop strings are allowed.", "stop",
-                          len(stop))
+            raise invalid(
+                f"At most {MAX_STOP_STRINGS} stop strings are allowed.", "stop", len(stop)
+            )
         return tuple(s for s in stop if s)
     raise schema_error("stop", "Input should be a valid string or list of strings", stop)
 
@@ -98,8 +98,9 @@ def _stop(body: dict[str, Any]) -> tuple[str, ...]:
 def _prompts(body: dict[str, Any], tok: Tokenizer) -> tuple[list[list[int]], list[str]]:
     prompt = body.get("prompt")
     if prompt is None or prompt == "" or prompt == []:
-        raise invalid("Either prompt or prompt_embeds must be provided and non-empty.",
-                      "prompt", prompt)
+        raise invalid(
+            "Either prompt or prompt_embeds must be provided and non-empty.", "prompt", prompt
+        )
     if isinstance(prompt, str):
         return [tok.encode(prompt)], [prompt]
     if not isinstance(prompt, list):
@@ -112,8 +113,9 @@ def _prompts(body: dict[str, Any], tok: Tokenizer) -> tuple[list[list[int]], lis
     elif all(isinstance(p, list) and all(isinstance(t, int) for t in p) for p in prompt):
         items, texts = [list(p) for p in prompt], [tok.decode(list(p)) for p in prompt]
     else:
-        raise schema_error("prompt", "Input should be a string, list of strings or token ids",
-                           "...")
+        raise schema_error(
+            "prompt", "Input should be a string, list of strings or token ids", "..."
+        )
     if len(items) > MAX_PROMPTS:
         raise invalid(f"At most {MAX_PROMPTS} prompts are allowed.", "prompt", len(items))
     for ids in items:
@@ -183,7 +185,9 @@ def json_for_schema(schema: Any, rng: random.Random, depth: int = 0) -> Any:
     if kind == "integer":
         return rng.randint(int(schema.get("minimum", 0)), int(schema.get("maximum", 100)))
     if kind == "number":
-        return round(rng.uniform(float(schema.get("minimum", 0)), float(schema.get("maximum", 100))), 2)
+        return round(
+            rng.uniform(float(schema.get("minimum", 0)), float(schema.get("maximum", 100))), 2
+        )
     if kind == "boolean":
         return rng.random() < 0.5
     if kind == "null":
@@ -209,20 +213,30 @@ def json_object_text(max_tokens: int, rng: random.Random, tok: Tokenizer) -> str
 
 
 def parse(
-    body: dict[str, Any], *, chat: bool, served: list[str], tok: Tokenizer, max_model_len: int,
+    body: dict[str, Any],
+    *,
+    chat: bool,
+    served: list[str],
+    tok: Tokenizer,
+    max_model_len: int,
     request_seed: int,
 ) -> Work:
     model = body.get("model")
     if model is not None and model not in served:
-        raise VLLMError(404, f"The model `{model}` does not exist. Valid aliases: "
-                        f"{', '.join(served)}.", "NotFoundError", "model")
+        raise VLLMError(
+            404,
+            f"The model `{model}` does not exist. Valid aliases: {', '.join(served)}.",
+            "NotFoundError",
+            "model",
+        )
     stream = body.get("stream", False)
     if not isinstance(stream, bool) and stream is not None:
         raise schema_error("stream", "Input should be a valid boolean", stream)
     opts = body.get("stream_options")
     if opts is not None and not stream:
-        raise invalid("Stream options can only be defined when `stream=True`.", "stream_options",
-                      opts)
+        raise invalid(
+            "Stream options can only be defined when `stream=True`.", "stream_options", opts
+        )
     if opts is not None and not isinstance(opts, dict):
         raise schema_error("stream_options", "Input should be a valid dictionary", opts)
     n = _int(body, "n", 1) or 0
@@ -231,23 +245,31 @@ def parse(
     temperature = _float(body, "temperature", 1.0)
     assert temperature is not None
     if temperature < 0:
-        raise invalid(f"temperature must be non-negative, got {temperature}.", "temperature",
-                      temperature)
+        raise invalid(
+            f"temperature must be non-negative, got {temperature}.", "temperature", temperature
+        )
     top_p = _float(body, "top_p", 1.0)
     if top_p is not None and not 0 < top_p <= 1:
         raise invalid(f"top_p must be in (0, 1], got {top_p}.", "top_p", top_p)
     seed = _int(body, "seed", None)
     min_tokens = _int(body, "min_tokens", 0) or 0
     if min_tokens < 0:
-        raise invalid(f"min_tokens must be greater than or equal to 0, got {min_tokens}.",
-                      "min_tokens", min_tokens)
+        raise invalid(
+            f"min_tokens must be greater than or equal to 0, got {min_tokens}.",
+            "min_tokens",
+            min_tokens,
+        )
     stop = _stop(body)
     salt = body.get("cache_salt")
     key = "max_completion_tokens" if chat and "max_completion_tokens" in body else "max_tokens"
     requested = _int(body, key, None)
     if requested is not None and requested > max_model_len:
-        raise invalid(f"{key}={requested} cannot be greater than max_model_len={max_model_len}. "
-                      "Please request fewer output tokens.", key, requested)
+        raise invalid(
+            f"{key}={requested} cannot be greater than max_model_len={max_model_len}. "
+            "Please request fewer output tokens.",
+            key,
+            requested,
+        )
     if requested is not None and requested < 1:
         raise invalid(f"{key} must be at least 1, got {requested}.", key, requested)
     if chat:
@@ -267,7 +289,9 @@ def parse(
                 f"This model's maximum context length is {max_model_len} tokens. However, your "
                 f"prompt contains {plen} input tokens, which exceeds this limit even without any "
                 "output tokens. Please reduce the length of the input prompt.",
-                "input_tokens", plen)
+                "input_tokens",
+                plen,
+            )
         room = max_model_len - plen
         if room < 1:
             raise invalid("max_tokens must be at least 1, got 0.", "max_tokens", 0)
@@ -279,17 +303,33 @@ def parse(
         elif json_mode:
             schema = (rf.get("json_schema") or {}).get("schema") if isinstance(rf, dict) else None
             rng = random.Random(seed if seed is not None else plen)
-            forced = (json.dumps(json_for_schema(schema, rng)) if schema
-                      else json_object_text(max_tokens, rng, tok))
-        specs.append(SamplingSpec(
-            max_tokens=max_tokens, min_tokens=min(min_tokens, max_tokens),
-            ignore_eos=bool(body.get("ignore_eos", False)), stop=stop,
-            include_stop_str=bool(body.get("include_stop_str_in_output", False)),
-            seed=seed, temperature=temperature, forced_text=forced,
-        ))
+            forced = (
+                json.dumps(json_for_schema(schema, rng))
+                if schema
+                else json_object_text(max_tokens, rng, tok)
+            )
+        specs.append(
+            SamplingSpec(
+                max_tokens=max_tokens,
+                min_tokens=min(min_tokens, max_tokens),
+                ignore_eos=bool(body.get("ignore_eos", False)),
+                stop=stop,
+                include_stop_str=bool(body.get("include_stop_str_in_output", False)),
+                seed=seed,
+                temperature=temperature,
+                forced_text=forced,
+            )
+        )
     return Work(
-        chat=chat, model=served[0], prompts=prompts, n=n, sampling=specs, stream=bool(stream),
+        chat=chat,
+        model=served[0],
+        prompts=prompts,
+        n=n,
+        sampling=specs,
+        stream=bool(stream),
         include_usage=bool(opts and opts.get("include_usage")),
         continuous_usage=bool(opts and opts.get("continuous_usage_stats")),
-        echo_prompts=echo, tool=tool, cache_salt=salt if isinstance(salt, str) else None,
+        echo_prompts=echo,
+        tool=tool,
+        cache_salt=salt if isinstance(salt, str) else None,
     )
