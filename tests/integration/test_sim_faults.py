@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 
@@ -134,33 +135,33 @@ def test_slow_start_refuses_connections_until_ready(tmp_path):
 
 
 def test_kv_pressure_causes_preemption(tmp_path):
+    # 63 usable blocks of 16 tokens; 8 requests of 200 + 200 tokens need 200 blocks, sent
+    # together on a sped-up realistic clock so they are certain to overlap.
     with sim(
-        tmp_path,
-        "--profile",
-        "instant",
-        "--num-gpu-blocks-override",
-        "64",
-        "--max-model-len",
-        "512",
-        "--enable-admin",
+        tmp_path, "--speedup", "50", "--num-gpu-blocks-override", "64", "--max-model-len", "512"
     ) as p:
-        import concurrent.futures as cf
 
-        def one(i: int) -> int:
-            return httpx.post(
-                p.url + "/v1/completions",
-                timeout=30,
-                json={
-                    "prompt": list(range(1000 + i, 1200 + i)),
-                    "max_tokens": 200,
-                    "ignore_eos": True,
-                },
-            ).status_code
+        async def run() -> list[int]:
+            async with httpx.AsyncClient(timeout=60) as c:
+                rs = await asyncio.gather(
+                    *(
+                        c.post(
+                            p.url + "/v1/completions",
+                            json={
+                                "prompt": list(range(1000 + i, 1200 + i)),
+                                "max_tokens": 200,
+                                "ignore_eos": True,
+                            },
+                        )
+                        for i in range(8)
+                    )
+                )
+            return [r.status_code for r in rs]
 
-        with cf.ThreadPoolExecutor(8) as ex:
-            assert set(ex.map(one, range(8))) == {200}
+        assert asyncio.run(run()) == [200] * 8
         text = httpx.get(p.url + "/metrics").text
         assert metric_value(text, "vllm:num_preemptions_total") > 0
+        assert metric_value(text, "vllm:request_success_total", finished_reason="length") == 8
 
 
 def test_kv_events_published_over_zmq(tmp_path):
