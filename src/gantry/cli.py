@@ -23,6 +23,15 @@ config_app = typer.Typer(help="Show or check gateway configuration.", no_args_is
 app.add_typer(config_app, name="config")
 
 
+def _mount_bench() -> None:
+    from gantry.bench.command import bench_app
+
+    app.add_typer(bench_app, name="bench")
+
+
+_mount_bench()
+
+
 def fail(message: str, code: int = 2) -> NoReturn:
     typer.echo(f"gantry: error: {message}", err=True)
     raise typer.Exit(code)

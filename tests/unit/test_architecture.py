@@ -17,7 +17,7 @@ ALLOWED = {
     "observability": {"protocol", "routing", "config"},
     "engines": {"protocol", "routing", "errors", "config"},
     "gateway": {"protocol", "routing", "engines", "errors", "config", "observability", "state"},
-    "bench": {"protocol", "errors"},
+    "bench": {"protocol", "errors", "engines", "config", "routing"},
     "errors": {"protocol"},
     "config": {"errors"},
 }
