@@ -55,10 +55,60 @@ class HealthConfig(BaseModel):
 class TimeoutConfig(BaseModel):
     model_config = _FROZEN
     connect_s: float = Field(default=5.0, gt=0)
-    total_s: float = Field(default=60.0, gt=0)
-    stream_total_s: float = Field(default=300.0, gt=0)
+    ttft_s: float = Field(default=60.0, gt=0)  # streaming: until the first token
+    idle_s: float = Field(default=60.0, gt=0)  # streaming: between chunks
+    attempt_s: float = Field(default=30.0, gt=0)  # non-streaming: one engine's attempt
+    total_s: float = Field(default=60.0, gt=0)  # non-streaming, whole request
+    stream_total_s: float = Field(default=300.0, gt=0)  # streaming, whole request
+    max_override_s: float = Field(default=600.0, gt=0)  # cap on X-Request-Timeout
     keepalive_interval_s: float = Field(default=15.0, ge=0)  # SSE comments before 1st token
-    retries: int = Field(default=2, ge=0, le=10)
+
+
+class RetryConfig(BaseModel):
+    model_config = _FROZEN
+    attempts: int = Field(default=2, ge=0, le=10)  # retries after the first try
+    backoff_base_s: float = Field(default=0.02, ge=0)
+    backoff_max_s: float = Field(default=1.0, ge=0)
+    budget_ratio: float = Field(default=0.2, ge=0)  # retries per request, sustained
+    budget_min_per_s: float = Field(default=5.0, ge=0)
+
+
+class BreakerSettings(BaseModel):
+    model_config = _FROZEN
+    failure_threshold: int = Field(default=5, ge=1)
+    failure_rate: float = Field(default=0.5, gt=0, le=1)
+    window: int = Field(default=20, ge=1)
+    min_calls: int = Field(default=10, ge=1)
+    cooldown_s: float = Field(default=30.0, gt=0)
+    half_open_max: int = Field(default=1, ge=1)
+
+
+class AdmissionConfig(BaseModel):
+    model_config = _FROZEN
+    max_waiting_per_model: int = Field(default=100, ge=0)
+    queue_timeout_s: float = Field(default=30.0, gt=0)
+    max_inflight_per_engine: int = Field(default=256, ge=0)  # 0 = no limit
+    max_engine_waiting: int = Field(default=64, ge=0)  # engine's own queue; 0 = ignore
+    kv_warn: float = Field(default=0.85, gt=0, le=1)
+    kv_shed: float = Field(default=0.95, gt=0, le=1)
+    priority_header: str = "x-priority"
+
+
+class IdempotencyConfig(BaseModel):
+    model_config = _FROZEN
+    enabled: bool = True
+    ttl_s: float = Field(default=3600.0, gt=0)
+    max_entries: int = Field(default=10_000, ge=1)  # memory store
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1)  # larger answers are not kept
+    store: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "gantry:idem:"
+
+
+class ShutdownConfig(BaseModel):
+    model_config = _FROZEN
+    grace_s: float = Field(default=30.0, ge=0)  # in-flight requests get this long
+    readiness_delay_s: float = Field(default=0.0, ge=0)  # keep serving after /readyz=503
 
 
 class LimitsConfig(BaseModel):
@@ -100,9 +150,15 @@ class GatewayConfig(BaseModel):
     workers: int = Field(default=1, ge=1, le=64)
     engines: tuple[EngineSpec, ...] = ()
     aliases: dict[str, str] = Field(default_factory=dict)
+    fallbacks: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     routing: RoutingConfig = RoutingConfig()
     health: HealthConfig = HealthConfig()
     timeouts: TimeoutConfig = TimeoutConfig()
+    retry: RetryConfig = RetryConfig()
+    breaker: BreakerSettings = BreakerSettings()
+    admission: AdmissionConfig = AdmissionConfig()
+    idempotency: IdempotencyConfig = IdempotencyConfig()
+    shutdown: ShutdownConfig = ShutdownConfig()
     limits: LimitsConfig = LimitsConfig()
     logging: LoggingConfig = LoggingConfig()
     embedded: EmbeddedConfig = EmbeddedConfig()

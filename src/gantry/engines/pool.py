@@ -104,6 +104,10 @@ class EnginePool:
     def transport(self, name: str) -> EngineTransport:
         return self._by_name[name].transport
 
+    def models_of(self, name: str) -> tuple[str, ...]:
+        m = self._by_name.get(name)
+        return m.models if m is not None else ()
+
     def report_down(self, name: str, reason: str) -> None:
         """The data path saw a definitive failure: stop routing there until a probe heals it."""
         m = self._by_name.get(name)

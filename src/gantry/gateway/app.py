@@ -29,11 +29,12 @@ from gantry.errors import (
     ModelNotFound,
     NotFound,
     PayloadTooLarge,
+    ServiceUnavailable,
     UnsupportedMediaType,
 )
-from gantry.gateway.dispatch import Dispatcher
+from gantry.gateway.dispatch import Attempt, Dispatcher
 from gantry.gateway.openapi import openapi_document
-from gantry.gateway.relay import StreamStats, error_event, relay
+from gantry.gateway.relay import FailedBeforeFirstToken, StreamStats, error_event, relay
 from gantry.observability import GatewayMetrics, Tracer, request_logger
 from gantry.protocol import (
     ENDPOINT_CHAT,
@@ -74,12 +75,14 @@ class _Prepared:
     raw: bytes
     headers: dict[str, str]
     route: RouteRequest
+    deadline: float  # time.monotonic() by which the whole request must be done
+    priority: int
 
 
 class Ctx:
     """Per-request context: id, response headers, and whether the response started."""
 
-    __slots__ = ("finished", "headers", "rid", "started", "status", "t0")
+    __slots__ = ("finished", "headers", "rid", "started", "status", "t0", "upstream")
 
     def __init__(self, rid: str) -> None:
         self.rid = rid
@@ -88,6 +91,11 @@ class Ctx:
         self.finished = False  # the last byte is being sent: a disconnect now is normal
         self.status = 0
         self.t0 = time.perf_counter()
+        self.upstream: Any = None  # the engine response being relayed
+
+    def close_upstream(self) -> None:
+        if self.upstream is not None:
+            self.upstream.close()
 
 
 class GatewayApp:
@@ -104,13 +112,13 @@ class GatewayApp:
             make_policy(cfg.routing.policy, load_factor=cfg.routing.affinity_load_factor),
             cfg.routing.policy,
             self.metrics,
-            retries=cfg.timeouts.retries,
-            connect_timeout=cfg.timeouts.connect_s,
+            cfg,
         )
         self.pool.listeners.append(self.metrics.on_snapshot)
         self.ready = True  # false while draining
         self._child_cache: dict[tuple[str, str], _Children] = {}
         self._session_header = cfg.routing.session_header.lower().encode()
+        self._priority_header = cfg.admission.priority_header.lower().encode()
         self._openapi = orjson.dumps(openapi_document(__version__))
         self._routes: dict[str, dict[str, Handler]] = {
             "/health": {"GET": self._health},
@@ -311,39 +319,54 @@ class GatewayApp:
             if k == self._session_header:
                 session = v.decode("latin-1")
         route = RouteRequest(model=model, session=session or (info.user if info else None))
-        return _Prepared(endpoint, requested, model, stream, include_usage, raw, headers, route)
+        deadline = time.monotonic() + self._timeout_of(scope, stream)
+        return _Prepared(endpoint, requested, model, stream, include_usage, raw, headers, route,
+                         deadline, self._priority_of(scope))
+
+    def _timeout_of(self, scope: Scope, stream: bool) -> float:
+        t = self.cfg.timeouts
+        default = t.stream_total_s if stream else t.total_s
+        raw = header(scope, b"x-request-timeout")
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            value = -1.0
+        if not 0 < value < float("inf"):
+            raise ClientError("X-Request-Timeout must be a positive number of seconds.",
+                              param="x-request-timeout")
+        return min(value, t.max_override_s)
+
+    def _priority_of(self, scope: Scope) -> int:
+        raw = header(scope, self._priority_header)
+        if raw is None:
+            return 0
+        try:
+            return int(raw)
+        except ValueError:
+            raise ClientError(f"{self.cfg.admission.priority_header} must be an integer "
+                              "(lower is served first).", param="priority") from None
 
     async def _dispatch(self, p: _Prepared, receive: Receive, send: Send, ctx: Ctx) -> None:
-        t = self.cfg.timeouts
+        if not self.ready:
+            self.metrics.shed.labels(p.model, "draining").inc()
+            raise ServiceUnavailable("The gateway is shutting down; retry on another replica.",
+                                     retry_after=1)
         active = self.metrics.active.labels(p.model)
         active.inc()
         gone = asyncio.Event()
         watcher = asyncio.ensure_future(_watch(receive, gone, ctx))
-        engine = "-"
+        watcher.add_done_callback(lambda _: ctx.close_upstream())
         stats = StreamStats()
+        engine = "-"
         try:
-            attempt = await self.dispatcher.send(
-                p.route,
-                p.endpoint,
-                p.raw,
-                p.headers,
-                first_byte_timeout=t.stream_total_s if p.stream else t.total_s,
-                tracer=self.tracer,
-            )
+            attempt = await self._send(p, set())
             engine = attempt.engine
-            watcher.add_done_callback(lambda _: attempt.response.close())
-            try:
-                if p.stream:
-                    await self._stream(
-                        send, ctx, attempt.response, stats, p.include_usage, p.model, gone
-                    )
-                else:
-                    await self._unary(
-                        send, ctx, attempt.response, stats, p.requested, p.model, gone
-                    )
-            finally:
-                attempt.response.close()
-                self.dispatcher.done(engine)
+            if p.stream:
+                engine = await self._stream(send, ctx, attempt, stats, p, gone)
+            else:
+                await self._unary(send, ctx, attempt, stats, p, gone)
         except EngineRejected as err:
             engine = err.engine
             ctx.status = err.status
@@ -351,82 +374,109 @@ class GatewayApp:
             await respond(send, err.status, err.body(), headers=ctx.headers)
         except GantryError as err:
             ctx.status = err.status
+            if isinstance(err, ServiceUnavailable):
+                self.metrics.shed.labels(p.model, "capacity").inc()
             raise
         finally:
             watcher.cancel()
             active.dec()
             self._account(p.endpoint, p.model, engine, ctx, stats, gone.is_set())
 
-    async def _unary(
-        self,
-        send: Send,
-        ctx: Ctx,
-        resp: Any,
-        stats: StreamStats,
-        requested: str,
-        model: str,
-        gone: asyncio.Event,
-    ) -> None:
-        total = self.cfg.timeouts.total_s
-        timer = asyncio.get_running_loop().call_later(total, resp.close)
+    async def _send(self, p: _Prepared, exclude: set[str]) -> Attempt:
+        """Dispatch to the model, then down its fallback chain when nothing can serve it."""
+        t = self.cfg.timeouts
+        first_byte = t.ttft_s if p.stream else t.attempt_s
+        chain = (p.model, *self.cfg.fallbacks.get(p.model, ()))
+        for i, model in enumerate(chain):
+            route = p.route if i == 0 else RouteRequest(model, p.route.session)
+            body = p.raw if i == 0 else _with_model(p.raw, model)
+            try:
+                return await self.dispatcher.send(
+                    route, p.endpoint, body, p.headers, first_byte_timeout=first_byte,
+                    deadline=p.deadline, priority=p.priority, exclude=exclude,
+                    tracer=self.tracer)
+            except ServiceUnavailable:
+                if i + 1 == len(chain) or model not in self.pool.snapshot.by_model:
+                    raise
+                log.warning("model %s has no engine that can serve; falling back to %s",
+                            model, chain[i + 1])
+        raise AssertionError("unreachable")
+
+    async def _unary(self, send: Send, ctx: Ctx, attempt: Attempt, stats: StreamStats,
+                     p: _Prepared, gone: asyncio.Event) -> None:
+        resp = attempt.response
+        ctx.upstream = resp
+        remaining = max(0.001, p.deadline - time.monotonic())
+        timer = asyncio.get_running_loop().call_later(remaining, resp.close)
+        failed: bool | None = True
         try:
             data = await resp.read()
+            failed = False
         except Exception:
             if gone.is_set():
+                failed = None
                 return
-            raise EngineTimeout(f"engine did not finish within {total:g}s") from None
+            raise EngineTimeout(f"engine did not finish within {remaining:g}s") from None
         finally:
             timer.cancel()
+            self.dispatcher.done(attempt.engine, failed)
         status = resp.status
         read_usage_tail(data, stats)
-        if requested != model:
-            try:
-                parsed = orjson.loads(data)
-                if parsed.get("model") == model:
-                    parsed["model"] = requested
-                    data = orjson.dumps(parsed)
-            except (orjson.JSONDecodeError, AttributeError):
-                pass
+        if p.requested != p.model:
+            data = _rename_model(data, p.model, p.requested)
         ctx.status = status
         ctx.finished = True
         await respond(send, status, data, headers=ctx.headers)
 
-    async def _stream(
-        self,
-        send: Send,
-        ctx: Ctx,
-        resp: Any,
-        stats: StreamStats,
-        pass_usage: bool,
-        model: str,
-        gone: asyncio.Event,
-    ) -> None:
-        ctx.status = resp.status
-        await start_stream(send, resp.status, ctx.headers)
+    async def _stream(self, send: Send, ctx: Ctx, attempt: Attempt, stats: StreamStats,
+                      p: _Prepared, gone: asyncio.Event) -> str:
+        """Relay; before the first token, a failing engine is swapped for another."""
+        ctx.status = attempt.response.status
+        await start_stream(send, attempt.response.status, ctx.headers)
         ctx.started = True
         t = self.cfg.timeouts
-        itl = self.metrics.itl.labels(model)
+        itl = self.metrics.itl.labels(p.model)
+        tried: set[str] = set()
 
         async def write(data: bytes) -> None:
             await stream_chunk(send, data)
 
-        try:
-            await relay(
-                resp.iter_chunks(),
-                write,
-                stats,
-                pass_usage=pass_usage,
-                keepalive_s=t.keepalive_interval_s,
-                idle_timeout_s=t.stream_total_s,
-                itl_observe=itl.observe,
-            )
-        except Exception as exc:
-            if gone.is_set():
-                return
-            stats.error = f"upstream failed mid-stream: {type(exc).__name__}"
-            await write(error_event(stats.error) + encode_done())
+        while True:
+            ctx.upstream = attempt.response
+            verdict: bool | None = None  # engine failed? None: no verdict (client left)
+            retry = False
+            try:
+                await relay(attempt.response.iter_chunks(), write, stats,
+                            pass_usage=p.include_usage, keepalive_s=t.keepalive_interval_s,
+                            ttft_s=t.ttft_s, idle_s=t.idle_s, deadline=p.deadline,
+                            itl_observe=itl.observe)
+                verdict = stats.error is not None
+            except FailedBeforeFirstToken as exc:
+                if not gone.is_set():
+                    verdict, retry = True, True
+                    log.warning("engine %s failed before the first token (%s); retrying",
+                                attempt.engine, exc)
+            except Exception as exc:
+                if not gone.is_set():
+                    verdict = True
+                    stats.error = f"upstream failed mid-stream: {type(exc).__name__}"
+                    await write(error_event(stats.error) + encode_done())
+            finally:
+                attempt.response.close()
+                self.dispatcher.done(attempt.engine, verdict)
+            if not retry:
+                break
+            tried.add(attempt.engine)
+            self.metrics.retries.labels(attempt.engine, "before_first_token").inc()
+            try:
+                attempt = await self._send(p, tried)
+            except GantryError as err:
+                stats.error = err.message
+                await write(error_event(err.message, err.type, err.status) + encode_done())
+                break
         ctx.finished = True
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return attempt.engine
 
     def _account(
         self,
@@ -506,6 +556,23 @@ class _Children:
                 self._model, self._endpoint, str(status)
             )
         return c
+
+
+def _with_model(raw: bytes, model: str) -> bytes:
+    body = orjson.loads(raw)
+    body["model"] = model
+    return orjson.dumps(body)
+
+
+def _rename_model(data: bytes, served: str, requested: str) -> bytes:
+    try:
+        parsed = orjson.loads(data)
+        if isinstance(parsed, dict) and parsed.get("model") == served:
+            parsed["model"] = requested
+            return orjson.dumps(parsed)
+    except orjson.JSONDecodeError:
+        pass
+    return data
 
 
 def read_usage_tail(data: bytes, stats: StreamStats) -> None:

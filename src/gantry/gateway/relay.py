@@ -70,6 +70,10 @@ def _take_usage(events: bytes, stats: StreamStats, keep: bool) -> bytes:
     return events if keep else events[:start] + events[end + 2 :]
 
 
+class FailedBeforeFirstToken(Exception):
+    """The engine failed before any token reached the client: safe to retry elsewhere."""
+
+
 async def relay(
     chunks: AsyncIterator[bytes],
     write: WriteFn,
@@ -77,7 +81,9 @@ async def relay(
     *,
     pass_usage: bool,
     keepalive_s: float,
-    idle_timeout_s: float | None,
+    ttft_s: float,
+    idle_s: float,
+    deadline: float,
     itl_observe: ObserveFn | None = None,
 ) -> None:
     """Copy whole SSE events from ``chunks`` to ``write`` as raw bytes.
@@ -85,25 +91,36 @@ async def relay(
     Reads are cut at the last event boundary (the rest is carried to the next read),
     so the client only ever sees complete events; only the usage event is touched.
     Per-event decoding would cost ~3 us an event; this costs a few scans per read.
+
+    Before the first token, any failure (timeout, dropped connection, error event)
+    raises ``FailedBeforeFirstToken`` and writes nothing but keep-alive comments. After
+    it, failures end the stream with an SSE error event and ``[DONE]``.
     """
     it = chunks.__aiter__()
     waiting_first = True
     carry = b""
-    last = time.perf_counter()
+    start = last = time.perf_counter()
+    loop_start = time.monotonic()
     while True:
         try:
-            if waiting_first and keepalive_s > 0:
-                chunk = await _next_with_keepalive(it, keepalive_s, write)
-            elif idle_timeout_s:
-                chunk = await asyncio.wait_for(it.__anext__(), idle_timeout_s)
+            if waiting_first:
+                limit = min(ttft_s, deadline - loop_start) - (time.perf_counter() - start)
+                chunk = await _next_with_keepalive(it, keepalive_s, write, limit)
             else:
-                chunk = await it.__anext__()
+                chunk = await asyncio.wait_for(it.__anext__(),
+                                               min(idle_s, deadline - time.monotonic()))
         except StopAsyncIteration:
             break
         except TimeoutError:
-            stats.error = "engine stopped sending (idle timeout)"
+            if waiting_first:
+                raise FailedBeforeFirstToken("no first token in time") from None
+            stats.error = "engine stopped sending (timeout)"
             await write(error_event(stats.error, "timeout_error", 504) + encode_done())
             return
+        except Exception as exc:
+            if waiting_first:
+                raise FailedBeforeFirstToken(type(exc).__name__) from exc
+            raise
         data = carry + chunk if carry else chunk
         if b"\r" in data:
             data = data.replace(b"\r\n", b"\n")
@@ -120,6 +137,8 @@ async def relay(
             stats.saw_done = True
             events = events.replace(b"data: [DONE]\n\n", b"")
         if b'data: {"error"' in events or b'data: {"object":"error"' in events:
+            if waiting_first and not _first_token(events):
+                raise FailedBeforeFirstToken("engine reported an error")
             stats.error = "engine reported an error mid-stream"
         now = time.perf_counter()
         if waiting_first and _first_token(events):
@@ -133,16 +152,29 @@ async def relay(
             await write(events)
     if stats.saw_done:
         await write(encode_done())
+    elif waiting_first:
+        raise FailedBeforeFirstToken("engine closed the stream before the first token")
     else:
         stats.error = stats.error or "engine closed the stream early"
         await write(error_event(stats.error) + encode_done())
 
 
-async def _next_with_keepalive(it: AsyncIterator[bytes], interval: float, write: WriteFn) -> bytes:
+async def _next_with_keepalive(
+    it: AsyncIterator[bytes], interval: float, write: WriteFn, limit: float
+) -> bytes:
+    """The next chunk; ``: keep-alive`` comments every ``interval`` while waiting."""
+    if limit <= 0:
+        raise TimeoutError
+    if interval <= 0 or interval >= limit:
+        return await asyncio.wait_for(it.__anext__(), limit)
     nxt = asyncio.ensure_future(it.__anext__())
+    end = time.perf_counter() + limit
     try:
         while True:
-            done, _ = await asyncio.wait({nxt}, timeout=interval)
+            left = end - time.perf_counter()
+            if left <= 0:
+                raise TimeoutError
+            done, _ = await asyncio.wait({nxt}, timeout=min(interval, left))
             if done:
                 return nxt.result()
             await write(_KEEPALIVE)
