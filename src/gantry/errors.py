@@ -9,6 +9,8 @@ OpenAI error JSON through ``GantryError.response()`` (built with
     │   ├── ModelNotFound            404 (code model_not_found)
     │   ├── NotFound                 404 (unknown route)
     │   ├── MethodNotAllowed         405
+    │   ├── IdempotencyConflict      422 (same key, different body)
+    │   ├── IdempotencyInProgress    409 (same key still running)
     │   ├── AuthenticationError      401
     │   └── RateLimited              429 (+ Retry-After)
     ├── ServiceUnavailable           503 (+ Retry-After): no healthy engine, draining
@@ -78,6 +80,20 @@ class AuthenticationError(ClientError):
     code = "invalid_api_key"
 
 
+class IdempotencyConflict(ClientError):
+    """The Idempotency-Key was used before with a different request body."""
+
+    status = 422
+    code = "idempotency_key_reused"
+
+
+class IdempotencyInProgress(ClientError):
+    """A request with this Idempotency-Key is still running (waited too long)."""
+
+    status = 409
+    code = "idempotency_key_in_progress"
+
+
 class RateLimited(ClientError):
     status = 429
     type = "rate_limit_error"
@@ -130,6 +146,8 @@ __all__ = [
     "EngineRejected",
     "EngineTimeout",
     "GantryError",
+    "IdempotencyConflict",
+    "IdempotencyInProgress",
     "MethodNotAllowed",
     "ModelNotFound",
     "NotFound",

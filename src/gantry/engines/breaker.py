@@ -67,8 +67,7 @@ def record(s: BreakerState, cfg: BreakerConfig, failed: bool, now: float) -> Bre
         return s  # late results of requests sent before it opened
     recent = (*s.recent, failed)[-cfg.window :]
     consecutive = s.consecutive + 1 if failed else 0
-    rate_trip = (len(recent) >= cfg.min_calls
-                 and sum(recent) / len(recent) >= cfg.failure_rate)
+    rate_trip = len(recent) >= cfg.min_calls and sum(recent) / len(recent) >= cfg.failure_rate
     if failed and (consecutive >= cfg.failure_threshold or rate_trip):
         return BreakerState(Breaker.OPEN, opened_at=now)
     return replace(s, consecutive=consecutive, recent=recent)

@@ -37,8 +37,9 @@ class AdmissionQueue:
         q = self._queues.get(model)
         return any(not w.fut.done() for w in q or ())
 
-    async def wait_turn(self, model: str, priority: int, within_s: float,
-                        seq: int | None = None) -> int:
+    async def wait_turn(
+        self, model: str, priority: int, within_s: float, seq: int | None = None
+    ) -> int:
         """Wait until woken; returns the waiter's sequence number (to keep its place)."""
         q = self._queues.get(model)
         if q is None:
@@ -48,7 +49,8 @@ class AdmissionQueue:
         if self.waiting(model) >= self.max_waiting:
             raise ServiceUnavailable(
                 f"Model '{model}' is at capacity and its queue is full; retry shortly.",
-                retry_after=1)
+                retry_after=1,
+            )
         if within_s <= 0:
             raise ServiceUnavailable(f"Model '{model}' is at capacity.", retry_after=1)
         loop = asyncio.get_running_loop()
@@ -60,7 +62,8 @@ class AdmissionQueue:
         except TimeoutError:
             raise ServiceUnavailable(
                 f"Timed out after {within_s:.1f}s waiting for capacity on model '{model}'.",
-                retry_after=2) from None
+                retry_after=2,
+            ) from None
         finally:
             timer.cancel()
             if not w.fut.done():

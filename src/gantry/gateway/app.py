@@ -33,6 +33,7 @@ from gantry.errors import (
     UnsupportedMediaType,
 )
 from gantry.gateway.dispatch import Attempt, Dispatcher
+from gantry.gateway.idempotent import check_key, fingerprint, make_store, run_once
 from gantry.gateway.openapi import openapi_document
 from gantry.gateway.relay import FailedBeforeFirstToken, StreamStats, error_event, relay
 from gantry.observability import GatewayMetrics, Tracer, request_logger
@@ -116,6 +117,10 @@ class GatewayApp:
         )
         self.pool.listeners.append(self.metrics.on_snapshot)
         self.ready = True  # false while draining
+        self.active_requests = 0  # generation requests in flight (for the drain)
+        self.idle = asyncio.Event()  # set whenever no generation request is in flight
+        self.idle.set()
+        self.idem_store = make_store(cfg.idempotency) if cfg.idempotency.enabled else None
         self._child_cache: dict[tuple[str, str], _Children] = {}
         self._session_header = cfg.routing.session_header.lower().encode()
         self._priority_header = cfg.admission.priority_header.lower().encode()
@@ -174,6 +179,8 @@ class GatewayApp:
             elif msg["type"] == "lifespan.shutdown":
                 self.ready = False
                 await self.pool.aclose()
+                if self.idem_store is not None:
+                    await self.idem_store.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -271,6 +278,10 @@ class GatewayApp:
         self, endpoint: str, scope: Scope, receive: Receive, send: Send, ctx: Ctx
     ) -> None:
         raw, body = await self._read_json(scope, receive)
+        idem = header(scope, b"idempotency-key") if self.idem_store is not None else None
+        if idem is not None:
+            await self._idempotent(check_key(idem), endpoint, scope, raw, body, receive, send, ctx)
+            return
         if not self.tracer.enabled:
             await self._dispatch(self._prepare(endpoint, scope, raw, body, ctx), receive, send, ctx)
             return
@@ -285,6 +296,35 @@ class GatewayApp:
             with self.tracer.span("dispatch", model=prep.route.model):
                 self.tracer.inject(prep.headers)  # engines continue this trace
                 await self._dispatch(prep, receive, send, ctx)
+
+    async def _idempotent(
+        self,
+        key: str,
+        endpoint: str,
+        scope: Scope,
+        raw: bytes,
+        body: Any,
+        receive: Receive,
+        send: Send,
+        ctx: Ctx,
+    ) -> None:
+        prep = self._prepare(endpoint, scope, raw, body, ctx)
+        assert self.idem_store is not None
+
+        async def run(send_: Send) -> None:
+            await self._dispatch(prep, receive, send_, ctx)
+
+        await run_once(
+            self.idem_store,
+            self.cfg.idempotency,
+            key,
+            fingerprint(endpoint, raw),
+            prep.deadline,
+            send,
+            ctx.headers,
+            run,
+            lambda outcome: self.metrics.idempotent_replays.labels(outcome).inc(),
+        )
 
     def _prepare(self, endpoint: str, scope: Scope, raw: bytes, body: Any, ctx: Ctx) -> _Prepared:
         """Validate once and decide what to send (no I/O)."""
@@ -320,8 +360,18 @@ class GatewayApp:
                 session = v.decode("latin-1")
         route = RouteRequest(model=model, session=session or (info.user if info else None))
         deadline = time.monotonic() + self._timeout_of(scope, stream)
-        return _Prepared(endpoint, requested, model, stream, include_usage, raw, headers, route,
-                         deadline, self._priority_of(scope))
+        return _Prepared(
+            endpoint,
+            requested,
+            model,
+            stream,
+            include_usage,
+            raw,
+            headers,
+            route,
+            deadline,
+            self._priority_of(scope),
+        )
 
     def _timeout_of(self, scope: Scope, stream: bool) -> float:
         t = self.cfg.timeouts
@@ -334,8 +384,9 @@ class GatewayApp:
         except ValueError:
             value = -1.0
         if not 0 < value < float("inf"):
-            raise ClientError("X-Request-Timeout must be a positive number of seconds.",
-                              param="x-request-timeout")
+            raise ClientError(
+                "X-Request-Timeout must be a positive number of seconds.", param="x-request-timeout"
+            )
         return min(value, t.max_override_s)
 
     def _priority_of(self, scope: Scope) -> int:
@@ -345,16 +396,21 @@ class GatewayApp:
         try:
             return int(raw)
         except ValueError:
-            raise ClientError(f"{self.cfg.admission.priority_header} must be an integer "
-                              "(lower is served first).", param="priority") from None
+            raise ClientError(
+                f"{self.cfg.admission.priority_header} must be an integer (lower is served first).",
+                param="priority",
+            ) from None
 
     async def _dispatch(self, p: _Prepared, receive: Receive, send: Send, ctx: Ctx) -> None:
         if not self.ready:
             self.metrics.shed.labels(p.model, "draining").inc()
-            raise ServiceUnavailable("The gateway is shutting down; retry on another replica.",
-                                     retry_after=1)
+            raise ServiceUnavailable(
+                "The gateway is shutting down; retry on another replica.", retry_after=1
+            )
         active = self.metrics.active.labels(p.model)
         active.inc()
+        self.active_requests += 1
+        self.idle.clear()
         gone = asyncio.Event()
         watcher = asyncio.ensure_future(_watch(receive, gone, ctx))
         watcher.add_done_callback(lambda _: ctx.close_upstream())
@@ -380,6 +436,9 @@ class GatewayApp:
         finally:
             watcher.cancel()
             active.dec()
+            self.active_requests -= 1
+            if not self.active_requests:
+                self.idle.set()
             self._account(p.endpoint, p.model, engine, ctx, stats, gone.is_set())
 
     async def _send(self, p: _Prepared, exclude: set[str]) -> Attempt:
@@ -392,18 +451,33 @@ class GatewayApp:
             body = p.raw if i == 0 else _with_model(p.raw, model)
             try:
                 return await self.dispatcher.send(
-                    route, p.endpoint, body, p.headers, first_byte_timeout=first_byte,
-                    deadline=p.deadline, priority=p.priority, exclude=exclude,
-                    tracer=self.tracer)
+                    route,
+                    p.endpoint,
+                    body,
+                    p.headers,
+                    first_byte_timeout=first_byte,
+                    deadline=p.deadline,
+                    priority=p.priority,
+                    exclude=exclude,
+                    tracer=self.tracer,
+                )
             except ServiceUnavailable:
                 if i + 1 == len(chain) or model not in self.pool.snapshot.by_model:
                     raise
-                log.warning("model %s has no engine that can serve; falling back to %s",
-                            model, chain[i + 1])
+                log.warning(
+                    "model %s has no engine that can serve; falling back to %s", model, chain[i + 1]
+                )
         raise AssertionError("unreachable")
 
-    async def _unary(self, send: Send, ctx: Ctx, attempt: Attempt, stats: StreamStats,
-                     p: _Prepared, gone: asyncio.Event) -> None:
+    async def _unary(
+        self,
+        send: Send,
+        ctx: Ctx,
+        attempt: Attempt,
+        stats: StreamStats,
+        p: _Prepared,
+        gone: asyncio.Event,
+    ) -> None:
         resp = attempt.response
         ctx.upstream = resp
         remaining = max(0.001, p.deadline - time.monotonic())
@@ -428,8 +502,15 @@ class GatewayApp:
         ctx.finished = True
         await respond(send, status, data, headers=ctx.headers)
 
-    async def _stream(self, send: Send, ctx: Ctx, attempt: Attempt, stats: StreamStats,
-                      p: _Prepared, gone: asyncio.Event) -> str:
+    async def _stream(
+        self,
+        send: Send,
+        ctx: Ctx,
+        attempt: Attempt,
+        stats: StreamStats,
+        p: _Prepared,
+        gone: asyncio.Event,
+    ) -> str:
         """Relay; before the first token, a failing engine is swapped for another."""
         ctx.status = attempt.response.status
         await start_stream(send, attempt.response.status, ctx.headers)
@@ -446,16 +527,26 @@ class GatewayApp:
             verdict: bool | None = None  # engine failed? None: no verdict (client left)
             retry = False
             try:
-                await relay(attempt.response.iter_chunks(), write, stats,
-                            pass_usage=p.include_usage, keepalive_s=t.keepalive_interval_s,
-                            ttft_s=t.ttft_s, idle_s=t.idle_s, deadline=p.deadline,
-                            itl_observe=itl.observe)
+                await relay(
+                    attempt.response.iter_chunks(),
+                    write,
+                    stats,
+                    pass_usage=p.include_usage,
+                    keepalive_s=t.keepalive_interval_s,
+                    ttft_s=t.ttft_s,
+                    idle_s=t.idle_s,
+                    deadline=p.deadline,
+                    itl_observe=itl.observe,
+                )
                 verdict = stats.error is not None
             except FailedBeforeFirstToken as exc:
                 if not gone.is_set():
                     verdict, retry = True, True
-                    log.warning("engine %s failed before the first token (%s); retrying",
-                                attempt.engine, exc)
+                    log.warning(
+                        "engine %s failed before the first token (%s); retrying",
+                        attempt.engine,
+                        exc,
+                    )
             except Exception as exc:
                 if not gone.is_set():
                     verdict = True

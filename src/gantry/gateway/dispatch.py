@@ -56,18 +56,31 @@ class Attempt:
 
 
 class Dispatcher:
-    def __init__(self, pool: EnginePool, policy: Policy, policy_name: str,
-                 metrics: GatewayMetrics, cfg: GatewayConfig) -> None:
+    def __init__(
+        self,
+        pool: EnginePool,
+        policy: Policy,
+        policy_name: str,
+        metrics: GatewayMetrics,
+        cfg: GatewayConfig,
+    ) -> None:
         self.pool = pool
         self.policy = policy
         self.policy_name = policy_name
         self.metrics = metrics
         self.cfg = cfg
         a, b, r = cfg.admission, cfg.breaker, cfg.retry
-        self.limits = CapacityLimits(a.max_inflight_per_engine, a.max_engine_waiting,
-                                     a.kv_warn, a.kv_shed)
-        self.breaker_cfg = BreakerConfig(b.failure_threshold, b.failure_rate, b.window,
-                                         b.min_calls, b.cooldown_s, b.half_open_max)
+        self.limits = CapacityLimits(
+            a.max_inflight_per_engine, a.max_engine_waiting, a.kv_warn, a.kv_shed
+        )
+        self.breaker_cfg = BreakerConfig(
+            b.failure_threshold,
+            b.failure_rate,
+            b.window,
+            b.min_calls,
+            b.cooldown_s,
+            b.half_open_max,
+        )
         self.breakers: dict[str, BreakerState] = {}
         self.cooldown: dict[str, float] = {}  # engine -> monotonic time it may be used again
         self.budget = RetryBudget(r.budget_ratio, r.budget_min_per_s)
@@ -91,7 +104,8 @@ class Dispatcher:
         usable = self._usable(route.model, exclude, now)
         if not usable:
             raise ServiceUnavailable(
-                f"No healthy engine can serve model '{route.model}' right now.", retry_after=2)
+                f"No healthy engine can serve model '{route.model}' right now.", retry_after=2
+            )
         inflight = self.pool.inflight
         room = [e for e in usable if has_capacity(e, inflight, self.limits)]
         if not room:
@@ -115,8 +129,12 @@ class Dispatcher:
         if after != before:
             self.breakers[name] = after
         if after.state is not before.state:
-            log.warning("circuit breaker for engine %s: %s -> %s", name,
-                        before.state.name.lower(), after.state.name.lower())
+            log.warning(
+                "circuit breaker for engine %s: %s -> %s",
+                name,
+                before.state.name.lower(),
+                after.state.name.lower(),
+            )
             self.metrics.breaker_state.labels(name).set(int(after.state))
             self.metrics.breaker_transitions.labels(name, after.state.name.lower()).inc()
 
@@ -128,9 +146,17 @@ class Dispatcher:
 
     # -- sending ----------------------------------------------------------------------------
     async def send(
-        self, route: RouteRequest, path: str, body: bytes, headers: Mapping[str, str], *,
-        first_byte_timeout: float, deadline: float, priority: int = 0,
-        exclude: set[str] | None = None, tracer: Tracer | None = None,
+        self,
+        route: RouteRequest,
+        path: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        first_byte_timeout: float,
+        deadline: float,
+        priority: int = 0,
+        exclude: set[str] | None = None,
+        tracer: Tracer | None = None,
     ) -> Attempt:
         """The first engine response that is not a retryable failure.
 
@@ -162,8 +188,9 @@ class Dispatcher:
             self.metrics.routed.labels(name, self.policy_name).inc()
             self.pool.inflight[name] += 1
             try:
-                resp = await self._send_one(name, path, body, headers,
-                                            min(first_byte_timeout, deadline - now))
+                resp = await self._send_one(
+                    name, path, body, headers, min(first_byte_timeout, deadline - now)
+                )
             except RetryableEngineError as exc:
                 self.done(name, failed=True)
                 last = exc
@@ -185,20 +212,35 @@ class Dispatcher:
                 last = EngineRejected(resp.status, data, engine=name)
             attempt += 1
             now = time.monotonic()
-            if (attempt > self.cfg.retry.attempts or now >= deadline
-                    or not self.budget.try_spend(now)):
+            if (
+                attempt > self.cfg.retry.attempts
+                or now >= deadline
+                or not self.budget.try_spend(now)
+            ):
                 raise last
             self.metrics.retries.labels(name, type(last).__name__).inc()
             r = self.cfg.retry
-            await asyncio.sleep(min(backoff(attempt - 1, r.backoff_base_s, r.backoff_max_s,
-                                            self._rng), max(0.0, deadline - now)))
+            await asyncio.sleep(
+                min(
+                    backoff(attempt - 1, r.backoff_base_s, r.backoff_max_s, self._rng),
+                    max(0.0, deadline - now),
+                )
+            )
 
-    async def _send_one(self, name: str, path: str, body: bytes, headers: Mapping[str, str],
-                        first_byte_s: float) -> EngineResponse:
+    async def _send_one(
+        self, name: str, path: str, body: bytes, headers: Mapping[str, str], first_byte_s: float
+    ) -> EngineResponse:
         try:
-            return await self.pool.transport(name).send(EngineRequest(
-                "POST", path, body, headers, connect_timeout=self.cfg.timeouts.connect_s,
-                read_timeout=max(0.001, first_byte_s)))
+            return await self.pool.transport(name).send(
+                EngineRequest(
+                    "POST",
+                    path,
+                    body,
+                    headers,
+                    connect_timeout=self.cfg.timeouts.connect_s,
+                    read_timeout=max(0.001, first_byte_s),
+                )
+            )
         except RetryableEngineError as exc:
             kind = "timeout" if isinstance(exc, EngineTimeout) else "connect"
             self.metrics.upstream_errors.labels(name, kind).inc()

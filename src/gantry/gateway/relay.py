@@ -107,8 +107,9 @@ async def relay(
                 limit = min(ttft_s, deadline - loop_start) - (time.perf_counter() - start)
                 chunk = await _next_with_keepalive(it, keepalive_s, write, limit)
             else:
-                chunk = await asyncio.wait_for(it.__anext__(),
-                                               min(idle_s, deadline - time.monotonic()))
+                chunk = await asyncio.wait_for(
+                    it.__anext__(), min(idle_s, deadline - time.monotonic())
+                )
         except StopAsyncIteration:
             break
         except TimeoutError:

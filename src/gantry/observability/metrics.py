@@ -120,28 +120,42 @@ class GatewayMetrics:
             registry=reg,
         )
         self.breaker_state = Gauge(
-            "gantry_breaker_state", "Circuit breaker per engine: 0 closed, 1 half-open, 2 open.",
-            ["engine"], registry=reg, multiprocess_mode="max",
+            "gantry_breaker_state",
+            "Circuit breaker per engine: 0 closed, 1 half-open, 2 open.",
+            ["engine"],
+            registry=reg,
+            multiprocess_mode="max",
         )
         self.breaker_transitions = Counter(
-            "gantry_breaker_transitions", "Circuit breaker transitions, by new state.",
-            ["engine", "state"], registry=reg,
+            "gantry_breaker_transitions",
+            "Circuit breaker transitions, by new state.",
+            ["engine", "state"],
+            registry=reg,
         )
         self.shed = Counter(
-            "gantry_requests_shed", "Requests refused by admission (queue full, deadline, "
-            "draining).", ["model", "reason"], registry=reg,
+            "gantry_requests_shed",
+            "Requests refused by admission (queue full, deadline, draining).",
+            ["model", "reason"],
+            registry=reg,
         )
         self.queue_wait = Histogram(
-            "gantry_admission_wait_seconds", "Time spent waiting for capacity.", ["model"],
-            buckets=LATENCY, registry=reg,
+            "gantry_admission_wait_seconds",
+            "Time spent waiting for capacity.",
+            ["model"],
+            buckets=LATENCY,
+            registry=reg,
         )
         self.idempotent_replays = Counter(
-            "gantry_idempotent_replays", "Requests answered from the idempotency store.",
-            ["outcome"], registry=reg,
+            "gantry_idempotent_replays",
+            "Requests answered from the idempotency store.",
+            ["outcome"],
+            registry=reg,
         )
         self.drain_seconds = Gauge(
-            "gantry_drain_duration_seconds", "How long the last graceful drain took.",
-            registry=reg, multiprocess_mode="max",
+            "gantry_drain_duration_seconds",
+            "How long the last graceful drain took.",
+            registry=reg,
+            multiprocess_mode="max",
         )
         self.disconnects = Counter(
             "gantry_client_disconnects",
