@@ -558,6 +558,7 @@ class GatewayApp:
             if not retry:
                 break
             tried.add(attempt.engine)
+            self.metrics.upstream_errors.labels(attempt.engine, "before_first_token").inc()
             self.metrics.retries.labels(attempt.engine, "before_first_token").inc()
             try:
                 attempt = await self._send(p, tried)
