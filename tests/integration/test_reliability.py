@@ -23,8 +23,10 @@ BODY = {"model": "m", "prompt": "x", "max_tokens": 5, "seed": 1}
 
 
 def test_idempotency_memory_store(tmp_path):
-    with sim(tmp_path, "--served-model-name", "m", "--speedup", "10") as e, gateway(
-            tmp_path, "--engine", e.url) as gw:
+    with (
+        sim(tmp_path, "--served-model-name", "m", "--speedup", "10") as e,
+        gateway(tmp_path, "--engine", e.url) as gw,
+    ):
         key = str(uuid.uuid4())
         first = post(gw.url, BODY, **{"Idempotency-Key": key})
         again = post(gw.url, BODY, **{"Idempotency-Key": key})
@@ -44,8 +46,12 @@ def test_idempotency_memory_store(tmp_path):
         ckey = str(uuid.uuid4())
         slow = {**BODY, "max_tokens": 60, "ignore_eos": True}
         results: list[httpx.Response] = []
-        threads = [threading.Thread(target=lambda: results.append(
-            post(gw.url, slow, **{"Idempotency-Key": ckey}))) for _ in range(3)]
+        threads = [
+            threading.Thread(
+                target=lambda: results.append(post(gw.url, slow, **{"Idempotency-Key": ckey}))
+            )
+            for _ in range(3)
+        ]
         before = metric_value(httpx.get(e.url + "/metrics").text, "vllm:request_success_total")
         for t in threads:
             t.start()
@@ -66,28 +72,38 @@ def test_idempotency_shared_across_replicas_over_redis(tmp_path):
     prefix = f"gantry-test-{uuid.uuid4().hex[:8]}:"
     with sim(tmp_path, "--served-model-name", "m", "--profile", "instant") as e:
         cfg = tmp_path / "r.yaml"
-        cfg.write_text(f"engines:\n  - url: {e.url}\nidempotency:\n  store: redis\n"
-                       f"  key_prefix: '{prefix}'\n")
+        cfg.write_text(
+            f"engines:\n  - url: {e.url}\nidempotency:\n  store: redis\n  key_prefix: '{prefix}'\n"
+        )
         with gateway(tmp_path, "-c", str(cfg)) as a, gateway(tmp_path, "-c", str(cfg)) as b:
             key = str(uuid.uuid4())
             ra = post(a.url, BODY, **{"Idempotency-Key": key})
             rb = post(b.url, BODY, **{"Idempotency-Key": key})
             assert rb.json() == ra.json() and rb.headers["idempotent-replayed"] == "true"
-            assert post(b.url, {**BODY, "seed": 2}, **{"Idempotency-Key": key}
-                        ).status_code == 422
+            assert post(b.url, {**BODY, "seed": 2}, **{"Idempotency-Key": key}).status_code == 422
     r = redis.Redis(host="127.0.0.1", port=6379)
     for k in r.scan_iter(prefix + "*"):
         r.delete(k)
 
 
 def test_sigterm_drains_in_flight_streams(tmp_path):
-    with sim(tmp_path, "--served-model-name", "m") as e, gateway(tmp_path, "--engine",
-                                                                  e.url) as gw:
+    with sim(tmp_path, "--served-model-name", "m") as e, gateway(tmp_path, "--engine", e.url) as gw:
+
         async def stream() -> str:
-            async with httpx.AsyncClient(timeout=30) as c, c.stream(
-                "POST", gw.url + "/v1/completions",
-                json={"model": "m", "prompt": "x", "max_tokens": 60, "ignore_eos": True,
-                      "stream": True}) as r:
+            async with (
+                httpx.AsyncClient(timeout=30) as c,
+                c.stream(
+                    "POST",
+                    gw.url + "/v1/completions",
+                    json={
+                        "model": "m",
+                        "prompt": "x",
+                        "max_tokens": 60,
+                        "ignore_eos": True,
+                        "stream": True,
+                    },
+                ) as r,
+            ):
                 return "".join([chunk async for chunk in r.aiter_text()])
 
         async def scenario() -> tuple[list[str], int, int]:
@@ -97,8 +113,9 @@ def test_sigterm_drains_in_flight_streams(tmp_path):
             await asyncio.sleep(0.1)
             async with httpx.AsyncClient() as c:
                 ready = (await c.get(gw.url + "/readyz")).status_code
-                new = (await c.post(gw.url + "/v1/completions",
-                                    json={"model": "m", "prompt": "x"})).status_code
+                new = (
+                    await c.post(gw.url + "/v1/completions", json={"model": "m", "prompt": "x"})
+                ).status_code
             return await asyncio.gather(*tasks), ready, new
 
         outs, ready, new = asyncio.run(scenario())
@@ -109,38 +126,43 @@ def test_sigterm_drains_in_flight_streams(tmp_path):
 
 
 def test_hung_engine_times_out_fails_over_and_opens_breaker(tmp_path):
-    with sim(tmp_path, "--served-model-name", "m", "--profile", "instant",
-             "--fault-hang-rate", "1") as bad, sim(tmp_path, "--served-model-name", "m",
-                                                   "--profile", "instant") as good:
+    with (
+        sim(
+            tmp_path, "--served-model-name", "m", "--profile", "instant", "--fault-hang-rate", "1"
+        ) as bad,
+        sim(tmp_path, "--served-model-name", "m", "--profile", "instant") as good,
+    ):
         cfg = tmp_path / "h.yaml"
         cfg.write_text(
             f"engines:\n  - url: {bad.url}\n    name: bad\n  - url: {good.url}\n    name: good\n"
             "routing:\n  policy: round_robin\n"
             "timeouts:\n  attempt_s: 0.5\n  ttft_s: 0.5\n"
-            "breaker:\n  failure_threshold: 2\n  cooldown_s: 60\n")
+            "breaker:\n  failure_threshold: 2\n  cooldown_s: 60\n"
+        )
         with gateway(tmp_path, "-c", str(cfg)) as gw:
             for stream in (False, True, False, False, True, False):
-                r = post(gw.url, {"model": "m", "prompt": "x", "max_tokens": 2,
-                                  "stream": stream})
+                r = post(gw.url, {"model": "m", "prompt": "x", "max_tokens": 2, "stream": stream})
                 assert r.status_code == 200 and "error" not in r.text
             m = httpx.get(gw.url + "/metrics").text
             assert metric_value(m, "gantry_breaker_state", engine="bad") == 2
             assert metric_value(m, "gantry_upstream_errors_total", engine="bad") >= 2
             t = time.monotonic()
-            assert post(gw.url, {"model": "m", "prompt": "x", "max_tokens": 2}
-                        ).status_code == 200
+            assert post(gw.url, {"model": "m", "prompt": "x", "max_tokens": 2}).status_code == 200
             assert time.monotonic() - t < 0.4  # the open breaker skips the hung engine
             assert "circuit breaker for engine bad: closed -> open" in gw.logs()
 
 
 def test_fallback_chain_and_graceful_degradation(tmp_path):
-    with sim(tmp_path, "--served-model-name", "small", "--profile", "instant") as small, sim(
-            tmp_path, "--served-model-name", "big", "--profile", "instant") as big:
+    with (
+        sim(tmp_path, "--served-model-name", "small", "--profile", "instant") as small,
+        sim(tmp_path, "--served-model-name", "big", "--profile", "instant") as big,
+    ):
         cfg = tmp_path / "f.yaml"
         cfg.write_text(
             f"engines:\n  - url: {big.url}\n    name: big\n  - url: {small.url}\n"
             "    name: small\nfallbacks:\n  big: [small]\n"
-            "health:\n  interval_s: 0.2\n  failure_threshold: 1\n")
+            "health:\n  interval_s: 0.2\n  failure_threshold: 1\n"
+        )
         with gateway(tmp_path, "-c", str(cfg)) as gw:
             assert post(gw.url, {"model": "big", "prompt": "x"}).json()["model"] == "big"
             big.stop(9)
@@ -159,11 +181,15 @@ def test_overload_sheds_with_retry_after(tmp_path):
         cfg = tmp_path / "o.yaml"
         cfg.write_text(
             f"engines:\n  - url: {e.url}\nadmission:\n  max_inflight_per_engine: 4\n"
-            "  max_waiting_per_model: 4\n  queue_timeout_s: 5\n")
+            "  max_waiting_per_model: 4\n  queue_timeout_s: 5\n"
+        )
         with gateway(tmp_path, "-c", str(cfg)) as gw:
+
             async def one(c: httpx.AsyncClient) -> httpx.Response:
-                return await c.post(gw.url + "/v1/completions", json={
-                    "model": "m", "prompt": "x", "max_tokens": 40, "ignore_eos": True})
+                return await c.post(
+                    gw.url + "/v1/completions",
+                    json={"model": "m", "prompt": "x", "max_tokens": 40, "ignore_eos": True},
+                )
 
             async def burst() -> list[httpx.Response]:
                 async with httpx.AsyncClient(timeout=30) as c:
@@ -181,17 +207,30 @@ def test_overload_sheds_with_retry_after(tmp_path):
 
 
 def test_priority_and_timeout_headers_are_validated(tmp_path):
-    with sim(tmp_path, "--served-model-name", "m", "--profile", "instant") as e, gateway(
-            tmp_path, "--engine", e.url) as gw:
+    with (
+        sim(tmp_path, "--served-model-name", "m", "--profile", "instant") as e,
+        gateway(tmp_path, "--engine", e.url) as gw,
+    ):
         assert post(gw.url, BODY, **{"x-priority": "urgent"}).status_code == 400
         assert post(gw.url, BODY, **{"x-request-timeout": "-3"}).status_code == 400
-        assert post(gw.url, BODY, **{"x-priority": "-5", "x-request-timeout": "10"}
-                    ).status_code == 200
+        assert (
+            post(gw.url, BODY, **{"x-priority": "-5", "x-request-timeout": "10"}).status_code == 200
+        )
 
 
 def test_per_request_timeout_override(tmp_path):
-    with sim(tmp_path, "--served-model-name", "m", "--fault-latency-ms", "1500",
-             "--profile", "instant") as e, gateway(tmp_path, "--engine", e.url) as gw:
+    with (
+        sim(
+            tmp_path,
+            "--served-model-name",
+            "m",
+            "--fault-latency-ms",
+            "1500",
+            "--profile",
+            "instant",
+        ) as e,
+        gateway(tmp_path, "--engine", e.url) as gw,
+    ):
         t = time.monotonic()
         r = post(gw.url, BODY, **{"x-request-timeout": "0.5"})
         assert r.status_code in (503, 504) and time.monotonic() - t < 1.4

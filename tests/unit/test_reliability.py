@@ -20,8 +20,9 @@ from gantry.gateway.retry import RetryBudget, backoff, parse_retry_after
 from gantry.routing import EngineView
 from gantry.routing.capacity import CapacityLimits, has_capacity, kv_pressured
 
-CFG = BreakerConfig(failure_threshold=3, failure_rate=0.5, window=10, min_calls=6,
-                    cooldown_s=30, half_open_max=1)
+CFG = BreakerConfig(
+    failure_threshold=3, failure_rate=0.5, window=10, min_calls=6, cooldown_s=30, half_open_max=1
+)
 F, S = True, False  # outcome: failure / success
 
 
@@ -65,7 +66,7 @@ def test_open_then_half_open_then_closed_or_open_again():
 
 def test_retry_budget_limits_retries_to_a_share_of_requests():
     b = RetryBudget(ratio=0.2, min_per_s=0.0, cap=100, tokens=0.0)
-    for i in range(100):
+    for _ in range(100):
         b.on_request(1.0)
     spent = sum(b.try_spend(1.0) for _ in range(100))
     assert spent == 20
@@ -76,7 +77,7 @@ def test_retry_budget_limits_retries_to_a_share_of_requests():
 def test_backoff_and_retry_after():
     rng = random.Random(0)
     vals = [backoff(3, 0.1, 0.5, rng) for _ in range(200)]
-    assert 0 <= min(vals) and max(vals) <= 0.5
+    assert min(vals) >= 0 and max(vals) <= 0.5
     assert parse_retry_after("2") == 2.0 and parse_retry_after("999") == 5.0
     assert parse_retry_after("Wed, 21 Oct 2015") is None and parse_retry_after(None) is None
 
@@ -117,8 +118,9 @@ def test_admission_queue_priority_bound_and_deadline():
             await q.wait_turn("m", prio, 5)
             order.append(name)
 
-        tasks = [asyncio.create_task(waiter(n, p)) for n, p in
-                 (("low", 5), ("high", -1), ("mid", 0))]
+        tasks = [
+            asyncio.create_task(waiter(n, p)) for n, p in (("low", 5), ("high", -1), ("mid", 0))
+        ]
         await asyncio.sleep(0)
         assert q.waiting("m") == 3
         with pytest.raises(ServiceUnavailable) as exc:

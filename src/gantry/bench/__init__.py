@@ -2,6 +2,7 @@
 `vllm bench serve`'s metric definitions and result keys."""
 
 from gantry.bench.arrivals import Schedule, send_times
+from gantry.bench.chaos import Tally, steady_load
 from gantry.bench.datasets import (
     DatasetError,
     Job,
@@ -21,6 +22,7 @@ __all__ = [
     "RequestResult",
     "SLOError",
     "Schedule",
+    "Tally",
     "Turn",
     "jsonl_jobs",
     "multi_turn_jobs",
@@ -30,5 +32,6 @@ __all__ = [
     "send_times",
     "shared_prefix_jobs",
     "sharegpt_jobs",
+    "steady_load",
     "summarize",
 ]

@@ -403,6 +403,7 @@ class GatewayApp:
 
     async def _dispatch(self, p: _Prepared, receive: Receive, send: Send, ctx: Ctx) -> None:
         if not self.ready:
+            ctx.headers.append((b"connection", b"close"))
             self.metrics.shed.labels(p.model, "draining").inc()
             raise ServiceUnavailable(
                 "The gateway is shutting down; retry on another replica.", retry_after=1
@@ -478,29 +479,40 @@ class GatewayApp:
         p: _Prepared,
         gone: asyncio.Event,
     ) -> None:
-        resp = attempt.response
-        ctx.upstream = resp
-        remaining = max(0.001, p.deadline - time.monotonic())
-        timer = asyncio.get_running_loop().call_later(remaining, resp.close)
-        failed: bool | None = True
-        try:
-            data = await resp.read()
-            failed = False
-        except Exception:
-            if gone.is_set():
-                failed = None
-                return
-            raise EngineTimeout(f"engine did not finish within {remaining:g}s") from None
-        finally:
-            timer.cancel()
-            self.dispatcher.done(attempt.engine, failed)
-        status = resp.status
+        """Read the whole answer; if the engine dies first, nothing was sent: retry."""
+        tried: set[str] = set()
+        loop = asyncio.get_running_loop()
+        while True:
+            resp = ctx.upstream = attempt.response
+            remaining = max(0.001, p.deadline - time.monotonic())
+            timer = loop.call_later(remaining, resp.close)
+            verdict: bool | None = True
+            try:
+                data = await resp.read()
+                verdict = False
+                break
+            except Exception as exc:
+                if gone.is_set():
+                    verdict = None
+                    return
+                if time.monotonic() >= p.deadline:
+                    raise EngineTimeout(f"engine did not finish within {remaining:g}s") from None
+                log.warning(
+                    "engine %s failed mid-answer (%s); retrying", attempt.engine, type(exc).__name__
+                )
+            finally:
+                timer.cancel()
+                self.dispatcher.done(attempt.engine, verdict)
+            tried.add(attempt.engine)
+            self.metrics.upstream_errors.labels(attempt.engine, "mid_answer").inc()
+            self.metrics.retries.labels(attempt.engine, "mid_answer").inc()
+            attempt = await self._send(p, tried)
         read_usage_tail(data, stats)
         if p.requested != p.model:
             data = _rename_model(data, p.model, p.requested)
-        ctx.status = status
+        ctx.status = resp.status
         ctx.finished = True
-        await respond(send, status, data, headers=ctx.headers)
+        await respond(send, resp.status, data, headers=ctx.headers)
 
     async def _stream(
         self,
