@@ -44,6 +44,8 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/sim_fidelity.py
 	$(BIN)/python benchmarks/gateway_overhead.py
 	$(BIN)/python benchmarks/bench_client.py
+	$(BIN)/python benchmarks/admission_overhead.py
+	$(BIN)/python benchmarks/chaos.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -55,7 +55,7 @@ class Tally:
         self.lost_reasons[why] = self.lost_reasons.get(why, 0) + 1
 
 
-HEADER = ("scenario", "sent", "succeeded", "shed", "failed", "lost", "p99 ms", "peak MB")
+HEADER = ("scenario", "sent", "succeeded", "shed", "failed", "refused", "lost", "p99 ms", "peak MB")
 
 
 async def _one(
