@@ -77,13 +77,21 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument(
+        "--request-logs",
+        action="store_true",
+        help="keep one JSON log line per request (the default in production)",
+    )
     a = ap.parse_args()
     if not shutil.which("wrk"):
         sys.exit("gateway_overhead: needs wrk (apt-get install wrk)")
     eport, gport = free_port(), free_port()
     engine = [sys.executable, str(HERE / "zero_engine.py"), "--port", str(eport)]
     gw = gantry("serve", "--engine", f"http://127.0.0.1:{eport}", "--port", str(gport))
-    env = {"GANTRY_LOGGING__LEVEL": "warning", "GANTRY_HEALTH__SCRAPE_METRICS": "false"}
+    env = {
+        "GANTRY_LOGGING__LEVEL": "info" if a.request_logs else "warning",
+        "GANTRY_HEALTH__SCRAPE_METRICS": "false",
+    }
     rows = [
         (
             "case",

@@ -337,6 +337,26 @@ def test_config_cli(tmp_path):
     assert r.returncode == 2 and r.stderr.startswith("gantry: error: config: port")
 
 
+def test_request_log_line_has_fields_and_no_prompt_text(tmp_path):
+    with (
+        sim(tmp_path, "--served-model-name", "m", "--profile", "instant") as e,
+        gateway(tmp_path, "--engine", e.url) as gw,
+    ):
+        secret = "my-credit-card-is-4111111111111111"
+        httpx.post(
+            gw.url + "/v1/completions",
+            headers={"X-Request-Id": "log-check-1"},
+            json={"model": "m", "prompt": secret, "max_tokens": 3},
+        )
+        gw.stop()
+        lines = [json.loads(x) for x in gw.logs().splitlines() if x.startswith("{")]
+    rec = next(x for x in lines if x.get("request_id") == "log-check-1")
+    assert rec["event"] == "request" and rec["status"] == 200 and rec["engine"] == "engine-0"
+    assert rec["prompt_tokens"] > 0 and rec["completion_tokens"] == 3
+    assert rec["latency_ms"] > 0 and rec["model"] == "m"
+    assert secret not in gw.logs()
+
+
 def test_openapi_document(stack):
     gw, _ = stack
     doc = httpx.get(gw.url + "/openapi.json").json()

@@ -142,8 +142,10 @@ class _Conn(asyncio.Protocol):
             if self.exc is not None:
                 raise self.exc
             self._waiter = self.loop.create_future()
-            await self._waiter
-            self._waiter = None
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None  # cancel-safe: data that arrives later stays queued
         return self._body.popleft()
 
 
@@ -170,6 +172,9 @@ class _Response:
         finally:
             self.close()
         return b"".join(parts)
+
+    async def next_chunk(self) -> bytes | None:
+        return await self._conn.next_body()
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         try:

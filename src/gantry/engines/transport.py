@@ -18,8 +18,8 @@ import aiohttp
 from gantry.errors import EngineTimeout, RetryableEngineError
 
 
-@dataclass(frozen=True, slots=True)
-class EngineRequest:
+@dataclass(slots=True)
+class EngineRequest:  # built per request: not frozen (frozen dataclasses build ~2x slower)
     method: str
     path: str
     body: bytes | None = None
@@ -35,6 +35,10 @@ class EngineResponse(Protocol):
     async def read(self) -> bytes: ...
 
     def iter_chunks(self) -> AsyncIterator[bytes]: ...
+
+    async def next_chunk(self) -> bytes | None:
+        """The next piece of the body, None at its end. Safe to cancel and call again."""
+        ...
 
     def close(self) -> None: ...
 
@@ -62,6 +66,10 @@ class _AiohttpResponse:
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         async for chunk in self._resp.content.iter_any():
             yield chunk
+
+    async def next_chunk(self) -> bytes | None:
+        chunk = await self._resp.content.readany()
+        return chunk or None
 
     def close(self) -> None:
         self._resp.close()

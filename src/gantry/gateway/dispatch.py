@@ -13,8 +13,9 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from gantry.config import GatewayConfig
 from gantry.engines.breaker import (
@@ -86,12 +87,16 @@ class Dispatcher:
         self.budget = RetryBudget(r.budget_ratio, r.budget_min_per_s)
         self.admission = AdmissionQueue(a.max_waiting_per_model)
         self._rng = random.Random()
+        self._routed_children: dict[str, Any] = {}
         pool.listeners.append(lambda _snap: self.admission.wake_all())
 
     # -- choosing -------------------------------------------------------------------
-    def _usable(self, model: str, exclude: set[str], now: float) -> list[EngineView]:
+    def _usable(self, model: str, exclude: set[str], now: float) -> Sequence[EngineView]:
+        healthy = self.pool.snapshot.healthy_for(model)
+        if not (exclude or self.cooldown or self.breakers):
+            return healthy
         out = []
-        for e in self.pool.snapshot.healthy_for(model):
+        for e in healthy:
             if e.name in exclude or self.cooldown.get(e.name, 0.0) > now:
                 continue
             b = self.breakers.get(e.name)
@@ -106,22 +111,44 @@ class Dispatcher:
             raise ServiceUnavailable(
                 f"No healthy engine can serve model '{route.model}' right now.", retry_after=2
             )
-        inflight = self.pool.inflight
-        room = [e for e in usable if has_capacity(e, inflight, self.limits)]
+        inflight, lim = self.pool.inflight, self.limits
+        room: list[EngineView] = []
+        calm: list[EngineView] = []
+        for e in usable:
+            if has_capacity(e, inflight, lim):
+                room.append(e)
+                if not kv_pressured(e, lim):
+                    calm.append(e)
         if not room:
             raise NoCapacity(route.model)
-        calm = [e for e in room if not kv_pressured(e, self.limits)]
         name = self.policy(route, calm or room, inflight).name
         b = self.breakers.get(name)
         if b is not None:
             _, self.breakers[name] = allow(b, self.breaker_cfg, now)
         return name
 
+    def _routed(self, name: str) -> Any:
+        c = self._routed_children.get(name)
+        if c is None:  # one per engine: bounded by the pool
+            c = self._routed_children[name] = self.metrics.routed.labels(name, self.policy_name)
+        return c
+
     # -- outcomes -------------------------------------------------------------------------
     def outcome(self, name: str, failed: bool | None) -> None:
         """Feed the breaker: True = engine failure, False = success, None = no verdict."""
+        before = self.breakers.get(name)
+        if before is None:
+            if not failed:
+                return  # a healthy engine's success changes nothing (the common case)
+            before = BreakerState()
+        elif (
+            not failed
+            and before.state is Breaker.CLOSED
+            and not before.consecutive
+            and (True not in before.recent)
+        ):
+            return
         now = time.monotonic()
-        before = self.breakers.get(name, BreakerState())
         if failed is None:
             after = release_probe(before)
         else:
@@ -185,7 +212,7 @@ class Dispatcher:
                     raise last from None
                 raise
             tried.add(name)
-            self.metrics.routed.labels(name, self.policy_name).inc()
+            self._routed(name).inc()
             self.pool.inflight[name] += 1
             try:
                 resp = await self._send_one(

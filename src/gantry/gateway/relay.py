@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import orjson
@@ -54,14 +54,18 @@ _MAX_CARRY = 8 * 1024 * 1024  # an SSE event larger than this is an engine fault
 
 def _first_token(events: bytes) -> bool:
     """Does this run of events hold a token (not only the chat role chunk)?"""
-    for ev in events.split(b"\n\n"):
+    i = 0
+    while True:
+        j = events.find(b"\n\n", i)
+        if j < 0:
+            return False
+        ev = events[i:j]
         if ev.startswith(b"data: {") and b'"role"' not in ev and b'"choices":[]' not in ev:
             return True
-    return False
+        i = j + 2
 
 
-def _take_usage(events: bytes, stats: StreamStats, keep: bool) -> bytes:
-    pos = events.find(b'"choices":[]')
+def _take_usage(events: bytes, pos: int, stats: StreamStats, keep: bool) -> bytes:
     start = events.rfind(b"data: ", 0, pos)
     end = events.find(b"\n\n", pos)
     if start < 0 or end < 0:
@@ -74,8 +78,30 @@ class FailedBeforeFirstToken(Exception):
     """The engine failed before any token reached the client: safe to retry elsewhere."""
 
 
+NextChunk = Callable[[], Awaitable[bytes | None]]
+
+
+async def _first_chunk(
+    next_chunk: NextChunk, keepalive_s: float, limit_s: float, write: WriteFn
+) -> bytes | None:
+    """Wait for the first chunk, writing ``: keep-alive`` every ``keepalive_s``."""
+    end = time.monotonic() + limit_s
+    while True:
+        left = end - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        tick = min(keepalive_s, left) if keepalive_s > 0 else left
+        try:
+            async with asyncio.timeout(tick):
+                return await next_chunk()
+        except TimeoutError:
+            if time.monotonic() >= end:
+                raise
+            await write(_KEEPALIVE)
+
+
 async def relay(
-    chunks: AsyncIterator[bytes],
+    next_chunk: NextChunk,
     write: WriteFn,
     stats: StreamStats,
     *,
@@ -86,32 +112,29 @@ async def relay(
     deadline: float,
     itl_observe: ObserveFn | None = None,
 ) -> None:
-    """Copy whole SSE events from ``chunks`` to ``write`` as raw bytes.
+    """Copy whole SSE events from the engine to ``write`` as raw bytes.
 
     Reads are cut at the last event boundary (the rest is carried to the next read),
     so the client only ever sees complete events; only the usage event is touched.
-    Per-event decoding would cost ~3 us an event; this costs a few scans per read.
+    Per-event decoding would cost ~3 us an event; this costs a few scans per read, and
+    timeouts are timer handles (``asyncio.timeout``), not a task per read.
 
     Before the first token, any failure (timeout, dropped connection, error event)
     raises ``FailedBeforeFirstToken`` and writes nothing but keep-alive comments. After
     it, failures end the stream with an SSE error event and ``[DONE]``.
     """
-    it = chunks.__aiter__()
     waiting_first = True
     carry = b""
-    start = last = time.perf_counter()
-    loop_start = time.monotonic()
+    last = time.perf_counter()
+    t0 = time.monotonic()
     while True:
         try:
             if waiting_first:
-                limit = min(ttft_s, deadline - loop_start) - (time.perf_counter() - start)
-                chunk = await _next_with_keepalive(it, keepalive_s, write, limit)
+                limit = min(ttft_s, deadline - t0) - (time.monotonic() - t0)
+                chunk = await _first_chunk(next_chunk, keepalive_s, limit, write)
             else:
-                chunk = await asyncio.wait_for(
-                    it.__anext__(), min(idle_s, deadline - time.monotonic())
-                )
-        except StopAsyncIteration:
-            break
+                async with asyncio.timeout(min(idle_s, deadline - time.monotonic())):
+                    chunk = await next_chunk()
         except TimeoutError:
             if waiting_first:
                 raise FailedBeforeFirstToken("no first token in time") from None
@@ -122,6 +145,8 @@ async def relay(
             if waiting_first:
                 raise FailedBeforeFirstToken(type(exc).__name__) from exc
             raise
+        if chunk is None:
+            break
         data = carry + chunk if carry else chunk
         if b"\r" in data:
             data = data.replace(b"\r\n", b"\n")
@@ -132,12 +157,14 @@ async def relay(
                 raise ValueError("SSE event larger than the limit")
             continue
         events, carry = data[: cut + 2], data[cut + 2 :]
-        if b'"choices":[]' in events:
-            events = _take_usage(events, stats, pass_usage)
-        if b"data: [DONE]" in events:
+        pos = events.rfind(b'"choices":[]')  # the usage event comes last
+        if pos >= 0:
+            events = _take_usage(events, pos, stats, pass_usage)
+        if events.endswith(b"data: [DONE]\n\n"):
             stats.saw_done = True
-            events = events.replace(b"data: [DONE]\n\n", b"")
-        if b'data: {"error"' in events or b'data: {"object":"error"' in events:
+        if b'"error"' in events and (
+            b'data: {"error"' in events or b'data: {"object":"error"' in events
+        ):
             if waiting_first and not _first_token(events):
                 raise FailedBeforeFirstToken("engine reported an error")
             stats.error = "engine reported an error mid-stream"
@@ -151,34 +178,9 @@ async def relay(
         if events:
             stats.chunks += 1
             await write(events)
-    if stats.saw_done:
-        await write(encode_done())
-    elif waiting_first:
+        if stats.saw_done:
+            return
+    if waiting_first:
         raise FailedBeforeFirstToken("engine closed the stream before the first token")
-    else:
-        stats.error = stats.error or "engine closed the stream early"
-        await write(error_event(stats.error) + encode_done())
-
-
-async def _next_with_keepalive(
-    it: AsyncIterator[bytes], interval: float, write: WriteFn, limit: float
-) -> bytes:
-    """The next chunk; ``: keep-alive`` comments every ``interval`` while waiting."""
-    if limit <= 0:
-        raise TimeoutError
-    if interval <= 0 or interval >= limit:
-        return await asyncio.wait_for(it.__anext__(), limit)
-    nxt = asyncio.ensure_future(it.__anext__())
-    end = time.perf_counter() + limit
-    try:
-        while True:
-            left = end - time.perf_counter()
-            if left <= 0:
-                raise TimeoutError
-            done, _ = await asyncio.wait({nxt}, timeout=min(interval, left))
-            if done:
-                return nxt.result()
-            await write(_KEEPALIVE)
-    finally:
-        if not nxt.done():
-            nxt.cancel()
+    stats.error = stats.error or "engine closed the stream early"
+    await write(error_event(stats.error) + encode_done())

@@ -5,8 +5,14 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
+import orjson
 import structlog
+
+
+def _dumps(obj: Any, **_kw: Any) -> str:
+    return orjson.dumps(obj, default=str).decode()
 
 
 def setup_logging(level: str = "info", *, json_format: bool = True) -> None:
@@ -41,5 +47,6 @@ def setup_logging(level: str = "info", *, json_format: bool = True) -> None:
 
 
 def request_logger() -> structlog.typing.FilteringBoundLogger:
-    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger("gantry.request")
+    # bind() resolves the lazy proxy once, so each request skips the proxy's lookup.
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger("gantry.request").bind()
     return logger
