@@ -1,0 +1,115 @@
+"""The SQL store: one schema for API keys, the usage ledger and the audit log.
+
+SQLite (aiosqlite) by default, PostgreSQL (asyncpg) by URL; SQLAlchemy 2 core, no ORM.
+Migrations are an ordered list applied once each, recorded in ``gantry_schema``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    select,
+)
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+metadata = MetaData()
+
+schema_version = Table("gantry_schema", metadata, Column("version", Integer, primary_key=True))
+
+api_keys = Table(
+    "gantry_api_keys",
+    metadata,
+    Column("key_id", String(32), primary_key=True),
+    Column("secret_hash", String(64), nullable=False),
+    Column("tenant", String(128), nullable=False),
+    Column("name", String(256), nullable=False, default=""),
+    Column("role", String(16), nullable=False),
+    Column("tier", String(64), nullable=False),
+    Column("models", Text, nullable=False, default=""),  # comma-separated; empty = all
+    Column("priority", Integer, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=True),
+    Column("revoked_at", Float, nullable=True),
+)
+
+usage = Table(
+    "gantry_usage",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("ts", Float, nullable=False),
+    Column("request_id", String(128), nullable=False),
+    Column("key_id", String(32), nullable=False),
+    Column("tenant", String(128), nullable=False),
+    Column("model", String(256), nullable=False),
+    Column("engine", String(128), nullable=False),
+    Column("prompt_tokens", Integer, nullable=False),
+    Column("completion_tokens", Integer, nullable=False),
+    Column("cached_tokens", Integer, nullable=False),
+    Column("latency_ms", Float, nullable=False),
+    Column("status", Integer, nullable=False),
+    Index("ix_gantry_usage_ts", "ts"),
+    Index("ix_gantry_usage_key", "key_id", "ts"),
+)
+
+audit = Table(
+    "gantry_audit",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("ts", Float, nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("target", String(128), nullable=False, default=""),
+    Column("detail", Text, nullable=False, default=""),
+)
+
+# version -> tables created at that version (append new steps; never edit old ones)
+MIGRATIONS: list[tuple[int, list[Table]]] = [(1, [api_keys, usage, audit])]
+
+
+def _creator(table: Table) -> Callable[[Connection], None]:
+    def create(conn: Connection) -> None:
+        table.create(conn, checkfirst=True)
+
+    return create
+
+
+def make_engine(url: str) -> AsyncEngine:
+    if url.startswith("postgresql://"):
+        url = "postgresql+asyncpg://" + url[len("postgresql://") :]
+    elif url.startswith("sqlite:///"):
+        url = "sqlite+aiosqlite:///" + url[len("sqlite:///") :]
+    kw: dict[str, object] = {}
+    if url.startswith("sqlite"):
+        kw["connect_args"] = {"timeout": 30}
+    return create_async_engine(url, **kw)
+
+
+async def migrate(engine: AsyncEngine) -> int:
+    """Apply pending migrations; returns the schema version."""
+    async with engine.begin() as conn:
+        await conn.run_sync(lambda c: schema_version.create(c, checkfirst=True))
+        current = (await conn.execute(select(schema_version.c.version))).scalars().all()
+        done = max(current, default=0)
+        for version, tables in MIGRATIONS:
+            if version <= done:
+                continue
+            for table in tables:
+                await conn.run_sync(_creator(table))
+            await conn.execute(schema_version.insert().values(version=version))
+            done = version
+    return done
