@@ -91,6 +91,8 @@ def main() -> None:
     env = {
         "GANTRY_LOGGING__LEVEL": "info" if a.request_logs else "warning",
         "GANTRY_HEALTH__SCRAPE_METRICS": "false",
+        "GANTRY_SECURITY__AUTH": "off",
+        "GANTRY_LEDGER__ENABLED": "false",
     }
     rows = [
         (

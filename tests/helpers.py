@@ -98,10 +98,22 @@ def sim(tmp: Path, *extra: str, port: int | None = None, **kw: object) -> Iterat
 
 
 @contextmanager
-def gateway(tmp: Path, *extra: str, port: int | None = None, **kw: object) -> Iterator[Proc]:
+def gateway(
+    tmp: Path,
+    *extra: str,
+    port: int | None = None,
+    secure: bool = False,
+    env: dict[str, str] | None = None,
+    **kw: object,
+) -> Iterator[Proc]:
+    """A gateway subprocess; auth off unless ``secure`` (security has its own tests)."""
     port = port or free_port()
     args = gantry_cmd("serve", "--port", str(port), *extra)
-    with run_proc(args, port, tmp, health="/readyz", **kw) as p:  # type: ignore[arg-type]
+    base = {"GANTRY_SECURITY__DATABASE_URL": f"sqlite:///{tmp}/gantry-{port}.db"}
+    if not secure:
+        base["GANTRY_SECURITY__AUTH"] = "off"
+    kw.setdefault("health", "/readyz")
+    with run_proc(args, port, tmp, env={**base, **(env or {})}, **kw) as p:  # type: ignore[arg-type]
         yield p
 
 

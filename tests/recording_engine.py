@@ -24,6 +24,7 @@ def recording_engine(model: str = "rec") -> Iterator[tuple[str, list[dict[str, s
 
     async def chat(req: web.Request) -> web.Response:
         seen.append({k.lower(): v for k, v in req.headers.items()})
+        seen[-1]["_body"] = await req.text()
         return web.json_response(
             {
                 "id": "x",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -21,6 +21,10 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Show or check gateway configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+keys_app = typer.Typer(
+    help="Manage API keys (stored hashed in security.database_url).", no_args_is_help=True
+)
+app.add_typer(keys_app, name="keys")
 
 
 def _mount_bench() -> None:
@@ -215,11 +219,27 @@ def serve(
     policy: Annotated[
         str | None, typer.Option(help="Routing: least_loaded, round_robin or session_affinity.")
     ] = None,
+    ssl_certfile: Annotated[str | None, typer.Option(help="Serve TLS with this cert.")] = None,
+    ssl_keyfile: Annotated[str | None, typer.Option(help="The certificate's key.")] = None,
 ) -> None:
     """Run the gateway (with no engines configured: two simulated engines)."""
     from gantry.gateway.server import serve as run_gateway
 
-    cfg = _load(config, engine=engine, host=host, port=port, workers=workers, policy=policy)
+    cfg = _load(
+        config,
+        engine=engine,
+        host=host,
+        port=port,
+        workers=workers,
+        policy=policy,
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
+    )
+    if bool(cfg.ssl_certfile) != bool(cfg.ssl_keyfile):
+        fail("--ssl-certfile and --ssl-keyfile go together")
+    for f in (cfg.ssl_certfile, cfg.ssl_keyfile):
+        if f and not Path(f).is_file():
+            fail(f"TLS file not found: {f}")
     try:
         run_gateway(cfg)
     except GantryError as exc:
@@ -228,7 +248,9 @@ def serve(
 
 def _load(path: Path | None, **flags: object) -> GatewayConfig:
     overrides: dict[str, object] = {
-        k: v for k, v in flags.items() if k in ("host", "port", "workers") and v is not None
+        k: v
+        for k, v in flags.items()
+        if k in ("host", "port", "workers", "ssl_certfile", "ssl_keyfile") and v is not None
     }
     if flags.get("engine"):
         overrides["engines"] = [{"url": u} for u in flags["engine"]]  # type: ignore[attr-defined]
@@ -257,6 +279,150 @@ def config_check(file: Path) -> None:
     cfg = _load(file)
     where = f"{len(cfg.engines)} engine(s)" if cfg.engines else "embedded default"
     typer.echo(f"{file}: ok ({where}, routing {cfg.routing.policy})")
+
+
+def _keystore(config: Path | None) -> tuple[Any, Any]:
+    from gantry.state.keys import KeyStore
+    from gantry.state.sql import make_engine
+
+    cfg = _load(config)
+    engine = make_engine(cfg.security.database_url)
+    return KeyStore(engine), cfg
+
+
+async def _with_store(config: Path | None, fn: Any) -> Any:
+    from gantry.state.sql import migrate
+
+    store, cfg = _keystore(config)
+    try:
+        await migrate(store.engine)
+        return await fn(store, cfg)
+    finally:
+        await store.engine.dispose()
+
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c")]
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="Tenant (team) the key belongs to.")],
+    role: Annotated[str, typer.Option(help="admin, user or metrics.")] = "user",
+    tier: Annotated[str, typer.Option(help="Limits tier from the config.")] = "standard",
+    name: str = "",
+    model: Annotated[list[str] | None, typer.Option(help="Allowed model (repeatable).")] = None,
+    priority: Annotated[int | None, typer.Option(help="Default admission priority.")] = None,
+    expires_in: Annotated[float | None, typer.Option(help="Seconds until it expires.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Create a key; the secret is printed once and stored only as a hash."""
+    import asyncio
+    import time
+
+    async def go(store: Any, cfg: Any) -> Any:
+        if tier not in cfg.tiers:
+            fail(f"unknown tier {tier!r}: {', '.join(cfg.tiers)}")
+        return await store.create(
+            tenant=tenant,
+            role=role,
+            tier=tier,
+            name=name,
+            models=tuple(model or ()),
+            priority=priority,
+            expires_at=time.time() + expires_in if expires_in else None,
+        )
+
+    try:
+        secret, rec = asyncio.run(_with_store(config, go))
+    except ValueError as exc:
+        fail(str(exc))
+    typer.echo(secret)
+    typer.echo(f"id={rec.key_id} tenant={rec.tenant} role={rec.role} tier={rec.tier}", err=True)
+
+
+@keys_app.command("list")
+def keys_list(tenant: str | None = None, config: ConfigOpt = None) -> None:
+    """List keys (ids and attributes, never secrets)."""
+    import asyncio
+
+    async def go(store: Any, _cfg: Any) -> Any:
+        return await store.list_keys(tenant)
+
+    for rec in asyncio.run(_with_store(config, go)):
+        state = "revoked" if rec.revoked_at else "active"
+        typer.echo(
+            f"{rec.key_id}  {rec.tenant}  {rec.role}  {rec.tier}  {state}  "
+            f"{','.join(rec.models) or '*'}  {rec.name}"
+        )
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str, config: ConfigOpt = None) -> None:
+    """Revoke a key (every replica stops accepting it within security.key_refresh_s)."""
+    import asyncio
+
+    async def go(store: Any, _cfg: Any) -> Any:
+        return await store.revoke(key_id)
+
+    if not asyncio.run(_with_store(config, go)):
+        fail(f"no active key {key_id}")
+    typer.echo(f"revoked {key_id}")
+
+
+@keys_app.command("rotate")
+def keys_rotate(key_id: str, config: ConfigOpt = None) -> None:
+    """Replace a key with a new secret (same attributes); the old one is revoked."""
+    import asyncio
+
+    async def go(store: Any, _cfg: Any) -> Any:
+        return await store.rotate(key_id)
+
+    try:
+        secret, rec = asyncio.run(_with_store(config, go))
+    except KeyError:
+        fail(f"no active key {key_id}")
+    typer.echo(secret)
+    typer.echo(f"id={rec.key_id} replaces {key_id}", err=True)
+
+
+@app.command()
+def usage(
+    by: Annotated[str, typer.Option(help="key, model, tenant or day.")] = "model",
+    days: Annotated[float, typer.Option(help="Only the last N days.")] = 30.0,
+    config: ConfigOpt = None,
+) -> None:
+    """Usage report from the ledger, with cost per 1M tokens from configured prices."""
+    import asyncio
+    import time
+
+    from gantry.gateway.security import with_costs
+    from gantry.state.ledger import report
+    from gantry.state.sql import make_engine, migrate
+
+    if by not in ("key", "model", "tenant", "day"):
+        fail("--by must be key, model, tenant or day")
+    cfg = _load(config)
+
+    async def go() -> Any:
+        engine = make_engine(cfg.ledger.database_url or cfg.security.database_url)
+        try:
+            await migrate(engine)
+            return await report(engine, by, time.time() - days * 86400)
+        finally:
+            await engine.dispose()
+
+    rows = with_costs(asyncio.run(go()), cfg)
+    typer.echo(
+        f"{by:<24} {'model':<32} {'requests':>9} {'prompt':>10} {'completion':>11} "
+        f"{'cached':>8} {'cost':>10}"
+    )
+    for r in rows:
+        cost = "-" if r["cost"] is None else f"{r['cost']:.4f}"
+        typer.echo(
+            f"{r['group']!s:<24} {r['model']!s:<32} {r['requests']:>9} "
+            f"{r['prompt_tokens'] or 0:>10} {r['completion_tokens'] or 0:>11} "
+            f"{r['cached_tokens'] or 0:>8} {cost:>10}"
+        )
 
 
 def main() -> None:

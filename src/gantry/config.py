@@ -143,6 +143,104 @@ class TracingConfig(BaseModel):
     exporter: Literal["console", "otlp", "none"] = "none"
 
 
+class JWTConfig(BaseModel):
+    model_config = _FROZEN
+    enabled: bool = False
+    issuer: str | None = None
+    audience: str | None = None
+    jwks_file: str | None = None  # a local JWKS file (no network)
+    algorithms: tuple[str, ...] = ("RS256", "ES256")
+    role_claim: str = "role"
+    tenant_claim: str = "tenant"
+    tier_claim: str = "tier"
+    default_role: Literal["admin", "user", "metrics"] = "user"
+    default_tier: str = "standard"
+
+
+class SecurityConfig(BaseModel):
+    model_config = _FROZEN
+    auth: Literal["required", "off"] = "required"
+    database_url: str = "sqlite:///gantry.db"  # keys, usage ledger, audit log
+    key_refresh_s: float = Field(default=5.0, gt=0)  # revocations reach every replica
+    metrics_public: bool = False
+    readyz_public: bool = True
+    max_header_bytes: int = Field(default=16384, gt=0)
+    body_timeout_s: float = Field(default=30.0, gt=0)  # slow clients
+    jwt: JWTConfig = JWTConfig()
+
+    @field_validator("auth", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: object) -> object:
+        # YAML reads a bare `off` as false (and `on`/`yes` as true).
+        if v is False:
+            return "off"
+        if v is True:
+            return "required"
+        return v
+
+
+class TierLimits(BaseModel):
+    model_config = _FROZEN
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+    concurrent: int | None = Field(default=None, ge=1)
+    tokens_per_day: int | None = Field(default=None, ge=1)
+    priority: int = 0  # default admission priority of the tier's keys
+
+
+def _default_tiers() -> dict[str, TierLimits]:
+    return {
+        "free": TierLimits(rpm=20, tpm=20_000, concurrent=2, tokens_per_day=200_000, priority=10),
+        "standard": TierLimits(rpm=600, tpm=600_000, concurrent=32, priority=0),
+        "enterprise": TierLimits(rpm=6000, tpm=6_000_000, concurrent=256, priority=-10),
+    }
+
+
+class TenantConfig(BaseModel):
+    model_config = _FROZEN
+    tier: str | None = None  # limits shared by all of the tenant's keys
+
+
+class RateLimitConfig(BaseModel):
+    model_config = _FROZEN
+    store: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "gantry:limit:"
+    rate_limits_fail_open: bool = True  # Redis down: let requests through rpm/tpm/concurrency
+    quotas_fail_open: bool = False  # Redis down: refuse requests of keys with a daily quota
+    default_max_tokens: int = Field(default=256, ge=1)  # estimate when max_tokens is absent
+
+
+class LedgerConfig(BaseModel):
+    model_config = _FROZEN
+    enabled: bool = True
+    database_url: str | None = None  # default: security.database_url
+    batch_size: int = Field(default=500, ge=1)
+    flush_interval_s: float = Field(default=1.0, gt=0)
+    max_queue: int = Field(default=100_000, ge=1)
+
+
+class Price(BaseModel):
+    model_config = _FROZEN
+    prompt_per_1m: float = 0.0
+    completion_per_1m: float = 0.0
+
+
+class RedactionConfig(BaseModel):
+    model_config = _FROZEN
+    enabled: bool = False
+    models: tuple[str, ...] = ()  # empty with enabled: every model
+    tenants: tuple[str, ...] = ()
+    keys: tuple[str, ...] = ()
+    kinds: tuple[Literal["email", "phone", "card", "ip", "national_id"], ...] = (
+        "email",
+        "phone",
+        "card",
+        "ip",
+        "national_id",
+    )
+
+
 class GatewayConfig(BaseModel):
     model_config = _FROZEN
     host: str = "127.0.0.1"
@@ -159,12 +257,19 @@ class GatewayConfig(BaseModel):
     admission: AdmissionConfig = AdmissionConfig()
     idempotency: IdempotencyConfig = IdempotencyConfig()
     shutdown: ShutdownConfig = ShutdownConfig()
+    security: SecurityConfig = SecurityConfig()
+    tiers: dict[str, TierLimits] = Field(default_factory=_default_tiers)
+    tenants: dict[str, TenantConfig] = Field(default_factory=dict)
+    ratelimit: RateLimitConfig = RateLimitConfig()
+    ledger: LedgerConfig = LedgerConfig()
+    prices: dict[str, Price] = Field(default_factory=dict)
+    redaction: RedactionConfig = RedactionConfig()
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
     limits: LimitsConfig = LimitsConfig()
     logging: LoggingConfig = LoggingConfig()
     embedded: EmbeddedConfig = EmbeddedConfig()
     tracing: TracingConfig = TracingConfig()
-    metrics_public: bool = True
-    readyz_public: bool = True
 
     @property
     def is_embedded(self) -> bool:

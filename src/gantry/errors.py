@@ -12,6 +12,9 @@ OpenAI error JSON through ``GantryError.response()`` (built with
     │   ├── IdempotencyConflict      422 (same key, different body)
     │   ├── IdempotencyInProgress    409 (same key still running)
     │   ├── AuthenticationError      401
+    │   ├── PermissionDenied         403 (wrong role, model not allowed)
+    │   ├── HeadersTooLarge          431
+    │   ├── RequestTimeout           408 (slow client)
     │   └── RateLimited              429 (+ Retry-After)
     ├── ServiceUnavailable           503 (+ Retry-After): no healthy engine, draining
     ├── ConfigError                  a setting that cannot work (CLI: one line, exit 2)
@@ -94,6 +97,21 @@ class IdempotencyInProgress(ClientError):
     code = "idempotency_key_in_progress"
 
 
+class PermissionDenied(ClientError):
+    status = 403
+    type = "permission_error"
+    code = "permission_denied"
+
+
+class HeadersTooLarge(ClientError):
+    status = 431
+
+
+class RequestTimeout(ClientError):
+    status = 408
+    type = "timeout_error"
+
+
 class RateLimited(ClientError):
     status = 429
     type = "rate_limit_error"
@@ -146,13 +164,16 @@ __all__ = [
     "EngineRejected",
     "EngineTimeout",
     "GantryError",
+    "HeadersTooLarge",
     "IdempotencyConflict",
     "IdempotencyInProgress",
     "MethodNotAllowed",
     "ModelNotFound",
     "NotFound",
     "PayloadTooLarge",
+    "PermissionDenied",
     "RateLimited",
+    "RequestTimeout",
     "RetryableEngineError",
     "ServiceUnavailable",
     "UnsupportedMediaType",

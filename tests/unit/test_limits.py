@@ -28,8 +28,9 @@ def redis_store() -> RedisLimitStore | None:
 
 def stores() -> list[object]:
     out: list[object] = [MemoryLimitStore]
-    out.append(pytest.param("redis", marks=pytest.mark.skipif(redis_store() is None,
-                                                              reason="no Redis")))
+    out.append(
+        pytest.param("redis", marks=pytest.mark.skipif(redis_store() is None, reason="no Redis"))
+    )
     return out
 
 

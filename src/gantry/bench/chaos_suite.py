@@ -29,6 +29,7 @@ from gantry.bench.chaos import Tally, steady_load
 
 GATEWAY_CFG = """
 logging: {{level: warning}}
+security: {{auth: "off", database_url: "sqlite:///{db}"}}
 health: {{interval_s: 0.25, failure_threshold: 1, success_threshold: 1}}
 timeouts: {{attempt_s: 2, ttft_s: 2, idle_s: 2, total_s: 15, stream_total_s: 15,
            keepalive_interval_s: 0}}
@@ -118,7 +119,9 @@ class Stack:
         cfg.write_text(
             "engines:\n"
             + engines
-            + GATEWAY_CFG.format(inflight=self.inflight, waiting=self.waiting)
+            + GATEWAY_CFG.format(
+                inflight=self.inflight, waiting=self.waiting, db=self.tmp / "gantry.db"
+            )
         )
         self.gw_port = _free_port()
         self.log = open(self.tmp / "gateway.log", "wb")

@@ -25,17 +25,23 @@ from gantry.errors import (
     EngineRejected,
     EngineTimeout,
     GantryError,
+    HeadersTooLarge,
     MethodNotAllowed,
     ModelNotFound,
     NotFound,
     PayloadTooLarge,
+    PermissionDenied,
+    RequestTimeout,
     ServiceUnavailable,
     UnsupportedMediaType,
 )
+from gantry.gateway.auth import ANONYMOUS, Authenticator, Identity
 from gantry.gateway.dispatch import Attempt, Dispatcher
 from gantry.gateway.idempotent import check_key, fingerprint, make_store, run_once
 from gantry.gateway.openapi import openapi_document
+from gantry.gateway.redact import redact_body
 from gantry.gateway.relay import FailedBeforeFirstToken, StreamStats, error_event, relay
+from gantry.gateway.security import Admitted, Security
 from gantry.observability import GatewayMetrics, Tracer, request_logger
 from gantry.protocol import (
     ENDPOINT_CHAT,
@@ -55,10 +61,16 @@ from gantry.protocol import (
     stream_chunk,
 )
 from gantry.routing import RouteRequest, make_policy
+from gantry.state.ledger import UsageRecord
 
 log = logging.getLogger("gantry.gateway")
 Handler = Callable[[Scope, Receive, Send, "Ctx"], Awaitable[None]]
 # Request headers passed on to engines (besides content-type and the request id).
+_SECURITY_HEADERS = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cache-control", b"no-store"),
+)
 _USAGE_RE = re.compile(rb'"(prompt_tokens|completion_tokens|cached_tokens)":\s*(\d+)')
 _FORWARD = frozenset(
     (b"traceparent", b"tracestate", b"x-session-id", b"x-data-parallel-rank", b"x-vllm-priority")
@@ -77,17 +89,19 @@ class _Prepared:  # not frozen: frozen dataclasses cost ~1 us more to build per 
     route: RouteRequest
     deadline: float  # time.monotonic() by which the whole request must be done
     priority: int
+    max_tokens: int | None = None
 
 
 class Ctx:
     """Per-request context: id, response headers, and whether the response started."""
 
-    __slots__ = ("finished", "h", "headers", "rid", "started", "status", "t0", "upstream")
+    __slots__ = ("finished", "h", "headers", "ident", "rid", "started", "status", "t0", "upstream")
 
     def __init__(self, rid: str, h: dict[bytes, str]) -> None:
         self.rid = rid
         self.h = h  # the request headers gantry looks at (one pass over them)
-        self.headers = [(b"x-request-id", rid.encode())]
+        self.headers = [(b"x-request-id", rid.encode()), *_SECURITY_HEADERS]
+        self.ident: Identity = ANONYMOUS
         self.started = False
         self.finished = False  # the last byte is being sent: a disconnect now is normal
         self.status = 0
@@ -121,6 +135,8 @@ class GatewayApp:
         self.idle = asyncio.Event()  # set whenever no generation request is in flight
         self.idle.set()
         self.idem_store = make_store(cfg.idempotency) if cfg.idempotency.enabled else None
+        self.security = Security(cfg, self.metrics)
+        self.auth: Authenticator = self.security.auth
         self._child_cache: dict[tuple[str, str], _Children] = {}
         self._session_header = cfg.routing.session_header.lower().encode()
         self._priority_header = cfg.admission.priority_header.lower().encode()
@@ -129,6 +145,7 @@ class GatewayApp:
                 b"x-request-id",
                 b"content-type",
                 b"idempotency-key",
+                b"authorization",
                 b"x-request-timeout",
                 self._priority_header,
                 self._session_header,
@@ -146,6 +163,9 @@ class GatewayApp:
             ENDPOINT_COMPLETIONS: {"POST": self._generation(ENDPOINT_COMPLETIONS)},
             ENDPOINT_EMBEDDINGS: {"POST": self._generation(ENDPOINT_EMBEDDINGS)},
             "/tokenize": {"POST": self._generation("/tokenize")},
+            "/admin/keys": {"GET": self._admin, "POST": self._admin},
+            "/admin/audit": {"GET": self._admin},
+            "/admin/usage": {"GET": self._admin},
             "/detokenize": {"POST": self._generation("/detokenize")},
         }
 
@@ -168,9 +188,15 @@ class GatewayApp:
         hdrs = self._scan(scope)
         ctx = Ctx(hdrs.get(b"x-request-id") or os.urandom(16).hex(), hdrs)
         try:
-            methods = self._routes.get(scope["path"])
+            path = scope["path"]
+            if _header_bytes(scope) > self.cfg.security.max_header_bytes:
+                raise HeadersTooLarge("Request headers are too large.")
+            methods = self._routes.get(path)
+            if methods is None and path.startswith("/admin/keys/"):
+                methods = {"POST": self._admin}
             if methods is None:
                 raise NotFound(f"Unknown path {scope['path']}")
+            ctx.ident = self.auth.check(path, ctx.h.get(b"authorization"))
             handler = methods.get(scope["method"])
             if handler is None:
                 raise MethodNotAllowed(f"Method {scope['method']} not allowed on {scope['path']}")
@@ -192,6 +218,7 @@ class GatewayApp:
             msg = await receive()
             if msg["type"] == "lifespan.startup":
                 try:
+                    await self.security.start()
                     await self.pool.__aenter__()
                 except Exception as exc:
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
@@ -202,6 +229,7 @@ class GatewayApp:
                 await self.pool.aclose()
                 if self.idem_store is not None:
                     await self.idem_store.aclose()
+                await self.security.aclose()  # writes every queued usage row
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -234,6 +262,22 @@ class GatewayApp:
             b"text/plain; version=0.0.4; charset=utf-8",
             headers=ctx.headers,
         )
+
+    async def _admin(self, scope: Scope, receive: Receive, send: Send, ctx: Ctx) -> None:
+        body: Any = {}
+        if scope["method"] == "POST":
+            raw = await read_body(receive, 64 * 1024)
+            try:
+                body = orjson.loads(raw) if raw else {}
+            except orjson.JSONDecodeError:
+                raise ClientError("Request body is not valid JSON.", param="body") from None
+            if not isinstance(body, dict):
+                raise ClientError("Request body must be a JSON object.", param="body")
+        query = scope.get("query_string", b"").decode("latin-1")
+        status, data = await self.security.admin(
+            scope["method"], scope["path"], body, query, ctx.ident
+        )
+        await respond(send, status, orjson.dumps(data), headers=ctx.headers)
 
     async def _openapi_json(self, scope: Scope, receive: Receive, send: Send, ctx: Ctx) -> None:
         await respond(send, 200, self._openapi, headers=ctx.headers)
@@ -285,7 +329,10 @@ class GatewayApp:
                 f"Content-Type must be application/json, got {ctype or 'nothing'}."
             )
         try:
-            raw = await read_body(receive, self.cfg.limits.max_body_bytes)
+            async with asyncio.timeout(self.cfg.security.body_timeout_s):
+                raw = await read_body(receive, self.cfg.limits.max_body_bytes)
+        except TimeoutError:
+            raise RequestTimeout("The request body did not arrive in time.") from None
         except BodyTooLarge:
             raise PayloadTooLarge(
                 f"Request body is larger than {self.cfg.limits.max_body_bytes} bytes."
@@ -358,6 +405,12 @@ class GatewayApp:
         model = self.cfg.aliases.get(requested, requested)
         if model not in snap.by_model:
             raise ModelNotFound(f"The model '{requested}' does not exist.", param="model")
+        ident = ctx.ident
+        if ident.models and not (ident.may_use(requested) or ident.may_use(model)):
+            raise PermissionDenied(f"This key may not use model '{requested}'.", param="model")
+        if self._redacts(ident, model):
+            self.metrics.redactions.inc(redact_body(body, self.cfg.redaction.kinds))
+            raw = orjson.dumps(body)
         stream = bool(info and info.stream)
         include_usage = bool(info and info.include_usage)
         if model != requested or (stream and not include_usage):
@@ -386,6 +439,7 @@ class GatewayApp:
             route,
             deadline,
             self._priority_of(ctx),
+            info.max_tokens if info else None,
         )
 
     def _timeout_of(self, ctx: Ctx, stream: bool) -> float:
@@ -404,12 +458,19 @@ class GatewayApp:
             )
         return min(value, t.max_override_s)
 
+    def _redacts(self, ident: Identity, model: str) -> bool:
+        r = self.cfg.redaction
+        if not r.enabled:
+            return False
+        scoped = r.models or r.tenants or r.keys
+        return (
+            not scoped or model in r.models or ident.tenant in r.tenants or (ident.key_id in r.keys)
+        )
+
     def _priority_of(self, ctx: Ctx) -> int:
         raw = ctx.h.get(self._priority_header)
-        if raw is None:
-            return 0
         try:
-            return int(raw)
+            return self.security.priority_for(ctx.ident, int(raw) if raw is not None else 0)
         except ValueError:
             raise ClientError(
                 f"{self.cfg.admission.priority_header} must be an integer (lower is served first).",
@@ -423,6 +484,7 @@ class GatewayApp:
             raise ServiceUnavailable(
                 "The gateway is shutting down; retry on another replica.", retry_after=1
             )
+        adm = await self.security.admit(ctx.ident, ctx.rid, len(p.raw), p.max_tokens, ctx.headers)
         active = self._children(p.model, p.endpoint).active
         active.inc()
         self.active_requests += 1
@@ -456,6 +518,30 @@ class GatewayApp:
             if not self.active_requests:
                 self.idle.set()
             self._account(p.endpoint, p.model, engine, ctx, stats, gone.is_set())
+            await self._settle(adm, p, ctx, engine, stats, gone.is_set())
+
+    async def _settle(
+        self, adm: Admitted, p: _Prepared, ctx: Ctx, engine: str, stats: StreamStats, gone: bool
+    ) -> None:
+        """Settle limits with the real usage and write the ledger row."""
+        actual = stats.prompt_tokens + stats.completion_tokens
+        await self.security.settle(adm, ctx.rid, actual if actual else adm.estimate)
+        ident = ctx.ident
+        self.security.record(
+            UsageRecord(
+                time.time(),
+                ctx.rid,
+                ident.key_id,
+                ident.tenant,
+                p.model,
+                engine,
+                stats.prompt_tokens,
+                stats.completion_tokens,
+                stats.cached_tokens,
+                round((time.perf_counter() - ctx.t0) * 1000, 2),
+                499 if gone else ctx.status,
+            )
+        )
 
     async def _send(self, p: _Prepared, exclude: set[str]) -> Attempt:
         """Dispatch to the model, then down its fallback chain when nothing can serve it."""
@@ -677,6 +763,11 @@ class _Children:
                 self._model, self._endpoint, str(status)
             )
         return c
+
+
+def _header_bytes(scope: Scope) -> int:
+    hdrs = scope["headers"]
+    return 1 << 30 if len(hdrs) > 100 else sum(len(k) + len(v) for k, v in hdrs)
 
 
 def _with_model(raw: bytes, model: str) -> bytes:

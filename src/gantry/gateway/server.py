@@ -97,6 +97,8 @@ def _uvicorn_config(app: GatewayApp, cfg: GatewayConfig) -> uvicorn.Config:
         server_header=False,
         proxy_headers=False,
         date_header=False,
+        ssl_certfile=cfg.ssl_certfile,
+        ssl_keyfile=cfg.ssl_keyfile,
     )
 
 

@@ -25,6 +25,7 @@ def setup_logging(level: str = "info", *, json_format: bool = True) -> None:
     shared: list[structlog.types.Processor] = [
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,  # tracebacks as text in the JSON line
     ]
     structlog.configure(
         processors=[*shared, renderer],

@@ -157,6 +157,11 @@ class GatewayMetrics:
             registry=reg,
             multiprocess_mode="max",
         )
+        self.redactions = Counter(
+            "gantry_pii_redactions",
+            "PII items masked in prompts before they reached an engine.",
+            registry=reg,
+        )
         self.disconnects = Counter(
             "gantry_client_disconnects",
             "Clients that went away before the end; the upstream request was cancelled.",

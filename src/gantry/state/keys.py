@@ -206,7 +206,7 @@ class KeyStore:
     async def audit_log(self, limit: int = 100) -> list[dict[str, object]]:
         async with self.engine.connect() as conn:
             rows = await conn.execute(select(audit).order_by(audit.c.id.desc()).limit(limit))
-            return [dict(r._mapping) for r in rows]
+            return [{str(k): v for k, v in r._mapping.items()} for r in rows]
 
     async def record(self, actor: str, action: str, target: str = "", detail: str = "") -> None:
         async with self.engine.begin() as conn:

@@ -1,0 +1,194 @@
+"""Who is calling, and may they call this? One table for every route.
+
+Identities come from gantry API keys (``Authorization: Bearer gk_...``, looked up in a
+cache of the key table that is refreshed every ``security.key_refresh_s``, so a
+revocation reaches every replica within that time) or, when configured, from JWT bearer
+tokens verified against a local JWKS file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from gantry.config import GatewayConfig
+from gantry.errors import AuthenticationError, PermissionDenied
+from gantry.state.keys import KeyRecord, KeyStore, matches, split_key
+
+log = logging.getLogger("gantry.auth")
+
+PUBLIC = frozenset({"*"})
+ADMIN = frozenset({"admin"})
+API = frozenset({"admin", "user"})
+METRICS = frozenset({"admin", "metrics"})
+ANY_ROLE = frozenset({"admin", "user", "metrics"})
+
+# The one table: path (or path prefix ending in "/") -> roles that may call it.
+ROUTES: dict[str, frozenset[str]] = {
+    "/health": PUBLIC,
+    "/readyz": ANY_ROLE,  # PUBLIC when security.readyz_public (the default)
+    "/metrics": METRICS,  # PUBLIC when security.metrics_public
+    "/openapi.json": API,
+    "/v1/models": API,
+    "/v1/chat/completions": API,
+    "/v1/completions": API,
+    "/v1/embeddings": API,
+    "/tokenize": API,
+    "/detokenize": API,
+    "/admin/": ADMIN,
+}
+
+
+def route_table(cfg: GatewayConfig) -> dict[str, frozenset[str]]:
+    table = dict(ROUTES)
+    if cfg.security.readyz_public:
+        table["/readyz"] = PUBLIC
+    if cfg.security.metrics_public:
+        table["/metrics"] = PUBLIC
+    return table
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    key_id: str
+    tenant: str
+    role: str
+    tier: str
+    models: tuple[str, ...] = ()  # empty: every model
+    priority: int | None = None
+
+    def may_use(self, model: str) -> bool:
+        return not self.models or model in self.models
+
+
+ANONYMOUS = Identity("-", "-", "admin", "")
+
+
+class Authenticator:
+    def __init__(self, cfg: GatewayConfig, keys: KeyStore | None) -> None:
+        self.cfg = cfg
+        self.required = cfg.security.auth == "required"
+        self.table = route_table(cfg)
+        self.keys = keys
+        self._cache: dict[str, KeyRecord] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._jwks: Any = None
+        if cfg.security.jwt.enabled:
+            self._jwks = _load_jwks(cfg.security.jwt.jwks_file)
+
+    async def start(self) -> None:
+        if self.keys is None:
+            return
+        await self.refresh()
+        if not self._cache and self.required:
+            log.warning(
+                "no API keys exist: every request except /health needs one. "
+                "Create one with `gantry keys create --tenant NAME`."
+            )
+        self._task = asyncio.create_task(self._loop(), name="key-refresh")
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def refresh(self) -> None:
+        assert self.keys is not None
+        self._cache = {r.key_id: r for r in await self.keys.list_keys()}
+
+    def forget(self, key_id: str) -> None:
+        """Revoked here: stop accepting it at once on this replica."""
+        self._cache.pop(key_id, None)
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.security.key_refresh_s)
+            try:
+                await self.refresh()
+            except Exception:
+                log.exception("could not refresh API keys; keeping the last list")
+
+    def roles_for(self, path: str) -> frozenset[str] | None:
+        roles = self.table.get(path)
+        if roles is None and path.startswith("/admin/"):
+            roles = self.table["/admin/"]
+        return roles
+
+    def check(self, path: str, authorization: str | None) -> Identity:
+        """The caller's identity, or AuthenticationError (401) / PermissionDenied (403)."""
+        roles = self.roles_for(path)
+        if not self.required or roles is PUBLIC or roles is None:
+            return ANONYMOUS if not self.required or roles is None else ANONYMOUS_PUBLIC
+        ident = self.identify(authorization)
+        if ident.role not in roles:
+            raise PermissionDenied(f"A key with role '{ident.role}' may not call {path}.")
+        return ident
+
+    def identify(self, authorization: str | None) -> Identity:
+        if not authorization:
+            raise AuthenticationError("Missing API key: send 'Authorization: Bearer <key>'.")
+        scheme, _, token = authorization.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise AuthenticationError("The Authorization header must be 'Bearer <key>'.")
+        parts = split_key(token)
+        if parts is not None:
+            rec = self._cache.get(parts[0])
+            if rec is None or not matches(rec, parts[1]):
+                raise AuthenticationError("Invalid API key.")
+            if not rec.active(time.time()):
+                raise AuthenticationError("This API key has been revoked or has expired.")
+            return Identity(rec.key_id, rec.tenant, rec.role, rec.tier, rec.models, rec.priority)
+        if self._jwks is not None and token.count(".") == 2:
+            return self._from_jwt(token)
+        raise AuthenticationError("Invalid API key.")
+
+    def _from_jwt(self, token: str) -> Identity:
+        import jwt
+
+        c = self.cfg.security.jwt
+        try:
+            header = jwt.get_unverified_header(token)
+            key = self._jwks[header["kid"]].key if "kid" in header else None
+            if key is None:
+                raise AuthenticationError("JWT has no known key id ('kid').")
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=list(c.algorithms),
+                audience=c.audience,
+                issuer=c.issuer,
+                options={"require": ["exp", "sub"]},
+            )
+        except (jwt.PyJWTError, KeyError) as exc:
+            raise AuthenticationError(f"Invalid token: {exc}") from None
+        role = str(claims.get(c.role_claim) or c.default_role)
+        if role not in ANY_ROLE:
+            raise AuthenticationError(f"Token role '{role}' is not a gantry role.")
+        return Identity(
+            f"jwt:{claims['sub']}",
+            str(claims.get(c.tenant_claim) or claims["sub"]),
+            role,
+            str(claims.get(c.tier_claim) or c.default_tier),
+        )
+
+
+ANONYMOUS_PUBLIC = Identity("-", "-", "public", "")
+
+
+def _load_jwks(path: str | None) -> Any:
+    import jwt
+
+    if not path:
+        raise ValueError("security.jwt.jwks_file is required when JWT is enabled")
+    try:
+        with open(path) as f:
+            keyset = jwt.PyJWKSet.from_json(f.read())
+    except (OSError, jwt.PyJWTError) as exc:
+        raise ValueError(f"cannot load JWKS {path}: {exc}") from exc
+    return {k.key_id: k for k in keyset.keys}

@@ -1,0 +1,263 @@
+"""Security and tenancy services the gateway uses: keys, limits, usage, audit.
+
+Owns the SQL engine (keys, ledger, audit), the limit store (memory or Redis) and the
+usage ledger, with one explicit lifecycle (``start``/``aclose``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from gantry.config import GatewayConfig
+from gantry.errors import ClientError, RateLimited, ServiceUnavailable
+from gantry.gateway.auth import Authenticator, Identity
+from gantry.observability.metrics import GatewayMetrics
+from gantry.state.keys import KeyStore
+from gantry.state.ledger import UsageLedger, UsageRecord
+from gantry.state.limits import (
+    Charge,
+    Decision,
+    LimitSpec,
+    LimitStore,
+    LimitStoreUnavailable,
+    MemoryLimitStore,
+    RedisLimitStore,
+    reset_header,
+)
+from gantry.state.sql import make_engine, migrate
+
+log = logging.getLogger("gantry.security")
+
+
+@dataclass(slots=True)
+class Admitted:
+    charges: list[Charge]
+    estimate: int
+
+
+class Security:
+    def __init__(self, cfg: GatewayConfig, metrics: GatewayMetrics) -> None:
+        self.cfg = cfg
+        self.metrics = metrics
+        need_sql = cfg.security.auth == "required" or cfg.ledger.enabled
+        self.sql = make_engine(cfg.security.database_url) if need_sql else None
+        self.keys = KeyStore(self.sql) if self.sql is not None else None
+        self.auth = Authenticator(cfg, self.keys if cfg.security.auth == "required" else None)
+        rl = cfg.ratelimit
+        self.limits: LimitStore = (
+            RedisLimitStore(rl.redis_url, rl.key_prefix)
+            if rl.store == "redis"
+            else MemoryLimitStore()
+        )
+        self.ledger: UsageLedger | None = None
+        if cfg.ledger.enabled:
+            url = cfg.ledger.database_url or cfg.security.database_url
+            engine = self.sql if url == cfg.security.database_url else make_engine(url)
+            assert engine is not None
+            self.ledger = UsageLedger(
+                engine,
+                batch_size=cfg.ledger.batch_size,
+                flush_interval_s=cfg.ledger.flush_interval_s,
+                max_queue=cfg.ledger.max_queue,
+            )
+
+    async def start(self) -> None:
+        engines = {
+            id(e): e
+            for e in (self.sql, self.ledger.engine if self.ledger else None)
+            if e is not None
+        }
+        for engine in engines.values():
+            await migrate(engine)
+        await self.auth.start()
+        if self.ledger is not None:
+            await self.ledger.start()
+
+    async def aclose(self) -> None:
+        await self.auth.aclose()
+        if self.ledger is not None:
+            await self.ledger.aclose()
+        await self.limits.aclose()
+        if self.sql is not None:
+            await self.sql.dispose()
+
+    # -- limits -------------------------------------------------------------------------
+    def charges_for(self, ident: Identity) -> list[Charge]:
+        if ident.key_id == "-":
+            return []
+        tier = self.cfg.tiers.get(ident.tier)
+        out = []
+        if tier is not None:
+            out.append(Charge(f"key:{ident.key_id}", _spec(tier)))
+        tenant = self.cfg.tenants.get(ident.tenant)
+        if tenant is not None and tenant.tier and tenant.tier in self.cfg.tiers:
+            out.append(Charge(f"tenant:{ident.tenant}", _spec(self.cfg.tiers[tenant.tier])))
+        return out
+
+    def priority_for(self, ident: Identity, requested: int) -> int:
+        """Clients may lower their own priority, never raise it above their key's."""
+        if ident.key_id == "-":
+            return requested
+        tier = self.cfg.tiers.get(ident.tier)
+        base = ident.priority if ident.priority is not None else (tier.priority if tier else 0)
+        return max(base, requested)
+
+    async def admit(
+        self,
+        ident: Identity,
+        lease: str,
+        body_bytes: int,
+        max_tokens: int | None,
+        headers: list[tuple[bytes, bytes]],
+    ) -> Admitted:
+        charges = self.charges_for(ident)
+        if not charges:
+            return Admitted([], 0)
+        # Estimate: the request's size in tokens (~4 bytes each) plus the output it asks for.
+        estimate = body_bytes // 4 + (max_tokens or self.cfg.ratelimit.default_max_tokens)
+        try:
+            d = await self.limits.acquire(lease, charges, estimate)
+        except LimitStoreUnavailable as exc:
+            return self._store_down(charges, estimate, exc)
+        headers.extend(_rate_headers(d))
+        if not d.allowed:
+            self.metrics.shed.labels("-", f"limit_{d.dimension}").inc()
+            raise RateLimited(
+                f"Rate limit reached for key {ident.key_id}: {_WHAT[d.dimension]}.",
+                retry_after=max(1.0, d.retry_after),
+            )
+        return Admitted(charges, estimate)
+
+    def _store_down(self, charges: list[Charge], estimate: int, exc: Exception) -> Admitted:
+        rl = self.cfg.ratelimit
+        quota = any(c.spec.tokens_per_day for c in charges)
+        log.error(
+            "limit store unreachable (%s): %s",
+            exc,
+            "refusing (quotas fail closed)"
+            if quota and not rl.quotas_fail_open
+            else "allowing"
+            if rl.rate_limits_fail_open
+            else "refusing",
+        )
+        if (quota and not rl.quotas_fail_open) or not rl.rate_limits_fail_open:
+            raise ServiceUnavailable("Usage limits cannot be checked right now.", retry_after=5)
+        return Admitted([], 0)
+
+    async def settle(self, adm: Admitted, lease: str, actual: int) -> None:
+        if adm.charges:
+            try:
+                await self.limits.settle(lease, adm.charges, adm.estimate, actual)
+            except LimitStoreUnavailable:
+                pass
+
+    def record(self, rec: UsageRecord) -> None:
+        if self.ledger is not None:
+            self.ledger.record(rec)
+
+    # -- admin ----------------------------------------------------------------------------
+    async def admin(
+        self, method: str, path: str, body: dict[str, Any], query: str, actor: Identity
+    ) -> tuple[int, Any]:
+        if self.keys is None:
+            raise ClientError("Key management needs security.auth: required.")
+        who = actor.key_id
+        if path == "/admin/keys" and method == "GET":
+            return 200, {"data": [k.public() for k in await self.keys.list_keys()]}
+        if path == "/admin/keys" and method == "POST":
+            return 201, await self._create(body, who)
+        if path.startswith("/admin/keys/") and method == "POST":
+            key_id, _, action = path[len("/admin/keys/") :].partition("/")
+            if action == "revoke":
+                if not await self.keys.revoke(key_id, actor=who):
+                    raise ClientError(f"No active key {key_id}.", param="key_id")
+                self.auth.forget(key_id)
+                return 200, {"id": key_id, "revoked": True}
+            if action == "rotate":
+                try:
+                    secret, rec = await self.keys.rotate(key_id, actor=who)
+                except KeyError:
+                    raise ClientError(f"No active key {key_id}.", param="key_id") from None
+                self.auth.forget(key_id)
+                await self.auth.refresh()
+                return 200, {"key": secret, **rec.public(), "replaces": key_id}
+        if path == "/admin/audit":
+            return 200, {"data": await self.keys.audit_log()}
+        if path == "/admin/usage":
+            from gantry.state.ledger import report
+
+            by = dict(p.split("=", 1) for p in query.split("&") if "=" in p).get("by", "model")
+            if by not in ("key", "model", "tenant", "day"):
+                raise ClientError("by must be key, model, tenant or day", param="by")
+            assert self.ledger is not None
+            await self.ledger.flush()
+            return 200, {"data": with_costs(await report(self.ledger.engine, by), self.cfg)}
+        raise ClientError(f"Unknown admin operation {method} {path}")
+
+    async def _create(self, body: dict[str, Any], actor: str) -> dict[str, Any]:
+        assert self.keys is not None
+        tenant = body.get("tenant")
+        if not isinstance(tenant, str) or not tenant:
+            raise ClientError("'tenant' is required.", param="tenant")
+        tier = str(body.get("tier") or "standard")
+        if tier not in self.cfg.tiers:
+            raise ClientError(f"Unknown tier {tier!r}: {', '.join(self.cfg.tiers)}.", param="tier")
+        ttl = body.get("expires_in_s")
+        try:
+            secret, rec = await self.keys.create(
+                tenant=tenant,
+                role=str(body.get("role") or "user"),
+                tier=tier,
+                name=str(body.get("name") or ""),
+                models=tuple(body.get("models") or ()),
+                priority=body.get("priority"),
+                expires_at=time.time() + float(ttl) if ttl else None,
+                actor=actor,
+            )
+        except (ValueError, TypeError) as exc:
+            raise ClientError(str(exc)) from None
+        await self.auth.refresh()
+        return {"key": secret, **rec.public()}
+
+
+_WHAT = {
+    "rpm": "requests per minute",
+    "tpm": "tokens per minute",
+    "concurrent": "concurrent requests",
+    "tokens_per_day": "tokens per day",
+}
+
+
+def _spec(t: Any) -> LimitSpec:
+    return LimitSpec(t.rpm, t.tpm, t.concurrent, t.tokens_per_day)
+
+
+def _rate_headers(d: Decision) -> list[tuple[bytes, bytes]]:
+    out = []
+    for kind, v in (("requests", d.requests), ("tokens", d.tokens)):
+        if v is not None:
+            limit, remaining, reset = v
+            out += [
+                (f"x-ratelimit-limit-{kind}".encode(), str(limit).encode()),
+                (f"x-ratelimit-remaining-{kind}".encode(), str(max(0, remaining)).encode()),
+                (f"x-ratelimit-reset-{kind}".encode(), reset_header(reset).encode()),
+            ]
+    return out
+
+
+def with_costs(rows: list[dict[str, Any]], cfg: GatewayConfig) -> list[dict[str, Any]]:
+    for r in rows:
+        price = cfg.prices.get(str(r.get("model")))
+        r["cost"] = (
+            None
+            if price is None
+            else round(
+                (r["prompt_tokens"] or 0) / 1e6 * price.prompt_per_1m
+                + (r["completion_tokens"] or 0) / 1e6 * price.completion_per_1m,
+                6,
+            )
+        )
+    return rows

@@ -1,0 +1,139 @@
+"""The usage ledger: one row per finished request, written in batches off the hot path.
+
+``record()`` only appends to a bounded queue (no I/O, no await); a background task
+writes batches of up to ``batch_size`` rows, at least every ``flush_interval_s``.
+``aclose()`` (graceful shutdown) writes everything still queued before returning. If
+the queue is full the row is dropped and counted (memory stays bounded); the bound is
+large enough that this needs the database to be down for a long time.
+Never stores prompt or completion text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gantry.state.sql import usage
+
+log = logging.getLogger("gantry.ledger")
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    ts: float
+    request_id: str
+    key_id: str
+    tenant: str
+    model: str
+    engine: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    latency_ms: float
+    status: int
+
+
+class UsageLedger:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        batch_size: int = 500,
+        flush_interval_s: float = 1.0,
+        max_queue: int = 100_000,
+    ) -> None:
+        self.engine = engine
+        self.batch_size = batch_size
+        self.flush_interval_s = flush_interval_s
+        self._q: deque[UsageRecord] = deque()
+        self._max = max_queue
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.dropped = 0
+        self.written = 0
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="usage-ledger")
+
+    def record(self, rec: UsageRecord) -> None:
+        if len(self._q) >= self._max:
+            self.dropped += 1
+            return
+        self._q.append(rec)
+        if len(self._q) >= self.batch_size:
+            self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.flush_interval_s)
+            self._wake.clear()
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("usage ledger write failed; will retry")
+                await asyncio.sleep(1.0)
+
+    async def flush(self) -> None:
+        while self._q:
+            batch = [self._q.popleft() for _ in range(min(self.batch_size, len(self._q)))]
+            try:
+                async with self.engine.begin() as conn:
+                    await conn.execute(usage.insert(), [asdict(r) for r in batch])
+            except Exception:
+                self._q.extendleft(reversed(batch))  # keep them for the next try
+                raise
+            self.written += len(batch)
+
+    async def aclose(self) -> None:
+        """Stop the writer and write everything still queued."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for _ in range(3):
+            try:
+                await self.flush()
+                break
+            except Exception:
+                log.exception("usage ledger final flush failed")
+                await asyncio.sleep(0.5)
+        if self._q or self.dropped:
+            log.error("usage ledger: %d rows not written, %d dropped", len(self._q), self.dropped)
+
+
+async def report(engine: AsyncEngine, by: str, since: float = 0.0) -> list[dict[str, Any]]:
+    """Totals grouped by ``key``, ``model``, ``tenant`` or ``day`` (UTC)."""
+    if by == "day":
+        group: Any = func.floor(usage.c.ts / 86400)
+    else:
+        group = {"key": usage.c.key_id, "model": usage.c.model, "tenant": usage.c.tenant}[by]
+    q = (
+        select(
+            group.label("group"),
+            usage.c.model,
+            func.count().label("requests"),
+            func.sum(usage.c.prompt_tokens).label("prompt_tokens"),
+            func.sum(usage.c.completion_tokens).label("completion_tokens"),
+            func.sum(usage.c.cached_tokens).label("cached_tokens"),
+            func.avg(usage.c.latency_ms).label("mean_latency_ms"),
+        )
+        .where(usage.c.ts >= since)
+        .group_by(group, usage.c.model)
+        .order_by(group)
+    )
+    async with engine.connect() as conn:
+        rows = [{str(k): v for k, v in r._mapping.items()} for r in await conn.execute(q)]
+    if by == "day":
+        for r in rows:
+            r["group"] = time.strftime("%Y-%m-%d", time.gmtime(float(r["group"]) * 86400))
+    return rows

@@ -1,0 +1,436 @@
+"""Security and tenancy end to end: keys, roles, limits, ledger, redaction, JWT, TLS."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers import free_port, gantry_cmd, gateway, sim
+from tests.recording_engine import recording_engine
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+
+
+def keys(db: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        gantry_cmd("keys", *args),
+        capture_output=True,
+        text=True,
+        env={"GANTRY_SECURITY__DATABASE_URL": db, "PATH": "/usr/bin"},
+        timeout=60,
+    )
+
+
+def new_key(db: str, *args: str) -> tuple[str, str]:
+    r = keys(db, "create", *args)
+    assert r.returncode == 0, r.stderr
+    secret = r.stdout.strip()
+    return secret, secret.split("_")[1]
+
+
+def bearer(k: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {k}"} if k else {}
+
+
+@pytest.fixture(scope="module")
+def secured(module_tmp: Path):
+    db = f"sqlite:///{module_tmp}/sec.db"
+    user, _ = new_key(db, "--tenant", "acme")
+    admin, _ = new_key(db, "--tenant", "ops", "--role", "admin")
+    metrics, _ = new_key(db, "--tenant", "ops", "--role", "metrics")
+    revoked, revoked_id = new_key(db, "--tenant", "acme")
+    assert keys(db, "revoke", revoked_id).returncode == 0
+    cfg = module_tmp / "sec.yaml"
+    cfg.write_text(
+        "security:\n  key_refresh_s: 0.5\n  readyz_public: false\n"
+        "tiers:\n  tiny: {rpm: 3}\n  standard: {rpm: 1000, tpm: 1000000}\n"
+        "  admin: {}\nprices:\n  m: {prompt_per_1m: 1.0, completion_per_1m: 2.0}\n"
+    )
+    with (
+        sim(module_tmp, "--served-model-name", "m", "--profile", "instant") as e,
+        gateway(
+            module_tmp,
+            "-c",
+            str(cfg),
+            "--engine",
+            e.url,
+            secure=True,
+            env={"GANTRY_SECURITY__DATABASE_URL": db},
+            health="/health",
+        ) as gw,
+    ):
+        time.sleep(0.5)
+        yield (
+            gw,
+            db,
+            {"user": user, "admin": admin, "metrics": metrics, "revoked": revoked, "cfg": str(cfg)},
+        )
+
+
+# (method, path, body) for every route the gateway serves
+ROUTES = [
+    ("GET", "/v1/models", None),
+    ("POST", "/v1/chat/completions", CHAT),
+    ("POST", "/v1/completions", {"model": "m", "prompt": "x", "max_tokens": 2}),
+    ("POST", "/tokenize", {"model": "m", "prompt": "x"}),
+    ("GET", "/openapi.json", None),
+    ("GET", "/metrics", None),
+    ("GET", "/readyz", None),
+    ("GET", "/admin/keys", None),
+    ("GET", "/admin/audit", None),
+]
+ALLOWED = {  # who may call what (the table in docs/security.md)
+    "user": {
+        "/v1/models",
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/tokenize",
+        "/openapi.json",
+        "/readyz",
+    },
+    "metrics": {"/metrics", "/readyz"},
+    "admin": {r[1] for r in ROUTES},
+}
+
+
+@pytest.mark.parametrize(("method", "path", "body"), ROUTES, ids=[r[1] for r in ROUTES])
+def test_route_walk(secured, method, path, body):
+    gw, _, k = secured
+
+    def call(key: str | None) -> httpx.Response:
+        return httpx.request(method, gw.url + path, json=body, headers=bearer(key), timeout=30)
+
+    for key, status in (
+        (None, 401),
+        ("gk_nope_nope", 401),
+        ("not-a-key", 401),
+        (k["revoked"], 401),
+    ):
+        r = call(key)
+        assert r.status_code == status, (key, r.text)
+        assert r.json()["error"]["type"] == "authentication_error"
+    for role in ("user", "metrics", "admin"):
+        r = call(k[role])
+        if path in ALLOWED[role]:
+            assert r.status_code < 400, (role, r.text)
+        else:
+            assert r.status_code == 403, (role, r.text)
+            assert r.json()["error"]["type"] == "permission_error"
+    assert httpx.get(gw.url + "/health").status_code == 200  # public
+
+
+def test_security_headers_and_rate_limit_headers(secured):
+    gw, _, k = secured
+    r = httpx.post(gw.url + "/v1/chat/completions", json=CHAT, headers=bearer(k["user"]))
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert int(r.headers["x-ratelimit-limit-requests"]) == 1000
+    assert int(r.headers["x-ratelimit-remaining-requests"]) < 1000
+    assert r.headers["x-ratelimit-reset-requests"].endswith("s")
+    assert int(r.headers["x-ratelimit-limit-tokens"]) == 1000000
+
+
+def test_rpm_limit_gives_429_with_retry_after(secured):
+    gw, db, k = secured
+    tiny, _ = new_key(db, "--tenant", "small", "--tier", "tiny", "--config", k["cfg"])
+    time.sleep(0.8)  # key refresh
+    codes = [
+        httpx.post(gw.url + "/v1/chat/completions", json=CHAT, headers=bearer(tiny))
+        for _ in range(5)
+    ]
+    assert [c.status_code for c in codes] == [200, 200, 200, 429, 429]
+    last = codes[-1]
+    assert last.json()["error"]["type"] == "rate_limit_error"
+    assert "requests per minute" in last.json()["error"]["message"]
+    assert int(last.headers["retry-after"]) >= 1
+
+
+def test_model_allow_list_and_admin_api_with_audit(secured):
+    gw, _, k = secured
+    adm = bearer(k["admin"])
+    r = httpx.post(
+        gw.url + "/admin/keys",
+        headers=adm,
+        json={"tenant": "lab", "models": ["other"], "name": "restricted"},
+    )
+    assert r.status_code == 201
+    restricted = r.json()["key"]
+    assert r.json()["models"] == ["other"] and restricted.startswith("gk_")
+    r = httpx.post(gw.url + "/v1/chat/completions", json=CHAT, headers=bearer(restricted))
+    assert r.status_code == 403 and "may not use model" in r.json()["error"]["message"]
+    key_id = restricted.split("_")[1]
+    r = httpx.post(gw.url + f"/admin/keys/{key_id}/rotate", headers=adm)
+    assert r.status_code == 200 and r.json()["replaces"] == key_id
+    rotated = r.json()["key"]
+    assert httpx.post(gw.url + "/v1/models", headers=bearer(restricted)).status_code in (401, 405)
+    assert httpx.get(gw.url + "/v1/models", headers=bearer(restricted)).status_code == 401
+    assert httpx.get(gw.url + "/v1/models", headers=bearer(rotated)).status_code == 200
+    new_id = rotated.split("_")[1]
+    assert httpx.post(gw.url + f"/admin/keys/{new_id}/revoke", headers=adm).status_code == 200
+    assert httpx.get(gw.url + "/v1/models", headers=bearer(rotated)).status_code == 401
+    listed = httpx.get(gw.url + "/admin/keys", headers=adm).json()["data"]
+    assert all("secret" not in json.dumps(x) and "gk_" not in json.dumps(x) for x in listed)
+    actions = [a["action"] for a in httpx.get(gw.url + "/admin/audit", headers=adm).json()["data"]]
+    assert {"key.create", "key.rotate", "key.revoke"} <= set(actions)
+    bad = httpx.post(gw.url + "/admin/keys", headers=adm, json={"tenant": "x", "tier": "gold"})
+    assert bad.status_code == 400 and "Unknown tier" in bad.json()["error"]["message"]
+
+
+def test_usage_ledger_and_report(secured):
+    gw, db, k = secured
+    for _ in range(3):
+        httpx.post(gw.url + "/v1/chat/completions", json=CHAT, headers=bearer(k["user"]))
+    r = httpx.get(gw.url + "/admin/usage?by=model", headers=bearer(k["admin"]))
+    row = next(x for x in r.json()["data"] if x["model"] == "m")
+    assert row["requests"] >= 3 and row["completion_tokens"] >= 6 and row["cost"] > 0
+    out = subprocess.run(
+        gantry_cmd("usage", "--by", "key"),
+        capture_output=True,
+        text=True,
+        env={"GANTRY_SECURITY__DATABASE_URL": db, "PATH": "/usr/bin"},
+    )
+    assert out.returncode == 0 and k["user"].split("_")[1] in out.stdout
+
+
+def test_cli_keys_errors(tmp_path):
+    db = f"sqlite:///{tmp_path}/k.db"
+    r = keys(db, "create", "--tenant", "x", "--role", "root")
+    assert r.returncode == 2 and r.stderr.startswith("gantry: error:")
+    r = keys(db, "create", "--tenant", "x", "--tier", "platinum")
+    assert r.returncode == 2 and "unknown tier" in r.stderr
+    assert keys(db, "revoke", "nope").returncode == 2
+    assert keys(db, "rotate", "nope").returncode == 2
+    secret, key_id = new_key(db, "--tenant", "x", "--model", "m1")
+    listed = keys(db, "list").stdout
+    assert key_id in listed and secret not in listed and "m1" in listed
+
+
+def test_two_replicas_share_one_limit_over_redis(tmp_path):
+    redis = pytest.importorskip("redis")
+    try:
+        redis.Redis(host="127.0.0.1", port=6379).ping()
+    except redis.exceptions.ConnectionError:
+        pytest.skip("Redis is not running")
+    db = f"sqlite:///{tmp_path}/r.db"
+    prefix = f"gantry-test-{uuid.uuid4().hex[:8]}:"
+    cfg = tmp_path / "r.yaml"
+    cfg.write_text(
+        f"ratelimit:\n  store: redis\n  key_prefix: '{prefix}'\n"
+        "tiers:\n  tiny: {rpm: 4}\n  standard: {}\n"
+    )
+    key, _ = new_key(db, "--tenant", "t", "--tier", "tiny", "--config", str(cfg))
+    env = {"GANTRY_SECURITY__DATABASE_URL": db}
+    with (
+        sim(tmp_path, "--served-model-name", "m", "--profile", "instant") as e,
+        gateway(
+            tmp_path, "-c", str(cfg), "--engine", e.url, secure=True, env=env, health="/health"
+        ) as a,
+        gateway(
+            tmp_path, "-c", str(cfg), "--engine", e.url, secure=True, env=env, health="/health"
+        ) as b,
+    ):
+        codes = [
+            httpx.post(
+                (a if i % 2 else b).url + "/v1/chat/completions", json=CHAT, headers=bearer(key)
+            ).status_code
+            for i in range(8)
+        ]
+    assert codes.count(200) == 4 and codes.count(429) == 4  # one limit, not one per replica
+    r = redis.Redis(host="127.0.0.1", port=6379)
+    for k in r.scan_iter(prefix + "*"):
+        r.delete(k)
+
+
+def test_redaction_before_the_engine(tmp_path):
+    with recording_engine("m") as (url, seen):
+        cfg = tmp_path / "p.yaml"
+        cfg.write_text(f"engines:\n  - url: {url}\nredaction:\n  enabled: true\n")
+        with gateway(tmp_path, "-c", str(cfg)) as gw:
+            httpx.post(
+                gw.url + "/v1/chat/completions",
+                json={
+                    "model": "m",
+                    "messages": [
+                        {
+                            "role": "user",
+                            "content": "I am bob@example.com, card 4111 1111 1111 1111",
+                        }
+                    ],
+                },
+            )
+    sent = json.loads(seen[-1]["_body"])["messages"][0]["content"]
+    assert sent == "I am [REDACTED_EMAIL], card [REDACTED_CARD]"
+
+
+def test_jwt_bearer_tokens(tmp_path):
+    jwt = pytest.importorskip("jwt")
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    jwk.update(kid="k1", use="sig", alg="RS256")
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [jwk]}))
+
+    def token(**claims: object) -> str:
+        base = {
+            "sub": "alice",
+            "iss": "https://idp",
+            "aud": "gantry",
+            "exp": time.time() + 60,
+            "tenant": "acme",
+            "role": "user",
+        }
+        return jwt.encode({**base, **claims}, key, algorithm="RS256", headers={"kid": "k1"})
+
+    cfg = tmp_path / "j.yaml"
+    cfg.write_text(
+        f"security:\n  jwt:\n    enabled: true\n    issuer: https://idp\n"
+        f"    audience: gantry\n    jwks_file: {jwks}\n"
+    )
+    with (
+        sim(tmp_path, "--served-model-name", "m", "--profile", "instant") as e,
+        gateway(tmp_path, "-c", str(cfg), "--engine", e.url, secure=True, health="/health") as gw,
+    ):
+        ok = httpx.post(gw.url + "/v1/chat/completions", json=CHAT, headers=bearer(token()))
+        assert ok.status_code == 200
+        for bad in (token(aud="other"), token(exp=time.time() - 10), token(role="root")):
+            assert (
+                httpx.post(
+                    gw.url + "/v1/chat/completions", json=CHAT, headers=bearer(bad)
+                ).status_code
+                == 401
+            )
+        assert httpx.get(gw.url + "/metrics", headers=bearer(token())).status_code == 403
+        assert (
+            httpx.get(gw.url + "/metrics", headers=bearer(token(role="metrics"))).status_code == 200
+        )
+
+
+def test_tls(tmp_path):
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    k = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(k.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(k, hashes.SHA256())
+    )
+    (tmp_path / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "k.pem").write_bytes(
+        k.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    port = free_port()
+    with (
+        sim(tmp_path, "--served-model-name", "m", "--profile", "instant") as e,
+        gateway(
+            tmp_path,
+            "--engine",
+            e.url,
+            "--ssl-certfile",
+            str(tmp_path / "c.pem"),
+            "--ssl-keyfile",
+            str(tmp_path / "k.pem"),
+            port=port,
+            wait=False,
+        ) as gw,
+    ):
+        url = f"https://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                r = httpx.post(url + "/v1/chat/completions", json=CHAT, verify=False)
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, gw.logs()
+                time.sleep(0.1)
+        assert r.status_code == 200
+    r = subprocess.run(
+        gantry_cmd("serve", "--ssl-certfile", str(tmp_path / "c.pem")),
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2 and "go together" in r.stderr
+
+
+def test_ledger_on_postgres_survives_sigterm(tmp_path):
+    asyncpg = pytest.importorskip("asyncpg")
+    import asyncio
+
+    dbname = f"gantry_{uuid.uuid4().hex[:10]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(host="127.0.0.1", port=5432, user="postgres", database="test")
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(admin(f"CREATE DATABASE {dbname}"))
+    except (OSError, asyncpg.PostgresError) as exc:
+        pytest.skip(f"PostgreSQL not available: {exc}")
+    url = f"postgresql://postgres@127.0.0.1:5432/{dbname}"
+    try:
+        cfg = tmp_path / "l.yaml"
+        cfg.write_text("ledger:\n  flush_interval_s: 30\n  batch_size: 100000\n")
+        with (
+            sim(tmp_path, "--served-model-name", "m", "--profile", "instant") as e,
+            gateway(
+                tmp_path,
+                "-c",
+                str(cfg),
+                "--engine",
+                e.url,
+                env={"GANTRY_SECURITY__DATABASE_URL": url},
+            ) as gw,
+        ):
+            for _ in range(25):
+                assert (
+                    httpx.post(
+                        gw.url + "/v1/completions",
+                        json={"model": "m", "prompt": "x", "max_tokens": 2},
+                    ).status_code
+                    == 200
+                )
+            gw.proc.send_signal(signal.SIGTERM)  # rows are still queued (30 s flush)
+            assert gw.proc.wait(20) in (0, -signal.SIGTERM)
+
+        async def count() -> int:
+            conn = await asyncpg.connect(
+                host="127.0.0.1", port=5432, user="postgres", database=dbname
+            )
+            try:
+                return int(
+                    await conn.fetchval(
+                        "SELECT count(*) FROM gantry_usage WHERE completion_tokens = 2"
+                    )
+                )
+            finally:
+                await conn.close()
+
+        assert asyncio.run(count()) == 25
+    finally:
+        asyncio.run(admin(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)"))
