@@ -45,6 +45,7 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/gateway_overhead.py
 	$(BIN)/python benchmarks/bench_client.py
 	$(BIN)/python benchmarks/admission_overhead.py
+	$(BIN)/python benchmarks/admission_auth.py
 	$(BIN)/python benchmarks/chaos.py
 
 clean:

@@ -161,7 +161,7 @@ class SecurityConfig(BaseModel):
     model_config = _FROZEN
     auth: Literal["required", "off"] = "required"
     database_url: str = "sqlite:///gantry.db"  # keys, usage ledger, audit log
-    key_refresh_s: float = Field(default=5.0, gt=0)  # revocations reach every replica
+    key_refresh_s: float = Field(default=2.0, gt=0)  # new keys and revocations: every replica
     metrics_public: bool = False
     readyz_public: bool = True
     max_header_bytes: int = Field(default=16384, gt=0)

@@ -198,6 +198,13 @@ BAD = [
         400,
     ),
     ("unknown path", "/v1/nope", b"{}", "application/json", 404),
+    (
+        "non-string model on tokenize",
+        "/tokenize",
+        b'{"model": [null], "prompt": "x"}',
+        "application/json",
+        400,
+    ),
 ]
 
 

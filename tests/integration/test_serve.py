@@ -25,14 +25,30 @@ def readme_block(marker: str) -> str:
 
 def test_embedded_default_and_readme_examples(tmp_path):
     port = free_port()
-    with gateway(tmp_path, port=port, timeout=60) as gw:
+    db = {"GANTRY_SECURITY__DATABASE_URL": f"sqlite:///{tmp_path}/readme.db"}
+    env = {**os.environ, **db, "PATH": f"{ROOT}/.venv/bin:{os.environ.get('PATH', '')}"}
+    with gateway(tmp_path, port=port, timeout=60, secure=True, env=db, health="/health") as gw:
         logs = gw.logs()
         assert logs.count("SIMULATED engine") == 2
-        pids = [int(p) for p in re.findall(r'"pid": (\d+)', logs)] or None
+        # The README's key step, run from the repository root as a user would.
+        out = subprocess.run(
+            ["bash", "-c", readme_block("readme-key") + 'echo "$OPENAI_API_KEY"'],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            cwd=ROOT,
+        )
+        key = out.stdout.strip().splitlines()[-1]
+        assert key.startswith("gk_"), out
+        env["OPENAI_API_KEY"] = key
+        time.sleep(2.5)  # the gateway picks new keys up within security.key_refresh_s
         curl = readme_block("readme-curl").replace("8080", str(port))
-        out = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            ["bash", "-c", curl], capture_output=True, text=True, timeout=30, env=env
+        )
         assert out.returncode == 0 and '"chat.completion"' in out.stdout, out
-        env = {**os.environ, "GANTRY_URL": f"{gw.url}/v1"}
+        env["GANTRY_URL"] = f"{gw.url}/v1"
         out = subprocess.run(
             [sys.executable, "-c", readme_block("readme-python")],
             env=env,
@@ -46,7 +62,6 @@ def test_embedded_default_and_readme_examples(tmp_path):
             ["pgrep", "-P", str(gw.proc.pid)], capture_output=True, text=True
         ).stdout.split()
         assert len(children) == 2
-        del pids
     # The simulated engines stop with the gateway.
     time.sleep(0.5)
     for pid in children:

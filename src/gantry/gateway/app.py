@@ -396,7 +396,11 @@ class GatewayApp:
             info = inspect_request(endpoint, body) if endpoint.startswith("/v1") else None
         except RequestShapeError as exc:
             raise ClientError(exc.message, param=exc.param) from None
-        requested = (info.model if info else body.get("model")) if isinstance(body, dict) else None
+        if not isinstance(body, dict):
+            raise ClientError("Request body must be a JSON object.", param="body")
+        requested = info.model if info else body.get("model")
+        if requested is not None and not isinstance(requested, str):
+            raise ClientError("'model' must be a string.", param="model")
         snap = self.pool.snapshot
         if not requested:
             if endpoint.startswith("/v1") or len(snap.by_model) != 1:
