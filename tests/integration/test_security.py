@@ -182,6 +182,24 @@ def test_model_allow_list_and_admin_api_with_audit(secured):
     assert bad.status_code == 400 and "Unknown tier" in bad.json()["error"]["message"]
 
 
+def test_idempotency_keys_are_scoped_per_tenant(secured):
+    gw, db, k = secured
+    other, _ = new_key(db, "--tenant", "globex")
+    time.sleep(0.8)
+    idem = {"Idempotency-Key": str(uuid.uuid4())}
+    body = {**CHAT, "seed": 3}
+    a = httpx.post(
+        gw.url + "/v1/chat/completions", json=body, headers={**bearer(k["user"]), **idem}
+    )
+    b = httpx.post(gw.url + "/v1/chat/completions", json=body, headers={**bearer(other), **idem})
+    assert a.status_code == b.status_code == 200
+    assert "idempotent-replayed" not in b.headers  # another tenant's answer is not replayed
+    c = httpx.post(
+        gw.url + "/v1/chat/completions", json=body, headers={**bearer(k["user"]), **idem}
+    )
+    assert c.headers["idempotent-replayed"] == "true"
+
+
 def test_usage_ledger_and_report(secured):
     gw, db, k = secured
     for _ in range(3):

@@ -381,8 +381,8 @@ class GatewayApp:
         await run_once(
             self.idem_store,
             self.cfg.idempotency,
-            key,
-            fingerprint(endpoint, raw),
+            f"{ctx.ident.tenant}:{key}",  # keys are per tenant: no cross-tenant replays
+            fingerprint(endpoint, raw, ctx.ident.tenant),
             prep.deadline,
             send,
             ctx.headers,
@@ -528,6 +528,8 @@ class GatewayApp:
         self, adm: Admitted, p: _Prepared, ctx: Ctx, engine: str, stats: StreamStats, gone: bool
     ) -> None:
         """Settle limits with the real usage and write the ledger row."""
+        if not adm.charges and self.security.ledger is None:
+            return
         actual = stats.prompt_tokens + stats.completion_tokens
         await self.security.settle(adm, ctx.rid, actual if actual else adm.estimate)
         ident = ctx.ident
