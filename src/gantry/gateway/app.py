@@ -66,6 +66,7 @@ from gantry.state.ledger import UsageRecord
 log = logging.getLogger("gantry.gateway")
 Handler = Callable[[Scope, Receive, Send, "Ctx"], Awaitable[None]]
 # Request headers passed on to engines (besides content-type and the request id).
+_NO_LIMITS = Admitted([], 0)
 _SECURITY_HEADERS = (
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
@@ -95,13 +96,25 @@ class _Prepared:  # not frozen: frozen dataclasses cost ~1 us more to build per 
 class Ctx:
     """Per-request context: id, response headers, and whether the response started."""
 
-    __slots__ = ("finished", "h", "headers", "ident", "rid", "started", "status", "t0", "upstream")
+    __slots__ = (
+        "body_expired",
+        "finished",
+        "h",
+        "headers",
+        "ident",
+        "rid",
+        "started",
+        "status",
+        "t0",
+        "upstream",
+    )
 
     def __init__(self, rid: str, h: dict[bytes, str]) -> None:
         self.rid = rid
         self.h = h  # the request headers gantry looks at (one pass over them)
         self.headers = [(b"x-request-id", rid.encode()), *_SECURITY_HEADERS]
         self.ident: Identity = ANONYMOUS
+        self.body_expired = False
         self.started = False
         self.finished = False  # the last byte is being sent: a disconnect now is normal
         self.status = 0
@@ -173,9 +186,14 @@ class GatewayApp:
         """The request headers gantry uses, in one pass (first value wins)."""
         wanted = self._wanted
         out: dict[bytes, str] = {}
-        for k, v in scope["headers"]:
+        size = 0
+        headers = scope["headers"]
+        for k, v in headers:
+            size += len(k) + len(v)
             if k in wanted and k not in out:
                 out[k] = v.decode("latin-1")
+        if size > self.cfg.security.max_header_bytes or len(headers) > 100:
+            out[b""] = ""  # checked (and refused) by the caller, inside error handling
         return out
 
     # -- ASGI entry: error handling is the outermost layer -------------------------------
@@ -189,7 +207,7 @@ class GatewayApp:
         ctx = Ctx(hdrs.get(b"x-request-id") or os.urandom(16).hex(), hdrs)
         try:
             path = scope["path"]
-            if _header_bytes(scope) > self.cfg.security.max_header_bytes:
+            if hdrs.get(b"") is not None:  # _scan's marker: headers over the size limit
                 raise HeadersTooLarge("Request headers are too large.")
             methods = self._routes.get(path)
             if methods is None and path.startswith("/admin/keys/"):
@@ -328,15 +346,24 @@ class GatewayApp:
             raise UnsupportedMediaType(
                 f"Content-Type must be application/json, got {ctype or 'nothing'}."
             )
+        # A bare timer handle, not asyncio.timeout(): ~2 us instead of ~8 us a request.
+        task = asyncio.current_task()
+        timer = asyncio.get_running_loop().call_later(
+            self.cfg.security.body_timeout_s, _body_expired, ctx, task
+        )
         try:
-            async with asyncio.timeout(self.cfg.security.body_timeout_s):
-                raw = await read_body(receive, self.cfg.limits.max_body_bytes)
-        except TimeoutError:
+            raw = await read_body(receive, self.cfg.limits.max_body_bytes)
+        except asyncio.CancelledError:
+            if not ctx.body_expired or task is None:
+                raise
+            task.uncancel()
             raise RequestTimeout("The request body did not arrive in time.") from None
         except BodyTooLarge:
             raise PayloadTooLarge(
                 f"Request body is larger than {self.cfg.limits.max_body_bytes} bytes."
             ) from None
+        finally:
+            timer.cancel()
         try:
             return raw, orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -412,7 +439,7 @@ class GatewayApp:
         ident = ctx.ident
         if ident.models and not (ident.may_use(requested) or ident.may_use(model)):
             raise PermissionDenied(f"This key may not use model '{requested}'.", param="model")
-        if self._redacts(ident, model):
+        if self.cfg.redaction.enabled and self._redacts(ident, model):
             self.metrics.redactions.inc(redact_body(body, self.cfg.redaction.kinds))
             raw = orjson.dumps(body)
         stream = bool(info and info.stream)
@@ -488,7 +515,11 @@ class GatewayApp:
             raise ServiceUnavailable(
                 "The gateway is shutting down; retry on another replica.", retry_after=1
             )
-        adm = await self.security.admit(ctx.ident, ctx.rid, len(p.raw), p.max_tokens, ctx.headers)
+        adm = _NO_LIMITS
+        if ctx.ident.key_id != "-":
+            adm = await self.security.admit(
+                ctx.ident, ctx.rid, len(p.raw), p.max_tokens, ctx.headers
+            )
         active = self._children(p.model, p.endpoint).active
         active.inc()
         self.active_requests += 1
@@ -522,7 +553,8 @@ class GatewayApp:
             if not self.active_requests:
                 self.idle.set()
             self._account(p.endpoint, p.model, engine, ctx, stats, gone.is_set())
-            await self._settle(adm, p, ctx, engine, stats, gone.is_set())
+            if adm.charges or self.security.ledger is not None:
+                await self._settle(adm, p, ctx, engine, stats, gone.is_set())
 
     async def _settle(
         self, adm: Admitted, p: _Prepared, ctx: Ctx, engine: str, stats: StreamStats, gone: bool
@@ -771,9 +803,10 @@ class _Children:
         return c
 
 
-def _header_bytes(scope: Scope) -> int:
-    hdrs = scope["headers"]
-    return 1 << 30 if len(hdrs) > 100 else sum(len(k) + len(v) for k, v in hdrs)
+def _body_expired(ctx: Ctx, task: asyncio.Task[Any] | None) -> None:
+    ctx.body_expired = True
+    if task is not None:
+        task.cancel()
 
 
 def _with_model(raw: bytes, model: str) -> bytes:

@@ -121,8 +121,10 @@ class Authenticator:
 
     def check(self, path: str, authorization: str | None) -> Identity:
         """The caller's identity, or AuthenticationError (401) / PermissionDenied (403)."""
+        if not self.required:
+            return ANONYMOUS
         roles = self.roles_for(path)
-        if not self.required or roles is PUBLIC or roles is None:
+        if roles is PUBLIC or roles is None:
             return ANONYMOUS if not self.required or roles is None else ANONYMOUS_PUBLIC
         ident = self.identify(authorization)
         if ident.role not in roles:
