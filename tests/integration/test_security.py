@@ -452,3 +452,34 @@ def test_ledger_on_postgres_survives_sigterm(tmp_path):
         assert asyncio.run(count()) == 25
     finally:
         asyncio.run(admin(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)"))
+
+
+def test_limit_store_unreachable_fails_open_for_rates_and_closed_for_quotas(tmp_path):
+    db = f"sqlite:///{tmp_path}/f.db"
+    cfg = tmp_path / "f.yaml"
+    dead = free_port()  # nothing listens there
+    cfg.write_text(
+        f"ratelimit:\n  store: redis\n  redis_url: redis://127.0.0.1:{dead}/0\n"
+        "tiers:\n  rates: {rpm: 100}\n  quota: {tokens_per_day: 100000}\n"
+        "  standard: {}\n"
+    )
+    rates, _ = new_key(db, "--tenant", "a", "--tier", "rates", "--config", str(cfg))
+    quota, _ = new_key(db, "--tenant", "b", "--tier", "quota", "--config", str(cfg))
+    with (
+        sim(tmp_path, "--served-model-name", "m", "--profile", "instant") as e,
+        gateway(
+            tmp_path,
+            "-c",
+            str(cfg),
+            "--engine",
+            e.url,
+            secure=True,
+            env={"GANTRY_SECURITY__DATABASE_URL": db},
+            health="/health",
+        ) as gw,
+    ):
+        ok = httpx.post(gw.url + "/v1/chat/completions", json=CHAT, headers=bearer(rates))
+        assert ok.status_code == 200  # rate limits fail open
+        shut = httpx.post(gw.url + "/v1/chat/completions", json=CHAT, headers=bearer(quota))
+        assert shut.status_code == 503 and "retry-after" in shut.headers  # quotas fail closed
+        assert "cannot be checked" in shut.json()["error"]["message"]
