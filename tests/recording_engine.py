@@ -42,12 +42,28 @@ def recording_engine(model: str = "rec") -> Iterator[tuple[str, list[dict[str, s
             }
         )
 
+    async def embeddings(req: web.Request) -> web.Response:
+        body = await req.json()
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        return web.json_response(
+            {
+                "object": "list",
+                "model": model,
+                "data": [
+                    {"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]}
+                    for i, _ in enumerate(inputs)
+                ],
+                "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)},
+            }
+        )
+
     app = web.Application()
     app.add_routes(
         [
             web.get("/v1/models", models),
             web.get("/health", health),
             web.post("/v1/chat/completions", chat),
+            web.post("/v1/embeddings", embeddings),
         ]
     )
     port = free_port()

@@ -119,6 +119,17 @@ def test_traceparent_passes_through_without_tracing(tmp_path):
         assert seen[-1]["x-request-id"]
 
 
+def test_embeddings_are_relayed_where_an_engine_serves_them(tmp_path):
+    import openai
+
+    with recording_engine("emb") as (url, _), gateway(tmp_path, "--engine", url) as gw:
+        client = openai.OpenAI(base_url=gw.url + "/v1", api_key="none")
+        out = client.embeddings.create(model="emb", input=["a", "b"])
+        assert [d.index for d in out.data] == [0, 1] and out.data[0].embedding == [0.1, 0.2, 0.3]
+        r = httpx.post(gw.url + "/v1/embeddings", json={"model": "emb"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "input"
+
+
 def test_engine_without_metrics_and_nonvllm_errors(tmp_path):
     """An OpenAI-compatible server with no /metrics still serves; 404 /metrics tolerated."""
     with recording_engine() as (url, _), gateway(tmp_path, "--engine", url) as gw:
