@@ -134,5 +134,10 @@ def test_admission_queue_priority_bound_and_deadline():
         with pytest.raises(ServiceUnavailable, match="Timed out"):
             await q.wait_turn("m", 0, 0.05)
         assert q.waiting("m") == 0
+        # Waiters that time out with nobody waking them leave no entries behind.
+        for _ in range(10):
+            with pytest.raises(ServiceUnavailable):
+                await q.wait_turn("m", 0, 0.001)
+        assert q._queues["m"] == []
 
     asyncio.run(main())

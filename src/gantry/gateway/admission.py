@@ -21,6 +21,7 @@ class _Waiter:
     priority: int
     seq: int
     fut: asyncio.Future[None] = field(compare=False)
+    woken: bool = field(default=False, compare=False)
 
 
 class AdmissionQueue:
@@ -31,11 +32,8 @@ class AdmissionQueue:
         self._seq = itertools.count()
 
     def waiting(self, model: str) -> int:
-        return sum(1 for w in self._queues.get(model, ()) if not w.fut.done())
-
-    def has_waiters(self, model: str) -> bool:
-        q = self._queues.get(model)
-        return any(not w.fut.done() for w in q or ())
+        # Every entry is live: leavers remove themselves, wake() pops the woken.
+        return len(self._queues.get(model, ()))
 
     async def wait_turn(
         self, model: str, priority: int, within_s: float, seq: int | None = None
@@ -68,12 +66,15 @@ class AdmissionQueue:
             timer.cancel()
             if not w.fut.done():
                 w.fut.cancel()
+            if not w.woken:
+                _remove(q, w)  # left without being woken (deadline, cancel)
         return w.seq
 
     def wake(self, model: str, n: int = 1) -> None:
         q = self._queues.get(model)
         while q and n > 0:
             w = heapq.heappop(q)
+            w.woken = True
             if not w.fut.done():
                 w.fut.set_result(None)
                 n -= 1
@@ -85,6 +86,14 @@ class AdmissionQueue:
     def _gc(self) -> None:
         for model in [m for m, q in self._queues.items() if not q]:
             del self._queues[model]
+
+
+def _remove(q: list[_Waiter], w: _Waiter) -> None:
+    try:
+        q.remove(w)  # O(max_waiting): the queue is bounded
+    except ValueError:
+        return
+    heapq.heapify(q)
 
 
 def _expire(fut: asyncio.Future[None]) -> None:

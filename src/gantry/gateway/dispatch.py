@@ -275,9 +275,6 @@ class Dispatcher:
                 self.pool.report_down(name, str(exc))
             raise
 
-    def breaker_of(self, name: str) -> Breaker:
-        return self.breakers.get(name, BreakerState()).state
-
 
 async def _read_quietly(resp: EngineResponse) -> bytes:
     try:

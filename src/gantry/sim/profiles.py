@@ -8,7 +8,7 @@ Hugging Face ``config.json``; a local file can be read with ``model_from_config`
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -246,7 +246,3 @@ def model_from_config(path: str | Path, name: str | None = None) -> ModelProfile
         num_experts=int(cfg.get("num_local_experts") or cfg.get("num_experts") or 0),
         experts_per_token=int(cfg.get("num_experts_per_tok") or 0),
     )
-
-
-def with_max_model_len(model: ModelProfile, max_model_len: int | None) -> ModelProfile:
-    return model if not max_model_len else replace(model, max_model_len=max_model_len)
