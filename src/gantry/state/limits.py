@@ -99,13 +99,17 @@ class MemoryLimitStore:
         now = time.time() if now is None else now
         day = int(now // DAY)
         first = Decision(True)
-        for i, ch in enumerate(charges):  # check everything first ...
+        writes: list[tuple[_State, str, tuple[float, float]]] = []  # applied only if all pass
+        leases: list[_State] = []
+        days: list[tuple[_State, int]] = []
+        for i, ch in enumerate(charges):
             st, sp = self._state(ch.subject), ch.spec
             st.leases = {k: v for k, v in st.leases.items() if v > now}
             if sp.rpm:
                 t = refill(*st.buckets.get("rpm", (sp.rpm, now)), sp.rpm, now)
                 if t < 1:
                     return Decision(False, "rpm", (1 - t) * 60 / sp.rpm)
+                writes.append((st, "rpm", (t - 1, now)))
                 if i == 0:
                     first.requests = (sp.rpm, int(t - 1), (sp.rpm - t + 1) * 60 / sp.rpm)
             if sp.tpm:
@@ -113,27 +117,24 @@ class MemoryLimitStore:
                 t = refill(*st.buckets.get("tpm", (sp.tpm, now)), sp.tpm, now)
                 if t < cost:
                     return Decision(False, "tpm", (cost - t) * 60 / sp.tpm)
+                writes.append((st, "tpm", (t - cost, now)))
                 if i == 0:
                     first.tokens = (sp.tpm, int(t - cost), (sp.tpm - t + cost) * 60 / sp.tpm)
-            if sp.concurrent and len(st.leases) >= sp.concurrent:
-                return Decision(False, "concurrent", 1.0)
+            if sp.concurrent:
+                if len(st.leases) >= sp.concurrent:
+                    return Decision(False, "concurrent", 1.0)
+                leases.append(st)
             if sp.tokens_per_day:
                 used = st.day[1] if st.day[0] == day else 0
                 if used + tokens > sp.tokens_per_day:
                     return Decision(False, "tokens_per_day", seconds_to_midnight(now))
-        for ch in charges:  # ... then charge everything
-            st, sp = self._state(ch.subject), ch.spec
-            if sp.rpm:
-                t = refill(*st.buckets.get("rpm", (sp.rpm, now)), sp.rpm, now)
-                st.buckets["rpm"] = (t - 1, now)
-            if sp.tpm:
-                t = refill(*st.buckets.get("tpm", (sp.tpm, now)), sp.tpm, now)
-                st.buckets["tpm"] = (t - min(tokens, sp.tpm), now)
-            if sp.concurrent:
-                st.leases[lease] = now + self._lease_s
-            if sp.tokens_per_day:
-                used = st.day[1] if st.day[0] == day else 0
-                st.day = (day, used + tokens)
+                days.append((st, used + tokens))
+        for st, dim, value in writes:
+            st.buckets[dim] = value
+        for st in leases:
+            st.leases[lease] = now + self._lease_s
+        for st, used in days:
+            st.day = (day, used)
         return first
 
     async def settle(
