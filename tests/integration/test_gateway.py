@@ -369,3 +369,26 @@ def test_openapi_document(stack):
     doc = httpx.get(gw.url + "/openapi.json").json()
     assert doc["openapi"].startswith("3.") and "/v1/chat/completions" in doc["paths"]
     assert json.dumps(doc)
+
+
+def test_oversized_headers_get_431(stack):
+    gw, _ = stack
+    r = httpx.get(gw.url + "/v1/models", headers={f"x-pad-{i}": "y" * 200 for i in range(90)})
+    assert r.status_code == 431 and r.json()["error"]["message"]
+
+
+def test_slow_client_body_gets_408(tmp_path):
+    import socket
+
+    with (
+        sim(tmp_path, "--served-model-name", "m", "--profile", "instant") as e,
+        gateway(tmp_path, "--engine", e.url, env={"GANTRY_SECURITY__BODY_TIMEOUT_S": "0.5"}) as gw,
+    ):
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+            s.sendall(
+                b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+            )
+            reply = s.recv(4096)
+        assert reply.startswith(b"HTTP/1.1 408") and b'"timeout_error"' in reply
+        assert httpx.get(gw.url + "/health").status_code == 200  # still serving

@@ -182,8 +182,9 @@ class GatewayApp:
             "/detokenize": {"POST": self._generation("/detokenize")},
         }
 
-    def _scan(self, scope: Scope) -> dict[bytes, str]:
-        """The request headers gantry uses, in one pass (first value wins)."""
+    def _scan(self, scope: Scope) -> tuple[dict[bytes, str], bool]:
+        """The request headers gantry uses, in one pass (first value wins), and whether
+        all the headers together are within the size limits."""
         wanted = self._wanted
         out: dict[bytes, str] = {}
         size = 0
@@ -192,9 +193,7 @@ class GatewayApp:
             size += len(k) + len(v)
             if k in wanted and k not in out:
                 out[k] = v.decode("latin-1")
-        if size > self.cfg.security.max_header_bytes or len(headers) > 100:
-            out[b""] = ""  # checked (and refused) by the caller, inside error handling
-        return out
+        return out, size <= self.cfg.security.max_header_bytes and len(headers) <= 100
 
     # -- ASGI entry: error handling is the outermost layer -------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -203,11 +202,11 @@ class GatewayApp:
             return
         if scope["type"] != "http":
             return
-        hdrs = self._scan(scope)
+        hdrs, headers_ok = self._scan(scope)
         ctx = Ctx(hdrs.get(b"x-request-id") or os.urandom(16).hex(), hdrs)
         try:
             path = scope["path"]
-            if hdrs.get(b"") is not None:  # _scan's marker: headers over the size limit
+            if not headers_ok:
                 raise HeadersTooLarge("Request headers are too large.")
             methods = self._routes.get(path)
             if methods is None and path.startswith("/admin/keys/"):
