@@ -10,6 +10,7 @@ import logging
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs
 
 from gantry.config import GatewayConfig
 from gantry.errors import ClientError, RateLimited, ServiceUnavailable
@@ -189,7 +190,7 @@ class Security:
         if path == "/admin/usage":
             from gantry.state.ledger import report
 
-            by = dict(p.split("=", 1) for p in query.split("&") if "=" in p).get("by", "model")
+            by = parse_qs(query).get("by", ["model"])[0]
             if by not in ("key", "model", "tenant", "day"):
                 raise ClientError("by must be key, model, tenant or day", param="by")
             assert self.ledger is not None
