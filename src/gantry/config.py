@@ -114,12 +114,16 @@ class ShutdownConfig(BaseModel):
 class LimitsConfig(BaseModel):
     model_config = _FROZEN
     max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
+    max_url_bytes: int = Field(default=8192, gt=0)
+    keepalive_timeout_s: float = Field(default=30.0, gt=0)  # idle client connections
 
 
 class LoggingConfig(BaseModel):
     model_config = _FROZEN
     level: Literal["debug", "info", "warning", "error"] = "info"
     json_format: bool = Field(default=True, alias="json")
+    requests: bool = True  # one JSON line per request (never prompt or completion text)
+    probe_requests: bool = False  # also for successful /health, /readyz, /metrics calls
     log_content: bool = False  # prompt/completion text in logs: off unless debugging
 
 

@@ -15,12 +15,23 @@ OpenAI error JSON through ``GantryError.response()`` (built with
     │   ├── PermissionDenied         403 (wrong role, model not allowed)
     │   ├── HeadersTooLarge          431
     │   ├── RequestTimeout           408 (slow client)
+    │   ├── URITooLong               414
     │   └── RateLimited              429 (+ Retry-After)
-    ├── ServiceUnavailable           503 (+ Retry-After): no healthy engine, draining
+    ├── ServiceUnavailable           503 (+ Retry-After)
+    │   ├── Draining                 the gateway is shutting down (+ Connection: close)
+    │   ├── NoHealthyEngine          no healthy engine serves the model
+    │   ├── NoCapacity               engines exist but none has room (queue full or timed
+    │   │                            out, KV cache or engine queue saturated)
+    │   └── LimitStoreUnavailable    the rate-limit store cannot be reached (fail closed)
     ├── ConfigError                  a setting that cannot work (CLI: one line, exit 2)
     └── EngineError                  talking to an engine went wrong
         ├── RetryableEngineError     502/503/504: connect failure, timeout, engine 5xx/429
+        │   ├── EngineTimeout        504
+        │   └── FailedBeforeFirstToken  the stream broke before any token: safe to retry
         └── EngineRejected           the engine answered 4xx: its status and body pass through
+
+Errors are turned into responses in one place, ``gantry.gateway.failures``: JSON with the
+status before the response starts, an SSE error event and ``[DONE]`` after.
 """
 
 from __future__ import annotations
@@ -112,6 +123,10 @@ class RequestTimeout(ClientError):
     type = "timeout_error"
 
 
+class URITooLong(ClientError):
+    status = 414
+
+
 class RateLimited(ClientError):
     status = 429
     type = "rate_limit_error"
@@ -120,6 +135,27 @@ class RateLimited(ClientError):
 class ServiceUnavailable(GantryError):
     status = 503
     type = "service_unavailable"
+    reason = "unavailable"  # the label of gantry_requests_shed_total
+
+
+class Draining(ServiceUnavailable):
+    reason = "draining"
+
+
+class NoHealthyEngine(ServiceUnavailable):
+    reason = "no_healthy_engine"
+
+
+class NoCapacity(ServiceUnavailable):
+    """Healthy engines exist but none can take the request now; ``reason`` says why."""
+
+    def __init__(self, message: str, *, reason: str, retry_after: float = 1.0) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.reason = reason
+
+
+class LimitStoreUnavailable(ServiceUnavailable):
+    reason = "limit_store_down"
 
 
 class ConfigError(GantryError):
@@ -144,6 +180,10 @@ class EngineTimeout(RetryableEngineError):
     type = "timeout_error"
 
 
+class FailedBeforeFirstToken(RetryableEngineError):
+    """The engine's stream failed before any token reached the client."""
+
+
 class EngineRejected(EngineError):
     """The engine refused the request (4xx); relayed to the client as it came."""
 
@@ -160,15 +200,20 @@ __all__ = [
     "AuthenticationError",
     "ClientError",
     "ConfigError",
+    "Draining",
     "EngineError",
     "EngineRejected",
     "EngineTimeout",
+    "FailedBeforeFirstToken",
     "GantryError",
     "HeadersTooLarge",
     "IdempotencyConflict",
     "IdempotencyInProgress",
+    "LimitStoreUnavailable",
     "MethodNotAllowed",
     "ModelNotFound",
+    "NoCapacity",
+    "NoHealthyEngine",
     "NotFound",
     "PayloadTooLarge",
     "PermissionDenied",
@@ -176,5 +221,6 @@ __all__ = [
     "RequestTimeout",
     "RetryableEngineError",
     "ServiceUnavailable",
+    "URITooLong",
     "UnsupportedMediaType",
 ]

@@ -2,6 +2,7 @@
 
 from gantry.engines.h1 import H1Transport
 from gantry.engines.health import HealthState, mark_down, observe
+from gantry.engines.memory import MemoryResponse, MemoryTransport
 from gantry.engines.pool import EnginePool
 from gantry.engines.scrape import EngineLoad, parse_metrics
 from gantry.engines.transport import EngineRequest, EngineResponse, EngineTransport, HTTPTransport
@@ -17,6 +18,8 @@ __all__ = [
     "H1Transport",
     "HTTPTransport",
     "HealthState",
+    "MemoryResponse",
+    "MemoryTransport",
     "PoolSnapshot",
     "mark_down",
     "observe",

@@ -1,7 +1,8 @@
-"""The gateway: ASGI app, dispatch, streaming relay, embedded default."""
+"""The gateway: HTTP front, request pipeline, engines' dispatch, embedded default."""
 
-from gantry.gateway.app import GatewayApp
 from gantry.gateway.embedded import EmbeddedEngines
-from gantry.gateway.server import build_app, serve
+from gantry.gateway.http import Exchange, HttpServer
+from gantry.gateway.pipeline import Gateway
+from gantry.gateway.server import Worker, serve
 
-__all__ = ["EmbeddedEngines", "GatewayApp", "build_app", "serve"]
+__all__ = ["EmbeddedEngines", "Exchange", "Gateway", "HttpServer", "Worker", "serve"]

@@ -1,101 +1,156 @@
-"""The bounded admission queue: requests wait here when no engine has capacity.
+"""Admission: may this request go to the engines now? Behind one ``async with``.
 
-One priority queue per model (lower priority value first, FIFO within a priority),
-at most ``max_waiting`` entries each; a full queue rejects at once with 503 and
-``Retry-After``. A waiter leaves when woken (an engine freed a slot, the pool changed)
-or at its deadline (503). Waking is a callback, not a poll: no task per waiter.
+In order: the drain gate (a draining gateway refuses new work with 503 and
+``Connection: close``), the caller's limits (429 with ``Retry-After`` and
+``x-ratelimit-*`` headers), then capacity. When the model's engines are full because of
+the gateway's own in-flight limit, the request waits in the bounded priority queue
+until a slot frees, up to an absolute deadline (``admission.queue_timeout_s``, or the
+request's own deadline if sooner). When they are full because the engines themselves
+say so (their queue, their KV cache), waiting here would only add to the backlog: the
+request is refused at once with 503, naming the reason. Leaving the block settles the
+limits with the real token usage.
 """
 
 from __future__ import annotations
 
-import asyncio
-import heapq
-import itertools
-from dataclasses import dataclass, field
+import time
+from types import TracebackType
 
-from gantry.errors import ServiceUnavailable
-
-
-@dataclass(order=True, slots=True)
-class _Waiter:
-    priority: int
-    seq: int
-    fut: asyncio.Future[None] = field(compare=False)
-    woken: bool = field(default=False, compare=False)
+from gantry.config import AdmissionConfig
+from gantry.errors import Draining, NoCapacity
+from gantry.gateway.accounting import Record
+from gantry.gateway.auth import Identity
+from gantry.gateway.dispatch import Dispatcher, Room, no_capacity
+from gantry.gateway.prepare import Prepared
+from gantry.gateway.queue import CapacityQueue, QueueFull, QueueTimeout
+from gantry.gateway.security import Lease, Security
+from gantry.observability import GatewayMetrics
 
 
-class AdmissionQueue:
-    def __init__(self, max_waiting: int = 100, max_models: int = 1024) -> None:
-        self.max_waiting = max_waiting
-        self._queues: dict[str, list[_Waiter]] = {}
-        self._max_models = max_models
-        self._seq = itertools.count()
+class Admission:
+    def __init__(
+        self,
+        cfg: AdmissionConfig,
+        security: Security,
+        dispatcher: Dispatcher,
+        metrics: GatewayMetrics,
+    ) -> None:
+        self.cfg = cfg
+        self.security = security
+        self.dispatcher = dispatcher
+        self.metrics = metrics
+        self.queue = CapacityQueue(cfg.max_waiting_per_model)
+        self.draining = False
+        dispatcher.on_release = self._released
+        dispatcher.pool.listeners.append(lambda _snap: self.queue.wake_all())
 
-    def waiting(self, model: str) -> int:
-        # Every entry is live: leavers remove themselves, wake() pops the woken.
-        return len(self._queues.get(model, ()))
+    def _released(self, engine: str) -> None:
+        for model in self.dispatcher.pool.models_of(engine):
+            self.queue.wake(model)
 
-    async def wait_turn(
-        self, model: str, priority: int, within_s: float, seq: int | None = None
-    ) -> int:
-        """Wait until woken; returns the waiter's sequence number (to keep its place)."""
-        q = self._queues.get(model)
-        if q is None:
-            if len(self._queues) >= self._max_models:
-                self._gc()
-            q = self._queues[model] = []
-        if self.waiting(model) >= self.max_waiting:
-            raise ServiceUnavailable(
-                f"Model '{model}' is at capacity and its queue is full; retry shortly.",
-                retry_after=1,
-            )
-        if within_s <= 0:
-            raise ServiceUnavailable(f"Model '{model}' is at capacity.", retry_after=1)
-        loop = asyncio.get_running_loop()
-        w = _Waiter(priority, next(self._seq) if seq is None else seq, loop.create_future())
-        heapq.heappush(q, w)
-        timer = loop.call_later(within_s, _expire, w.fut)
+    def enter(
+        self,
+        p: Prepared,
+        ident: Identity,
+        rec: Record,
+        response_headers: list[tuple[bytes, bytes]],
+        deadline: float,
+    ) -> Admitted:
+        return Admitted(self, p, ident, rec, response_headers, deadline)
+
+    async def wait_for_room(self, model: str, priority: int, deadline: float) -> None:
+        room = self.dispatcher.room(model)
+        if room is Room.YES or room is Room.NO_ENGINE:
+            return  # dispatch answers "no engine" itself (it may fall back)
+        if room is not Room.INFLIGHT:
+            raise no_capacity(model, room, len(self.dispatcher.pool.snapshot.healthy_for(model)))
+        loop_deadline = min(deadline, time.monotonic() + self.cfg.queue_timeout_s)
+        start = time.monotonic()
         try:
-            await w.fut
-        except TimeoutError:
-            raise ServiceUnavailable(
-                f"Timed out after {within_s:.1f}s waiting for capacity on model '{model}'.",
+            await self.queue.wait_for_room(
+                model,
+                priority,
+                _loop_time(loop_deadline),
+                lambda: self.dispatcher.room(model) in (Room.YES, Room.NO_ENGINE),
+            )
+        except QueueFull:
+            raise NoCapacity(
+                f"Model '{model}' is at capacity and its queue is full "
+                f"({self.queue.max_waiting} waiting); retry shortly.",
+                reason="queue_full",
+                retry_after=1,
+            ) from None
+        except QueueTimeout:
+            waited = time.monotonic() - start
+            raise NoCapacity(
+                f"Model '{model}' is at capacity: waited {waited:.1f}s for an engine slot "
+                "(every engine has its maximum of requests in flight).",
+                reason="queue_timeout",
                 retry_after=2,
             ) from None
         finally:
-            timer.cancel()
-            if not w.fut.done():
-                w.fut.cancel()
-            if not w.woken:
-                _remove(q, w)  # left without being woken (deadline, cancel)
-        return w.seq
-
-    def wake(self, model: str, n: int = 1) -> None:
-        q = self._queues.get(model)
-        while q and n > 0:
-            w = heapq.heappop(q)
-            w.woken = True
-            if not w.fut.done():
-                w.fut.set_result(None)
-                n -= 1
-
-    def wake_all(self) -> None:
-        for model in list(self._queues):
-            self.wake(model, len(self._queues[model]))
-
-    def _gc(self) -> None:
-        for model in [m for m, q in self._queues.items() if not q]:
-            del self._queues[model]
+            self.metrics.queue_wait.labels(model).observe(time.monotonic() - start)
 
 
-def _remove(q: list[_Waiter], w: _Waiter) -> None:
-    try:
-        q.remove(w)  # O(max_waiting): the queue is bounded
-    except ValueError:
-        return
-    heapq.heapify(q)
+class Admitted:
+    """One request's way through admission; ``async with`` it around dispatch."""
+
+    __slots__ = ("_a", "_deadline", "_headers", "_ident", "_p", "_rec", "lease")
+
+    def __init__(
+        self,
+        a: Admission,
+        p: Prepared,
+        ident: Identity,
+        rec: Record,
+        response_headers: list[tuple[bytes, bytes]],
+        deadline: float,
+    ) -> None:
+        self._a = a
+        self._p = p
+        self._ident = ident
+        self._rec = rec
+        self._headers = response_headers
+        self._deadline = deadline
+        self.lease: Lease | None = None
+
+    async def __aenter__(self) -> Admitted:
+        a, p = self._a, self._p
+        if a.draining:
+            raise Draining("The gateway is shutting down; retry on another replica.", retry_after=1)
+        if self._ident.key_id != "-":
+            self.lease = await a.security.acquire(
+                self._ident, self._rec.rid, len(p.body), p.max_tokens, self._headers
+            )
+        try:
+            await a.wait_for_room(p.model, p.priority, self._deadline)
+        except BaseException:
+            await self._settle()
+            raise
+        return self
+
+    async def wait_for_room(self, model: str) -> None:
+        """For a retry that found every other engine full."""
+        await self._a.wait_for_room(model, self._p.priority, self._deadline)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._settle()
+
+    async def _settle(self) -> None:
+        lease, self.lease = self.lease, None
+        if lease is not None:
+            await self._a.security.settle(lease, self._rec.tokens)
 
 
-def _expire(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_exception(TimeoutError())
+def _loop_time(monotonic_deadline: float) -> float:
+    """``time.monotonic()`` deadline -> the event loop's clock (the same clock in
+    CPython's default and uvloop, but not guaranteed)."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    return loop.time() + (monotonic_deadline - time.monotonic())

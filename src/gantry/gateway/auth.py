@@ -1,4 +1,5 @@
-"""Who is calling, and may they call this? One table for every route.
+"""Who is calling, and may they call this? Roles come from the route table
+(``gantry.gateway.routes``).
 
 Identities come from gantry API keys (``Authorization: Bearer gk_...``, looked up in a
 cache of the key table that is refreshed every ``security.key_refresh_s``, so a
@@ -27,30 +28,6 @@ API = frozenset({"admin", "user"})
 METRICS = frozenset({"admin", "metrics"})
 ANY_ROLE = frozenset({"admin", "user", "metrics"})
 
-# The one table: path (or path prefix ending in "/") -> roles that may call it.
-ROUTES: dict[str, frozenset[str]] = {
-    "/health": PUBLIC,
-    "/readyz": ANY_ROLE,  # PUBLIC when security.readyz_public (the default)
-    "/metrics": METRICS,  # PUBLIC when security.metrics_public
-    "/openapi.json": API,
-    "/v1/models": API,
-    "/v1/chat/completions": API,
-    "/v1/completions": API,
-    "/v1/embeddings": API,
-    "/tokenize": API,
-    "/detokenize": API,
-    "/admin/": ADMIN,
-}
-
-
-def route_table(cfg: GatewayConfig) -> dict[str, frozenset[str]]:
-    table = dict(ROUTES)
-    if cfg.security.readyz_public:
-        table["/readyz"] = PUBLIC
-    if cfg.security.metrics_public:
-        table["/metrics"] = PUBLIC
-    return table
-
 
 @dataclass(frozen=True, slots=True)
 class Identity:
@@ -65,14 +42,14 @@ class Identity:
         return not self.models or model in self.models
 
 
-ANONYMOUS = Identity("-", "-", "admin", "")
+# Who calls when authentication is off, or on a public route. Never an admin.
+ANONYMOUS = Identity("-", "-", "anonymous", "")
 
 
 class Authenticator:
     def __init__(self, cfg: GatewayConfig, keys: KeyStore | None) -> None:
         self.cfg = cfg
         self.required = cfg.security.auth == "required"
-        self.table = route_table(cfg)
         self.keys = keys
         self._cache: dict[str, KeyRecord] = {}
         self._task: asyncio.Task[None] | None = None
@@ -113,22 +90,18 @@ class Authenticator:
             except Exception:
                 log.exception("could not refresh API keys; keeping the last list")
 
-    def roles_for(self, path: str) -> frozenset[str] | None:
-        roles = self.table.get(path)
-        if roles is None and path.startswith("/admin/"):
-            roles = self.table["/admin/"]
-        return roles
-
-    def check(self, path: str, authorization: str | None) -> Identity:
-        """The caller's identity, or AuthenticationError (401) / PermissionDenied (403)."""
-        if not self.required:
+    def check(self, roles: frozenset[str], authorization: str | None, what: str) -> Identity:
+        """The caller's identity for a route open to ``roles``; AuthenticationError (401)
+        or PermissionDenied (403) otherwise. Anonymous callers are never admins."""
+        if roles is PUBLIC:
             return ANONYMOUS
-        roles = self.roles_for(path)
-        if roles is PUBLIC or roles is None:
-            return ANONYMOUS if not self.required or roles is None else ANONYMOUS_PUBLIC
+        if not self.required:
+            if roles is ADMIN:
+                raise PermissionDenied(f"{what} needs API keys: set security.auth: required.")
+            return ANONYMOUS
         ident = self.identify(authorization)
         if ident.role not in roles:
-            raise PermissionDenied(f"A key with role '{ident.role}' may not call {path}.")
+            raise PermissionDenied(f"A key with role '{ident.role}' may not call {what}.")
         return ident
 
     def identify(self, authorization: str | None) -> Identity:
@@ -178,9 +151,6 @@ class Authenticator:
             role,
             str(claims.get(c.tier_claim) or c.default_tier),
         )
-
-
-ANONYMOUS_PUBLIC = Identity("-", "-", "public", "")
 
 
 def _load_jwks(path: str | None) -> Any:

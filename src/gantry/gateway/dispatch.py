@@ -1,19 +1,28 @@
-"""Send one request to an engine: choose, send, and retry elsewhere before the first byte.
+"""Dispatch: choose an engine, make the attempt, and retry before the first byte.
 
-Candidates are the model's healthy engines whose breaker allows a request, that have
-capacity (gateway in-flight, engine queue, KV usage) and that are not cooling down
-after a ``Retry-After``; engines above the KV warning level are used only when no other
-engine has room. With no capacity anywhere the request waits in the admission queue;
-with no healthy engine at all it fails over to the model's fallback chain or gets 503.
+``Dispatcher.open()`` returns an ``Opened`` engine answer that is safe to show the
+client: for a non-streaming request the whole body, for a stream the events up to and
+including the first token. Until then nothing but keep-alive comments has reached the
+client, so every failure on the way is retried the same way (one policy, in one loop):
+a refused connection, a time-out, a retryable status (429, 5xx), an answer cut before
+its end, a stream that broke or reported an error before its first token. Retries go to
+another engine, with jittered backoff, within the retry budget and the deadline. When a
+model has no healthy engine left, the model's fallback chain is tried next.
+
+Candidates are the model's healthy engines whose breaker allows a request, that are not
+cooling down after a ``Retry-After``, and that have room (gateway in-flight, the
+engine's own queue, KV usage); engines above the KV warning level are used only when no
+other engine has room.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,11 +41,14 @@ from gantry.engines.transport import EngineRequest, EngineResponse
 from gantry.errors import (
     EngineRejected,
     EngineTimeout,
+    FailedBeforeFirstToken,
+    NoCapacity,
+    NoHealthyEngine,
     RetryableEngineError,
-    ServiceUnavailable,
 )
-from gantry.gateway.admission import AdmissionQueue
-from gantry.gateway.retry import RetryBudget, backoff, parse_retry_after
+from gantry.gateway.prepare import Prepared, with_model
+from gantry.gateway.relay import StreamState, first_token, renamer
+from gantry.gateway.retry import RetryBudget, backoff, parse_retry_after, retry_allowed
 from gantry.observability.metrics import GatewayMetrics
 from gantry.observability.tracing import Tracer
 from gantry.routing import EngineView, Policy, RouteRequest
@@ -46,14 +58,51 @@ log = logging.getLogger("gantry.dispatch")
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
-class NoCapacity(Exception):
-    """Healthy engines exist but none can take more right now."""
+class Outcome(enum.Enum):
+    """An engine's part in one attempt, as its breaker sees it."""
+
+    OK = "ok"  # answered (a 4xx for a bad request counts: the engine works)
+    FAILED = "failed"  # could not answer
+    ABANDONED = "abandoned"  # the client left: no verdict on the engine
+
+
+class Room(enum.Enum):
+    """Can one more request for a model go to an engine now?"""
+
+    YES = "yes"
+    NO_ENGINE = "no_engine"  # no healthy engine at all (dispatch decides: fallback or 503)
+    INFLIGHT = "inflight"  # the gateway's in-flight limit on every engine: worth waiting
+    ENGINE_QUEUE = "engine_queue"  # every engine's own queue is full: shed
+    KV = "kv_pressure"  # every engine's KV cache is above the shed level: shed
+
+
+class EngineStatusError(RetryableEngineError):
+    """The engine answered a retryable status (429, 5xx); kept to relay if all fail."""
+
+    def __init__(self, status: int, body: bytes, engine: str) -> None:
+        super().__init__(f"engine {engine} answered {status}", engine=engine)
+        self.status = status
+        self._body = body
+
+    def body(self) -> bytes:
+        return self._body
 
 
 @dataclass(slots=True)
-class Attempt:
+class Opened:
+    """An engine's answer, safe to show the client."""
+
     engine: str
-    response: EngineResponse
+    model: str  # the model that served (differs from the request's on a fallback)
+    status: int
+    headers: Mapping[str, str]
+    body: bytes = b""  # the whole answer (non-streaming)
+    response: EngineResponse | None = None  # the rest of the stream
+    first: bytes = b""  # stream events up to and including the first token
+    stream: StreamState | None = None
+
+
+Keepalive = Callable[[], Awaitable[None]]
 
 
 class Dispatcher:
@@ -64,12 +113,14 @@ class Dispatcher:
         policy_name: str,
         metrics: GatewayMetrics,
         cfg: GatewayConfig,
+        tracer: Tracer | None = None,
     ) -> None:
         self.pool = pool
         self.policy = policy
         self.policy_name = policy_name
         self.metrics = metrics
         self.cfg = cfg
+        self.tracer = tracer
         a, b, r = cfg.admission, cfg.breaker, cfg.retry
         self.limits = CapacityLimits(
             a.max_inflight_per_engine, a.max_engine_waiting, a.kv_warn, a.kv_shed
@@ -85,12 +136,11 @@ class Dispatcher:
         self.breakers: dict[str, BreakerState] = {}
         self.cooldown: dict[str, float] = {}  # engine -> monotonic time it may be used again
         self.budget = RetryBudget(r.budget_ratio, r.budget_min_per_s)
-        self.admission = AdmissionQueue(a.max_waiting_per_model)
         self._rng = random.Random()
         self._routed_children: dict[str, Any] = {}
-        pool.listeners.append(lambda _snap: self.admission.wake_all())
+        self.on_release: Callable[[str], None] | None = None  # wakes the capacity queue
 
-    # -- choosing -------------------------------------------------------------------
+    # -- choosing (no I/O) ------------------------------------------------------------
     def _usable(self, model: str, exclude: set[str], now: float) -> Sequence[EngineView]:
         healthy = self.pool.snapshot.healthy_for(model)
         if not (exclude or self.cooldown or self.breakers):
@@ -105,12 +155,12 @@ class Dispatcher:
             out.append(e)
         return out
 
-    def choose(self, route: RouteRequest, exclude: set[str], now: float) -> str:
-        usable = self._usable(route.model, exclude, now)
+    def _candidates(
+        self, model: str, exclude: set[str], now: float
+    ) -> tuple[list[EngineView], Room]:
+        usable = self._usable(model, exclude, now)
         if not usable:
-            raise ServiceUnavailable(
-                f"No healthy engine can serve model '{route.model}' right now.", retry_after=2
-            )
+            return [], Room.NO_ENGINE
         inflight, lim = self.pool.inflight, self.limits
         room: list[EngineView] = []
         calm: list[EngineView] = []
@@ -120,23 +170,37 @@ class Dispatcher:
                 if not kv_pressured(e, lim):
                     calm.append(e)
         if not room:
-            raise NoCapacity(route.model)
-        name = self.policy(route, calm or room, inflight).name
+            return [], _why_full(usable, inflight, lim)
+        return calm or room, Room.YES
+
+    def room(self, model: str) -> Room:
+        return self._candidates(model, set(), time.monotonic())[1]
+
+    def choose(self, route: RouteRequest, exclude: set[str], now: float) -> str:
+        candidates, why = self._candidates(route.model, exclude, now)
+        if why is Room.NO_ENGINE:
+            raise NoHealthyEngine(
+                f"No healthy engine can serve model '{route.model}' right now.", retry_after=2
+            )
+        if why is not Room.YES:
+            raise no_capacity(route.model, why, len(self._usable(route.model, exclude, now)))
+        name = self.policy(route, candidates, self.pool.inflight).name
         b = self.breakers.get(name)
         if b is not None:
             _, self.breakers[name] = allow(b, self.breaker_cfg, now)
         return name
 
-    def _routed(self, name: str) -> Any:
-        c = self._routed_children.get(name)
-        if c is None:  # one per engine: bounded by the pool
-            c = self._routed_children[name] = self.metrics.routed.labels(name, self.policy_name)
-        return c
+    # -- outcomes -----------------------------------------------------------------------
+    def release(self, name: str, outcome: Outcome) -> None:
+        """One attempt on ``name`` is over: free its slot and feed its breaker."""
+        self.pool.inflight[name] -= 1
+        self._feed_breaker(name, outcome)
+        if self.on_release is not None:
+            self.on_release(name)
 
-    # -- outcomes -------------------------------------------------------------------------
-    def outcome(self, name: str, failed: bool | None) -> None:
-        """Feed the breaker: True = engine failure, False = success, None = no verdict."""
+    def _feed_breaker(self, name: str, outcome: Outcome) -> None:
         before = self.breakers.get(name)
+        failed = outcome is Outcome.FAILED
         if before is None:
             if not failed:
                 return  # a healthy engine's success changes nothing (the common case)
@@ -149,7 +213,7 @@ class Dispatcher:
         ):
             return
         now = time.monotonic()
-        if failed is None:
+        if outcome is Outcome.ABANDONED:
             after = release_probe(before)
         else:
             after = record(before, self.breaker_cfg, failed, now)
@@ -165,115 +229,227 @@ class Dispatcher:
             self.metrics.breaker_state.labels(name).set(int(after.state))
             self.metrics.breaker_transitions.labels(name, after.state.name.lower()).inc()
 
-    def done(self, name: str, failed: bool | None = None) -> None:
-        self.pool.inflight[name] -= 1
-        self.outcome(name, failed)
-        for model in self.pool.models_of(name):
-            self.admission.wake(model)
+    def _routed(self, name: str) -> Any:
+        c = self._routed_children.get(name)
+        if c is None:  # one per engine: bounded by the pool
+            c = self._routed_children[name] = self.metrics.routed.labels(name, self.policy_name)
+        return c
 
-    # -- sending ----------------------------------------------------------------------------
-    async def send(
+    # -- the attempt loop -----------------------------------------------------------------
+    async def open(
         self,
-        route: RouteRequest,
-        path: str,
-        body: bytes,
-        headers: Mapping[str, str],
-        *,
-        first_byte_timeout: float,
+        p: Prepared,
         deadline: float,
-        priority: int = 0,
-        exclude: set[str] | None = None,
-        tracer: Tracer | None = None,
-    ) -> Attempt:
-        """The first engine response that is not a retryable failure.
+        keepalive: Keepalive,
+        wait_for_room: Callable[[str], Awaitable[None]],
+    ) -> Opened:
+        """The first good answer from the model's engines or its fallback chain.
 
-        The caller owns the response and must call ``done(engine, failed)``.
+        The caller owns the ``Opened`` answer and must ``release(engine, outcome)``.
         """
-        tried: set[str] = set(exclude or ())
-        last: Exception | None = None
-        attempt = 0
-        seq = None
+        chain = (p.model, *self.cfg.fallbacks.get(p.model, ()))
+        for i, model in enumerate(chain):
+            try:
+                return await self._open_model(p, model, deadline, keepalive, wait_for_room)
+            except NoHealthyEngine:
+                if i + 1 == len(chain):
+                    raise
+                log.warning(
+                    "model %s has no healthy engine; falling back to %s", model, chain[i + 1]
+                )
+        raise AssertionError("unreachable")
+
+    async def _open_model(
+        self,
+        p: Prepared,
+        model: str,
+        deadline: float,
+        keepalive: Keepalive,
+        wait_for_room: Callable[[str], Awaitable[None]],
+    ) -> Opened:
+        route = p.route if model == p.model else RouteRequest(model, p.route.session)
+        body = p.body if model == p.model else with_model(p.body, model)
+        tried: set[str] = set()
+        last: RetryableEngineError | None = None
+        attempts = 0
         self.budget.on_request(time.monotonic())
         while True:
             now = time.monotonic()
             try:
-                if tracer is not None and tracer.enabled:
-                    with tracer.span("routing", policy=self.policy_name, attempt=attempt):
-                        name = self.choose(route, tried, now)
-                else:
-                    name = self.choose(route, tried, now)
-            except NoCapacity:
-                within = min(deadline - now, self.cfg.admission.queue_timeout_s)
-                seq = await self.admission.wait_turn(route.model, priority, within, seq)
-                self.metrics.queue_wait.labels(route.model).observe(time.monotonic() - now)
-                continue
-            except ServiceUnavailable:
+                name = self._choose_traced(route, tried, now, attempts)
+            except NoHealthyEngine:
                 if last is not None:
-                    raise last from None
+                    raise last from None  # the engines that were left all failed
                 raise
+            except NoCapacity as exc:
+                if exc.reason != Room.INFLIGHT.value or not attempts:
+                    raise
+                await wait_for_room(model)  # a retry found the others full: wait its turn
+                continue
             tried.add(name)
             self._routed(name).inc()
             self.pool.inflight[name] += 1
             try:
-                resp = await self._send_one(
-                    name, path, body, headers, min(first_byte_timeout, deadline - now)
-                )
+                opened = await self._attempt(name, model, p, body, deadline, keepalive)
             except RetryableEngineError as exc:
-                self.done(name, failed=True)
+                self.release(name, Outcome.OK if _is_429(exc) else Outcome.FAILED)
+                self._count_failure(name, exc)
                 last = exc
+            except EngineRejected:
+                self.release(name, Outcome.OK)  # the engine works; the request is bad
+                raise
             except BaseException:
-                self.done(name, failed=None)
+                self.release(name, Outcome.ABANDONED)
                 raise
             else:
-                if resp.status < 400:
-                    return Attempt(name, resp)
+                return opened
+            attempts += 1
+            now = time.monotonic()
+            if not retry_allowed(attempts, self.cfg.retry.attempts, now, deadline, self.budget):
+                raise last
+            self.metrics.retries.labels(name, _kind(last)).inc()
+            r = self.cfg.retry
+            delay = backoff(attempts - 1, r.backoff_base_s, r.backoff_max_s, self._rng)
+            await asyncio.sleep(min(delay, max(0.0, deadline - now)))
+
+    def _choose_traced(self, route: RouteRequest, tried: set[str], now: float, n: int) -> str:
+        if self.tracer is not None and self.tracer.enabled:
+            with self.tracer.span("routing", policy=self.policy_name, attempt=n):
+                return self.choose(route, tried, now)
+        return self.choose(route, tried, now)
+
+    def _count_failure(self, name: str, exc: RetryableEngineError) -> None:
+        self.metrics.upstream_errors.labels(name, _kind(exc)).inc()
+
+    async def _attempt(
+        self,
+        name: str,
+        model: str,
+        p: Prepared,
+        body: bytes,
+        deadline: float,
+        keepalive: Keepalive,
+    ) -> Opened:
+        t = self.cfg.timeouts
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise EngineTimeout("The request timed out before an engine could answer.")
+        first_byte = min(t.ttft_s if p.stream else t.attempt_s, left)
+        request = EngineRequest(
+            "POST",
+            p.endpoint,
+            body,
+            p.engine_headers,
+            connect_timeout=t.connect_s,
+            read_timeout=max(0.001, first_byte),
+        )
+        try:
+            resp = await self.pool.transport(name).send(request)
+        except EngineTimeout:
+            raise
+        except RetryableEngineError as exc:
+            # refused or reset before any answer: stop routing there until a probe heals it
+            self.pool.report_down(name, exc.message)
+            raise ConnectFailed(exc.message, engine=name) from exc
+        try:
+            if resp.status >= 400:
                 data = await _read_quietly(resp)
                 if resp.status not in RETRY_STATUSES:
-                    self.done(name, failed=False)  # the engine works; the request is bad
                     raise EngineRejected(resp.status, data, engine=name)
-                self.done(name, failed=resp.status != 429)
-                self.metrics.upstream_errors.labels(name, f"http_{resp.status}").inc()
                 wait = parse_retry_after(resp.headers.get("retry-after"))
                 if wait:
                     self.cooldown[name] = time.monotonic() + wait
-                last = EngineRejected(resp.status, data, engine=name)
-            attempt += 1
-            now = time.monotonic()
-            if (
-                attempt > self.cfg.retry.attempts
-                or now >= deadline
-                or not self.budget.try_spend(now)
-            ):
-                raise last
-            self.metrics.retries.labels(name, type(last).__name__).inc()
-            r = self.cfg.retry
-            await asyncio.sleep(
-                min(
-                    backoff(attempt - 1, r.backoff_base_s, r.backoff_max_s, self._rng),
-                    max(0.0, deadline - now),
+                raise EngineStatusError(resp.status, data, name)
+            if not p.stream:
+                return Opened(
+                    name, model, resp.status, resp.headers, await _read_all(resp, name, deadline)
                 )
+            state = StreamState(pass_usage=p.include_usage)
+            if p.requested != model:
+                state.rename = renamer(model, p.requested)
+            first = await first_token(
+                resp.next_chunk,
+                state,
+                keepalive=keepalive,
+                keepalive_s=t.keepalive_interval_s,
+                limit_s=min(t.ttft_s, deadline - time.monotonic()),
             )
-
-    async def _send_one(
-        self, name: str, path: str, body: bytes, headers: Mapping[str, str], first_byte_s: float
-    ) -> EngineResponse:
-        try:
-            return await self.pool.transport(name).send(
-                EngineRequest(
-                    "POST",
-                    path,
-                    body,
-                    headers,
-                    connect_timeout=self.cfg.timeouts.connect_s,
-                    read_timeout=max(0.001, first_byte_s),
-                )
+            return Opened(
+                name, model, resp.status, resp.headers, response=resp, first=first, stream=state
             )
-        except RetryableEngineError as exc:
-            kind = "timeout" if isinstance(exc, EngineTimeout) else "connect"
-            self.metrics.upstream_errors.labels(name, kind).inc()
-            if kind == "connect":
-                self.pool.report_down(name, str(exc))
+        except BaseException:
+            resp.close()
             raise
+
+
+def no_capacity(model: str, why: Room, engines: int) -> NoCapacity:
+    text = {
+        Room.INFLIGHT: "every engine has its maximum of requests in flight",
+        Room.ENGINE_QUEUE: "every engine's own queue is full",
+        Room.KV: "every engine's KV cache is above the shed level",
+    }.get(why, "no engine has room")
+    return NoCapacity(
+        f"Model '{model}' is at capacity: {text} ({engines} engine(s)); retry shortly.",
+        reason=why.value,
+        retry_after=1 if why is Room.INFLIGHT else 2,
+    )
+
+
+def _why_full(
+    usable: Sequence[EngineView], inflight: Mapping[str, int], lim: CapacityLimits
+) -> Room:
+    """The reason none of ``usable`` has room, the one most worth waiting for first."""
+    reasons = set()
+    for e in usable:
+        if lim.max_inflight and inflight.get(e.name, 0) >= lim.max_inflight:
+            reasons.add(Room.INFLIGHT)
+        elif e.kv_usage is not None and e.kv_usage >= lim.kv_shed:
+            reasons.add(Room.KV)
+        else:
+            reasons.add(Room.ENGINE_QUEUE)
+    for r in (Room.INFLIGHT, Room.ENGINE_QUEUE, Room.KV):
+        if r in reasons:
+            return r
+    return Room.INFLIGHT
+
+
+def _is_429(exc: Exception) -> bool:
+    return isinstance(exc, EngineStatusError) and exc.status == 429
+
+
+def _kind(exc: Exception | None) -> str:
+    if isinstance(exc, EngineStatusError):
+        return f"http_{exc.status}"
+    if isinstance(exc, FailedBeforeFirstToken):
+        return "before_first_token"
+    if isinstance(exc, EngineTimeout):
+        return "timeout"
+    if isinstance(exc, MidAnswer):
+        return "mid_answer"
+    return "connect"
+
+
+class MidAnswer(RetryableEngineError):
+    """The engine's non-streaming answer broke before its end (nothing was sent)."""
+
+
+class ConnectFailed(RetryableEngineError):
+    """The engine could not be reached, or dropped the connection before answering."""
+
+
+async def _read_all(resp: EngineResponse, name: str, deadline: float) -> bytes:
+    loop = asyncio.get_running_loop()
+    timer = loop.call_later(max(0.001, deadline - time.monotonic()), resp.close)
+    try:
+        return await resp.read()
+    except Exception as exc:
+        if time.monotonic() >= deadline:
+            raise EngineTimeout(f"engine {name} did not finish in time", engine=name) from None
+        raise MidAnswer(
+            f"engine {name} failed mid-answer ({type(exc).__name__})", engine=name
+        ) from None
+    finally:
+        timer.cancel()
 
 
 async def _read_quietly(resp: EngineResponse) -> bytes:

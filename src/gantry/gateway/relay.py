@@ -1,186 +1,298 @@
-"""Relay an engine's SSE stream to the client as it arrives.
+"""Relay an engine's SSE stream: whole events, forwarded as raw bytes as they arrive.
 
-* chunks are forwarded at once (no buffering beyond one network read);
-* ``: keep-alive`` comments go out while waiting for the first token;
-* the usage chunk (always requested from the engine) is passed on only when the
-  client asked for it, and read for accounting either way;
-* once the first byte is out, a failure becomes an SSE error event and ``[DONE]``.
+Each network read is cut at its last event boundary (the rest waits for the next read),
+so the client only ever sees complete events. Reads are forwarded untouched unless one
+of them needs attention, found with a byte search and then decided by parsing only the
+events concerned (so an engine that pretty-prints its JSON is read as well as vLLM's
+compact output):
+
+* the usage event (always requested from the engine, for accounting) is passed on only
+  when the client asked for it;
+* an error event is noticed (before the first token it makes the attempt retryable);
+* ``[DONE]`` ends the stream;
+* behind a model alias, the served model name is replaced by the alias in every event.
+
+Before the first token, events (the chat role chunk) are held back, so a failing
+engine can be replaced by another without the client seeing anything but keep-alive
+comments.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
-from gantry.protocol import encode_comment, encode_done, error_body
+from gantry.errors import FailedBeforeFirstToken
+from gantry.protocol import Usage, encode_comment, event_data, usage_of
 
 _KEEPALIVE = encode_comment("keep-alive")
+_MAX_CARRY = 8 * 1024 * 1024  # an SSE event larger than this is an engine fault
+_TAIL_EVENTS = 3  # the usage chunk, an error event, [DONE]
+NextChunk = Callable[[], Awaitable[bytes | None]]
 WriteFn = Callable[[bytes], Awaitable[None]]
-ObserveFn = Callable[[float], None]
 
 
 @dataclass(slots=True)
-class StreamStats:
+class StreamState:
+    """What the relay learnt about one stream."""
+
+    pass_usage: bool = False  # the client asked for the usage chunk
+    rename: tuple[re.Pattern[bytes], bytes] | None = None  # served name -> alias
+    carry: bytes = b""
+    held: bytes = b""  # events before the first token
     first_token_at: float | None = None
-    chunks: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
+    usage: Usage | None = None
     saw_done: bool = False
-    error: str | None = None
+    error: str | None = None  # the engine reported an error mid-stream
+    reads: int = 0
 
 
-def read_usage(payload: bytes, stats: StreamStats) -> None:
-    try:
-        usage = orjson.loads(payload).get("usage") or {}
-    except orjson.JSONDecodeError:
-        return
-    stats.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-    stats.completion_tokens = int(usage.get("completion_tokens") or 0)
-    details = usage.get("prompt_tokens_details") or {}
-    stats.cached_tokens = int(details.get("cached_tokens") or 0)
+def renamer(served: str, alias: str) -> tuple[re.Pattern[bytes], bytes]:
+    """Replace ``"model": "<served>"`` (any spacing) by the alias the client used."""
+    pattern = re.compile(rb'"model"(\s*):(\s*)"' + re.escape(served.encode()) + rb'"')
+    return pattern, rb'"model"\1:\2"' + orjson.dumps(alias)[1:-1] + rb'"'
 
 
-def error_event(message: str, type_: str = "upstream_error", code: int = 502) -> bytes:
-    return b"data: " + orjson.dumps(error_body(message, type_, code=code)) + b"\n\n"
+def cut(state: StreamState, chunk: bytes) -> bytes:
+    """The complete events in carry + chunk; keeps the incomplete rest in ``carry``."""
+    data = state.carry + chunk if state.carry else chunk
+    if b"\r" in data:
+        data = data.replace(b"\r\n", b"\n")
+    end = data.rfind(b"\n\n")
+    if end < 0:
+        state.carry = data
+        if len(data) > _MAX_CARRY:
+            raise ValueError("SSE event larger than the limit")
+        return b""
+    state.carry = data[end + 2 :]
+    return data[: end + 2]
 
 
-_MAX_CARRY = 8 * 1024 * 1024  # an SSE event larger than this is an engine fault
+def is_error(obj: Any) -> bool:
+    """An error event: OpenAI's ``{"error": ...}`` or the old ``{"object": "error"}``."""
+    return isinstance(obj, dict) and (
+        obj.get("object") == "error" or ("error" in obj and "choices" not in obj)
+    )
 
 
-def _first_token(events: bytes) -> bool:
-    """Does this run of events hold a token (not only the chat role chunk)?"""
-    i = 0
-    while True:
-        j = events.find(b"\n\n", i)
-        if j < 0:
-            return False
-        ev = events[i:j]
-        if ev.startswith(b"data: {") and b'"role"' not in ev and b'"choices":[]' not in ev:
+def is_token(obj: Any) -> bool:
+    """A chunk that carries output (not the chat role chunk, not the usage chunk)."""
+    if not isinstance(obj, dict):
+        return False
+    choices = obj.get("choices")
+    if not isinstance(choices, list) or not choices:
+        return False
+    for c in choices:
+        if not isinstance(c, dict):
+            continue
+        if c.get("finish_reason") is not None or c.get("text"):
             return True
-        i = j + 2
+        delta = c.get("delta")
+        if isinstance(delta, dict):
+            for k, v in delta.items():
+                if k != "role" and v:  # content, tool_calls, reasoning...
+                    return True
+    return False
 
 
-def _take_usage(events: bytes, pos: int, stats: StreamStats, keep: bool) -> bytes:
-    start = events.rfind(b"data: ", 0, pos)
-    end = events.find(b"\n\n", pos)
-    if start < 0 or end < 0:
-        return events
-    read_usage(events[start + 6 : end], stats)
-    return events if keep else events[:start] + events[end + 2 :]
+def process(state: StreamState, events: bytes) -> bytes:
+    """Decide what of a run of complete events goes to the client.
+
+    Costs a few byte searches per read; only the events that need a decision are parsed:
+    those before the first token, and those mentioning ``usage`` or ``error``."""
+    if state.rename is not None:
+        events = state.rename[0].sub(state.rename[1], events)
+    head = b""
+    if state.first_token_at is None:
+        head, events = _until_first_token(state, events)
+    # The usage chunk, an error event and [DONE] end a stream: only the last events of a
+    # read are searched (a read can hold a whole stream: scanning all of it for these
+    # markers cost more than everything else the relay does).
+    cut_at = _tail_start(events, _TAIL_EVENTS)
+    tail = events[cut_at:]
+    u = tail.find(b'"usage"')
+    e = tail.find(b'"error"')
+    if u >= 0 or e >= 0:
+        tail = _marked(state, tail, u, e)
+        events = events[:cut_at] + tail
+    if tail.endswith(b"data: [DONE]\n\n") or (b"[DONE]" in tail and has_done(tail)):
+        state.saw_done = True
+    return head + events if head else events
 
 
-class FailedBeforeFirstToken(Exception):
-    """The engine failed before any token reached the client: safe to retry elsewhere."""
+def _tail_start(events: bytes, n: int) -> int:
+    """Where the last ``n`` events of ``events`` (which ends with a blank line) begin."""
+    end = len(events) - 2
+    for _ in range(n):
+        end = events.rfind(b"\n\n", 0, end)
+        if end < 0:
+            return 0
+    return end + 2
 
 
-NextChunk = Callable[[], Awaitable[bytes | None]]
+def has_done(events: bytes) -> bool:
+    """Is there a ``data: [DONE]`` line (``data:[DONE]`` too) in these events?"""
+    i = events.find(b"[DONE]")
+    while i >= 0:
+        line = events.rfind(b"\n", 0, i) + 1
+        if events[line:i].rstrip() == b"data:":
+            return True
+        i = events.find(b"[DONE]", i + 6)
+    return False
 
 
-async def _first_chunk(
-    next_chunk: NextChunk, keepalive_s: float, limit_s: float, write: WriteFn
-) -> bytes | None:
-    """Wait for the first chunk, writing ``: keep-alive`` every ``keepalive_s``."""
-    end = time.monotonic() + limit_s
+def _until_first_token(state: StreamState, events: bytes) -> tuple[bytes, bytes]:
+    """Decide event by event up to the first token; the rest is returned raw."""
+    out = []
+    pos = 0
+    while state.first_token_at is None:
+        end = events.find(b"\n\n", pos)
+        if end < 0:
+            break
+        out.append(_decide(state, events[pos:end]))
+        pos = end + 2
+    return b"".join(out), events[pos:]
+
+
+def _marked(state: StreamState, events: bytes, u: int, e: int) -> bytes:
+    """Decide the events that mention usage or error (first ones at ``u``, ``e``; -1 if
+    none); keep the others as they are."""
+    out = []
+    pos = 0
+    n = len(events)
+    while pos < n:
+        if 0 <= u < pos:
+            u = events.find(b'"usage"', pos)
+        if 0 <= e < pos:
+            e = events.find(b'"error"', pos)
+        i = min(u, e) if u >= 0 and e >= 0 else max(u, e)
+        if i < 0:
+            out.append(events[pos:])
+            break
+        prev = events.rfind(b"\n\n", pos, i)  # the end of the event before
+        start = prev + 2 if prev >= 0 else pos
+        end = events.find(b"\n\n", i)
+        end = n if end < 0 else end + 2
+        out.append(events[pos:start])
+        out.append(_decide(state, events[start:end].rstrip(b"\n")))
+        pos = end
+    return b"".join(out)
+
+
+def _decide(state: StreamState, ev: bytes) -> bytes:
+    """One event (without its blank line): what to forward of it (maybe nothing)."""
+    if not ev:
+        return b""
+    data = event_data(ev)
+    if data is None or data == b"[DONE]":  # comments, other fields, the end marker
+        return ev + b"\n\n"
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return ev + b"\n\n"
+    if is_error(obj):
+        if state.first_token_at is None:
+            raise FailedBeforeFirstToken("the engine reported an error before any token")
+        state.error = "the engine reported an error mid-stream"
+        return ev + b"\n\n"
+    u = usage_of(obj)
+    if u is not None:
+        state.usage = u
+        if not obj.get("choices") and not state.pass_usage:
+            return b""  # the usage-only chunk the client did not ask for
+    if state.first_token_at is None and is_token(obj):
+        state.first_token_at = time.perf_counter()
+    return ev + b"\n\n"
+
+
+async def first_token(
+    next_chunk: NextChunk,
+    state: StreamState,
+    *,
+    keepalive: Callable[[], Awaitable[None]],
+    keepalive_s: float,
+    limit_s: float,
+) -> bytes:
+    """Read until the first token; return the events to send with it.
+
+    Raises ``FailedBeforeFirstToken`` on a timeout, a dropped connection, an error
+    event, or a stream that ends first: nothing but keep-alives reached the client.
+    """
+    loop = asyncio.get_running_loop()
+    end = loop.time() + limit_s
     while True:
-        left = end - time.monotonic()
+        left = end - loop.time()
         if left <= 0:
-            raise TimeoutError
+            raise FailedBeforeFirstToken(f"no first token within {limit_s:g}s")
         tick = min(keepalive_s, left) if keepalive_s > 0 else left
         try:
             async with asyncio.timeout(tick):
-                return await next_chunk()
+                chunk = await next_chunk()
         except TimeoutError:
-            if time.monotonic() >= end:
-                raise
-            await write(_KEEPALIVE)
+            if loop.time() < end:
+                await keepalive()
+            continue
+        except FailedBeforeFirstToken:
+            raise
+        except Exception as exc:
+            raise FailedBeforeFirstToken(f"the engine failed ({type(exc).__name__})") from exc
+        if chunk is None:
+            raise FailedBeforeFirstToken("the engine closed the stream before any token")
+        try:
+            events = cut(state, chunk)
+        except ValueError as exc:
+            raise FailedBeforeFirstToken(str(exc)) from exc
+        if not events:
+            continue
+        state.reads += 1
+        forward = process(state, events)
+        state.held += forward
+        if state.first_token_at is not None or state.saw_done:
+            held, state.held = state.held, b""
+            return held
 
 
-async def relay(
+async def relay_rest(
     next_chunk: NextChunk,
     write: WriteFn,
-    stats: StreamStats,
+    state: StreamState,
     *,
-    pass_usage: bool,
-    keepalive_s: float,
-    ttft_s: float,
     idle_s: float,
     deadline: float,
-    itl_observe: ObserveFn | None = None,
+    itl_observe: Callable[[float], None] | None = None,
 ) -> None:
-    """Copy whole SSE events from the engine to ``write`` as raw bytes.
-
-    Reads are cut at the last event boundary (the rest is carried to the next read),
-    so the client only ever sees complete events; only the usage event is touched.
-    Per-event decoding would cost ~3 us an event; this costs a few scans per read, and
-    timeouts are timer handles (``asyncio.timeout``), not a task per read.
-
-    Before the first token, any failure (timeout, dropped connection, error event)
-    raises ``FailedBeforeFirstToken`` and writes nothing but keep-alive comments. After
-    it, failures end the stream with an SSE error event and ``[DONE]``.
-    """
-    waiting_first = True
-    carry = b""
+    """Forward the rest of the stream. Ends normally at ``[DONE]``; raises
+    ``TimeoutError`` when the engine goes quiet for ``idle_s`` or the deadline passes,
+    and the transport's error if the connection breaks (the caller turns either into an
+    SSE error event)."""
+    if state.saw_done:
+        return
+    loop = asyncio.get_running_loop()
     last = time.perf_counter()
-    t0 = time.monotonic()
-    while True:
-        try:
-            if waiting_first:
-                limit = min(ttft_s, deadline - t0) - (time.monotonic() - t0)
-                chunk = await _first_chunk(next_chunk, keepalive_s, limit, write)
-            else:
-                async with asyncio.timeout(min(idle_s, deadline - time.monotonic())):
-                    chunk = await next_chunk()
-        except TimeoutError:
-            if waiting_first:
-                raise FailedBeforeFirstToken("no first token in time") from None
-            stats.error = "engine stopped sending (timeout)"
-            await write(error_event(stats.error, "timeout_error", 504) + encode_done())
-            return
-        except Exception as exc:
-            if waiting_first:
-                raise FailedBeforeFirstToken(type(exc).__name__) from exc
-            raise
-        if chunk is None:
-            break
-        data = carry + chunk if carry else chunk
-        if b"\r" in data:
-            data = data.replace(b"\r\n", b"\n")
-        cut = data.rfind(b"\n\n")
-        if cut < 0:
-            carry = data
-            if len(carry) > _MAX_CARRY:
-                raise ValueError("SSE event larger than the limit")
-            continue
-        events, carry = data[: cut + 2], data[cut + 2 :]
-        pos = events.rfind(b'"choices":[]')  # the usage event comes last
-        if pos >= 0:
-            events = _take_usage(events, pos, stats, pass_usage)
-        if events.endswith(b"data: [DONE]\n\n"):
-            stats.saw_done = True
-        if b'"error"' in events and (
-            b'data: {"error"' in events or b'data: {"object":"error"' in events
-        ):
-            if waiting_first and not _first_token(events):
-                raise FailedBeforeFirstToken("engine reported an error")
-            stats.error = "engine reported an error mid-stream"
-        now = time.perf_counter()
-        if waiting_first and _first_token(events):
-            waiting_first = False
-            stats.first_token_at = now
-        elif itl_observe is not None and not waiting_first:
-            itl_observe(now - last)
-        last = now
-        if events:
-            stats.chunks += 1
-            await write(events)
-        if stats.saw_done:
-            return
-    if waiting_first:
-        raise FailedBeforeFirstToken("engine closed the stream before the first token")
-    stats.error = stats.error or "engine closed the stream early"
-    await write(error_event(stats.error) + encode_done())
+    # One timer for the whole relay, moved after every read (cheaper than one per read).
+    async with asyncio.timeout(None) as tmo:
+        while True:
+            tmo.reschedule(min(loop.time() + idle_s, loop.time() + deadline - time.monotonic()))
+            chunk = await next_chunk()
+            if chunk is None:
+                state.error = state.error or "the engine closed the stream early"
+                return
+            events = cut(state, chunk)
+            if not events:
+                continue
+            state.reads += 1
+            forward = process(state, events)
+            now = time.perf_counter()
+            if itl_observe is not None:
+                itl_observe(now - last)
+            last = now
+            if forward:
+                await write(forward)
+            if state.saw_done:
+                return

@@ -1,4 +1,4 @@
-"""Retry policy: jittered exponential backoff and a retry budget (pure)."""
+"""Retry policy (pure): when to retry, jittered exponential backoff, a retry budget."""
 
 from __future__ import annotations
 
@@ -41,6 +41,16 @@ class RetryBudget:
         if self.last:
             self.tokens = min(self.cap, self.tokens + (now - self.last) * self.min_per_s)
         self.last = now
+
+
+def retry_allowed(
+    attempts: int, max_retries: int, now: float, deadline: float, budget: RetryBudget
+) -> bool:
+    """May a request that has failed ``attempts`` times before its first byte try again?
+
+    Only within ``max_retries``, before its deadline, and while the retry budget lasts
+    (checked last: a refused retry does not spend a token)."""
+    return attempts <= max_retries and now < deadline and budget.try_spend(now)
 
 
 def parse_retry_after(value: str | None, cap_s: float = 5.0) -> float | None:

@@ -13,17 +13,16 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from gantry.config import GatewayConfig
-from gantry.errors import ClientError, RateLimited, ServiceUnavailable
+from gantry.errors import ClientError, LimitStoreUnavailable, RateLimited
 from gantry.gateway.auth import Authenticator, Identity
 from gantry.observability.metrics import GatewayMetrics
 from gantry.state.keys import KeyStore
-from gantry.state.ledger import UsageLedger, UsageRecord
+from gantry.state.ledger import UsageLedger
 from gantry.state.limits import (
     Charge,
     Decision,
     LimitSpec,
     LimitStore,
-    LimitStoreUnavailable,
     MemoryLimitStore,
     RedisLimitStore,
     reset_header,
@@ -34,7 +33,10 @@ log = logging.getLogger("gantry.security")
 
 
 @dataclass(slots=True)
-class Admitted:
+class Lease:
+    """A request's charge on its limits, settled with the real usage when it ends."""
+
+    lease: str
     charges: list[Charge]
     estimate: int
 
@@ -53,6 +55,7 @@ class Security:
             if rl.store == "redis"
             else MemoryLimitStore()
         )
+        self._store_down_logged = 0.0
         self.ledger: UsageLedger | None = None
         if cfg.ledger.enabled:
             url = cfg.ledger.database_url or cfg.security.database_url
@@ -91,73 +94,71 @@ class Security:
             return []
         tier = self.cfg.tiers.get(ident.tier)
         out = []
-        if tier is not None:
+        if tier is not None and _limited(tier):
             out.append(Charge(f"key:{ident.key_id}", _spec(tier)))
         tenant = self.cfg.tenants.get(ident.tenant)
         if tenant is not None and tenant.tier and tenant.tier in self.cfg.tiers:
-            out.append(Charge(f"tenant:{ident.tenant}", _spec(self.cfg.tiers[tenant.tier])))
+            t = self.cfg.tiers[tenant.tier]
+            if _limited(t):
+                out.append(Charge(f"tenant:{ident.tenant}", _spec(t)))
         return out
 
-    def priority_for(self, ident: Identity, requested: int) -> int:
-        """Clients may lower their own priority, never raise it above their key's."""
-        if ident.key_id == "-":
-            return requested
-        tier = self.cfg.tiers.get(ident.tier)
-        base = ident.priority if ident.priority is not None else (tier.priority if tier else 0)
-        return max(base, requested)
-
-    async def admit(
+    async def acquire(
         self,
         ident: Identity,
         lease: str,
         body_bytes: int,
         max_tokens: int | None,
         headers: list[tuple[bytes, bytes]],
-    ) -> Admitted:
+    ) -> Lease | None:
+        """Charge the caller's limits; ``RateLimited`` (429) when one is reached.
+
+        Returns the lease to settle when the request ends, or None when the caller has
+        no limits (then there is nothing to settle)."""
         charges = self.charges_for(ident)
         if not charges:
-            return Admitted([], 0)
+            return None
         # Estimate: the request's size in tokens (~4 bytes each) plus the output it asks for.
         estimate = body_bytes // 4 + (max_tokens or self.cfg.ratelimit.default_max_tokens)
         try:
             d = await self.limits.acquire(lease, charges, estimate)
         except LimitStoreUnavailable as exc:
-            return self._store_down(charges, estimate, exc)
+            self._store_down(charges, exc)  # raises when the store must fail closed
+            return None
         headers.extend(_rate_headers(d))
         if not d.allowed:
-            self.metrics.shed.labels("-", f"limit_{d.dimension}").inc()
             raise RateLimited(
                 f"Rate limit reached for key {ident.key_id}: {_WHAT[d.dimension]}.",
                 retry_after=max(1.0, d.retry_after),
             )
-        return Admitted(charges, estimate)
+        return Lease(lease, charges, estimate)
 
-    def _store_down(self, charges: list[Charge], estimate: int, exc: Exception) -> Admitted:
+    def _store_down(self, charges: list[Charge], exc: LimitStoreUnavailable) -> None:
         rl = self.cfg.ratelimit
         quota = any(c.spec.tokens_per_day for c in charges)
-        log.error(
-            "limit store unreachable (%s): %s",
-            exc,
-            "refusing (quotas fail closed)"
-            if quota and not rl.quotas_fail_open
-            else "allowing"
-            if rl.rate_limits_fail_open
-            else "refusing",
-        )
-        if (quota and not rl.quotas_fail_open) or not rl.rate_limits_fail_open:
-            raise ServiceUnavailable("Usage limits cannot be checked right now.", retry_after=5)
-        return Admitted([], 0)
+        refuse = (quota and not rl.quotas_fail_open) or not rl.rate_limits_fail_open
+        now = time.monotonic()
+        if now - self._store_down_logged > 10.0:  # once per 10 s, not per request
+            self._store_down_logged = now
+            log.error(
+                "limit store unreachable (%s): %s",
+                exc.message,
+                "refusing (quotas fail closed)"
+                if quota and refuse
+                else "refusing"
+                if refuse
+                else "allowing",
+            )
+        if refuse:
+            raise exc
 
-    async def settle(self, adm: Admitted, lease: str, actual: int) -> None:
-        if adm.charges:
-            try:
-                await self.limits.settle(lease, adm.charges, adm.estimate, actual)
-            except LimitStoreUnavailable:
-                pass
-
-    def record(self, rec: UsageRecord) -> None:
-        if self.ledger is not None:
-            self.ledger.record(rec)
+    async def settle(self, lease: Lease, actual: int) -> None:
+        try:
+            await self.limits.settle(
+                lease.lease, lease.charges, lease.estimate, actual or lease.estimate
+            )
+        except LimitStoreUnavailable:
+            pass  # leases expire by themselves
 
     # -- admin ----------------------------------------------------------------------------
     async def admin(
@@ -230,6 +231,10 @@ _WHAT = {
     "concurrent": "concurrent requests",
     "tokens_per_day": "tokens per day",
 }
+
+
+def _limited(t: Any) -> bool:
+    return bool(t.rpm or t.tpm or t.concurrent or t.tokens_per_day)
 
 
 def _spec(t: Any) -> LimitSpec:

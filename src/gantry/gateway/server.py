@@ -1,85 +1,52 @@
-"""Run the gateway: embedded engines if none are configured, then N uvicorn workers.
+"""Run the gateway: embedded engines if none are configured, then one or N workers.
 
-Shutdown is a designed path. On SIGTERM/SIGINT each worker:
-1. turns ``/readyz`` to 503 at once and refuses new generation requests with 503 +
-   ``Retry-After`` (load balancers send them to other replicas);
-2. keeps serving for ``shutdown.readiness_delay_s`` (time for them to notice);
+Shutdown is a designed path. On SIGTERM each worker:
+1. turns ``/readyz`` to 503 at once, and keeps serving for ``shutdown.readiness_delay_s``
+   (time for load balancers and Kubernetes endpoints to stop sending new requests);
+2. then refuses new generation requests with 503, ``Retry-After`` and ``Connection:
+   close``, stops listening, closes idle keep-alive connections;
 3. lets in-flight requests, streams included, finish for up to ``shutdown.grace_s``;
 4. then stops; ``gantry_drain_duration_seconds`` records how long it took.
-The parent stops the embedded engines after every worker has exited. A second signal
-stops at once.
-
-With ``workers > 1`` the parent binds the socket, starts the workers (each a full
-gateway) and forwards signals; metrics are aggregated through prometheus_client's
-multiprocess directory.
+SIGINT (Ctrl-C at a terminal) skips the readiness delay. A second signal stops at once.
+The parent stops the embedded engines after every worker has exited.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
-import multiprocessing
-import os
-import shutil
 import signal
-import socket
-import tempfile
+import ssl
 import time
-from types import FrameType
 from typing import Any
 
-import uvicorn
-
 from gantry.config import GatewayConfig
-from gantry.engines.pool import EnginePool
-from gantry.gateway.app import GatewayApp
+from gantry.errors import ConfigError
+from gantry.gateway.accounting import Record
 from gantry.gateway.embedded import EmbeddedEngines
+from gantry.gateway.http import HttpServer
+from gantry.gateway.pipeline import SECURITY_HEADERS, Gateway
 from gantry.observability import setup_logging
 
 log = logging.getLogger("gantry.serve")
 
 
-def build_app(cfg: GatewayConfig) -> GatewayApp:
-    return GatewayApp(cfg, EnginePool(cfg.engines, cfg.health))
-
-
-class DrainingServer(uvicorn.Server):
-    """uvicorn, with a drain phase between the first signal and the exit."""
-
-    def __init__(self, config: uvicorn.Config, app: GatewayApp) -> None:
-        super().__init__(config)
-        self.gateway = app
-        self._drain_task: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        self._loop = asyncio.get_running_loop()
-        await super().startup(sockets)
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self._drain_task is not None or self._loop is None:
-            super().handle_exit(sig, frame)  # second signal: stop now
-            return
-        self.gateway.ready = False
-        self._drain_task = self._loop.create_task(self._drain())
-
-    async def _drain(self) -> None:
-        cfg = self.gateway.cfg.shutdown
-        start = time.monotonic()
-        log.warning(
-            "draining: readiness is 503; %d request(s) in flight", self.gateway.active_requests
+def check_workers(cfg: GatewayConfig) -> None:
+    """Several workers must share limits and idempotency state: refuse memory stores."""
+    if cfg.workers <= 1:
+        return
+    needs = []
+    if cfg.idempotency.enabled and cfg.idempotency.store == "memory":
+        needs.append("idempotency.store: redis (or idempotency.enabled: false)")
+    if cfg.security.auth == "required" and cfg.ratelimit.store == "memory":
+        needs.append("ratelimit.store: redis")
+    if needs:
+        raise ConfigError(
+            f"workers: {cfg.workers} workers would each keep their own limits and "
+            f"idempotency keys; set {' and '.join(needs)}"
         )
-        await asyncio.sleep(cfg.readiness_delay_s)
-        try:
-            await asyncio.wait_for(self.gateway.idle.wait(), cfg.grace_s)
-        except TimeoutError:
-            pass
-        took = time.monotonic() - start
-        self.gateway.metrics.drain_seconds.set(took)
-        left = self.gateway.active_requests
-        log.warning("drained in %.2fs; %d request(s) cut off at the grace limit", took, left)
-        self.should_exit = True
 
 
 def _tune_gc() -> None:
@@ -90,111 +57,137 @@ def _tune_gc() -> None:
     gc.freeze()
 
 
-def _uvicorn_config(app: GatewayApp, cfg: GatewayConfig) -> uvicorn.Config:
-    return uvicorn.Config(
-        app,
-        host=cfg.host,
-        port=cfg.port,
-        log_level="warning",
-        access_log=False,
-        http="httptools",
-        loop="uvloop",
-        lifespan="on",
-        timeout_keep_alive=30,
-        timeout_graceful_shutdown=2,
-        backlog=4096,
-        server_header=False,
-        proxy_headers=False,
-        date_header=False,
-        ssl_certfile=cfg.ssl_certfile,
-        ssl_keyfile=cfg.ssl_keyfile,
-    )
+def _ssl_context(cfg: GatewayConfig) -> ssl.SSLContext | None:
+    if not cfg.ssl_certfile:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cfg.ssl_certfile, cfg.ssl_keyfile)
+    return ctx
 
 
-def _bind(cfg: GatewayConfig) -> socket.socket:
-    family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((cfg.host, cfg.port))
-    sock.listen(4096)
-    sock.set_inheritable(True)
-    return sock
+class Worker:
+    """One gateway process: the pipeline, the HTTP front, signals and the drain."""
+
+    def __init__(self, cfg: GatewayConfig, sock: Any = None) -> None:
+        self.cfg = cfg
+        self.sock = sock
+        self.gateway = Gateway(cfg)
+        self.server: HttpServer | None = None
+        self._signal = asyncio.Event()
+        self._interactive = False
+        self._signals = 0
+
+    def _on_signal(self, signum: int) -> None:
+        self._signals += 1
+        self._interactive = self._interactive or signum == signal.SIGINT
+        if self._signals == 1:
+            self.gateway.endpoints.draining = True  # readiness 503 at once
+        self._signal.set()
+
+    def _refused(self, status: int, message: str) -> None:
+        rec = Record("-", "other", time.perf_counter())
+        rec.status, rec.error = status, message
+        self.gateway.accounting.finish(rec)
+
+    async def run(self) -> None:
+        cfg = self.cfg
+        loop = asyncio.get_running_loop()
+        async with self.gateway:
+            self.server = server = HttpServer(
+                self.gateway.handle,
+                wanted=self.gateway.wanted,
+                static_headers=SECURITY_HEADERS,
+                max_header_bytes=cfg.security.max_header_bytes,
+                max_url_bytes=cfg.limits.max_url_bytes,
+                max_body_bytes=cfg.limits.max_body_bytes,
+                header_timeout_s=cfg.security.body_timeout_s,
+                keepalive_s=cfg.limits.keepalive_timeout_s,
+                on_refused=self._refused,
+            )
+            await server.start(
+                host=cfg.host, port=cfg.port, sock=self.sock, ssl_context=_ssl_context(cfg)
+            )
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._on_signal, sig)
+            log.info("gantry gateway worker ready on %s:%d", cfg.host, server.port)
+            _tune_gc()
+            await self._signal.wait()
+            await self._drain(server)
+
+    async def _drain(self, server: HttpServer) -> None:
+        c = self.cfg.shutdown
+        start = time.monotonic()
+        delay = 0.0 if self._interactive else c.readiness_delay_s
+        log.warning(
+            "draining: readiness is 503; serving %.1fs more, %d request(s) in flight",
+            delay,
+            server.active,
+        )
+        self._signal.clear()
+        if delay > 0 and self._signals == 1:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._signal.wait(), delay)  # a second signal: now
+        self.gateway.start_drain()
+        server.draining = True
+        server.stop_listening()
+        server.close_idle()
+        grace = c.grace_s if self._signals == 1 else 0.0
+        if server.active and grace > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(_either(server.idle.wait(), self._signal.wait()), grace)
+        left = server.active
+        await server.aclose(0.0)
+        took = time.monotonic() - start
+        self.gateway.metrics.drain_seconds.set(took)
+        log.warning("drained in %.2fs; %d request(s) cut off at the grace limit", took, left)
 
 
-def _worker(cfg_json: str, sock: socket.socket) -> None:
-    """Entry point of one worker process."""
-    cfg = GatewayConfig.model_validate_json(cfg_json)
-    setup_logging(cfg.logging.level, json_format=cfg.logging.json_format)
-    app = build_app(cfg)
-    _quiet_reraise()
-    server = DrainingServer(_uvicorn_config(app, cfg), app)
-    _tune_gc()
-    server.run(sockets=[sock])
+async def _either(a: Any, b: Any) -> None:
+    tasks = [asyncio.ensure_future(a), asyncio.ensure_future(b)]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
 
 
-def _note_signal(signum: int, _frame: object) -> None:
-    log.debug("signal %d after shutdown", signum)
+def run_worker(cfg: GatewayConfig, sock: Any = None) -> None:
+    """Run one worker until it has drained (in this process)."""
+    import uvloop
 
-
-def _quiet_reraise() -> None:
-    # uvicorn restores the previous handlers and re-raises the signal it shut down on;
-    # with these in place that re-raise is harmless and the cleanup below always runs.
-    signal.signal(signal.SIGTERM, _note_signal)
-    signal.signal(signal.SIGINT, _note_signal)
+    uvloop.run(Worker(cfg, sock).run())
 
 
 def serve(cfg: GatewayConfig) -> None:
     setup_logging(cfg.logging.level, json_format=cfg.logging.json_format)
-    _quiet_reraise()
+    check_workers(cfg)
     embedded = None
-    if cfg.is_embedded:
-        embedded = EmbeddedEngines(cfg.embedded)
-        cfg = cfg.model_copy(update={"engines": embedded.start()})
-    log.info(
-        "gantry gateway listening on http://%s:%d (%d engine(s), %d worker(s))",
-        cfg.host,
-        cfg.port,
-        len(cfg.engines),
-        cfg.workers,
-    )
+    # Signals that arrive while engines start or after the worker exits must not skip
+    # the cleanup below.
+    previous = {s: signal.signal(s, _note_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
+        if cfg.is_embedded:
+            embedded = EmbeddedEngines(cfg.embedded)
+            cfg = cfg.model_copy(update={"engines": embedded.start()})
+        log.info(
+            "gantry gateway listening on http://%s:%d (%d engine(s), %d worker(s))",
+            cfg.host,
+            cfg.port,
+            len(cfg.engines),
+            cfg.workers,
+        )
         if cfg.workers > 1:
-            _supervise(cfg)
+            from gantry.gateway.workers import supervise
+
+            supervise(cfg)
         else:
-            app = build_app(cfg)
-            server = DrainingServer(_uvicorn_config(app, cfg), app)
-            _tune_gc()
-            server.run()
+            run_worker(cfg)
     finally:
         if embedded is not None:
             embedded.stop()
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
-def _supervise(cfg: GatewayConfig) -> None:
-    mpdir = tempfile.mkdtemp(prefix="gantry-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = mpdir  # before any worker imports metrics
-    sock = _bind(cfg)
-    ctx = multiprocessing.get_context("spawn")
-    cfg_json = cfg.model_dump_json(by_alias=True)
-    procs: list[Any] = [
-        ctx.Process(target=_worker, args=(cfg_json, sock), daemon=False) for _ in range(cfg.workers)
-    ]
-    for p in procs:
-        p.start()
-    stopping = False
-
-    def forward(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        for p in procs:
-            if p.is_alive() and p.pid:
-                os.kill(p.pid, signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    try:
-        for p in procs:
-            p.join()
-    finally:
-        sock.close()
-        shutil.rmtree(mpdir, ignore_errors=True)
+def _note_signal(signum: int, _frame: object) -> None:
+    log.warning("signal %d: shutting down", signum)

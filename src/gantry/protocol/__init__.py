@@ -37,7 +37,9 @@ from gantry.protocol._sse import (
     encode_comment,
     encode_data,
     encode_done,
+    event_data,
 )
+from gantry.protocol._usage import Usage, usage_of, usage_of_body
 
 __all__ = [
     "DONE",
@@ -57,12 +59,14 @@ __all__ = [
     "SSEDecoder",
     "Scope",
     "Send",
+    "Usage",
     "encode_comment",
     "encode_data",
     "encode_done",
     "end_stream",
     "error_body",
     "error_bytes",
+    "event_data",
     "flat_error_message",
     "header",
     "inspect_request",
@@ -70,4 +74,6 @@ __all__ = [
     "respond",
     "start_stream",
     "stream_chunk",
+    "usage_of",
+    "usage_of_body",
 ]

@@ -48,7 +48,7 @@ class SSEDecoder:
                 break
             block = buf[start:end]
             start = end + 2
-            payload = _data_of(block)
+            payload = event_data(block)
             if payload is not None:
                 yield payload
         self._buf = buf[start:]
@@ -61,7 +61,8 @@ class SSEDecoder:
         return self._buf
 
 
-def _data_of(block: bytes) -> bytes | None:
+def event_data(block: bytes) -> bytes | None:
+    """The data payload of one event (its ``data:`` lines joined), None if it has none."""
     if block.startswith(b"data: ") and b"\n" not in block:
         return block[6:]
     parts = []

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select
@@ -55,10 +55,11 @@ class UsageLedger:
         self.flush_interval_s = flush_interval_s
         self._q: deque[UsageRecord] = deque()
         self._max = max_queue
-        self._wake = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0
         self.written = 0
+        self._sql = insert_sql(engine.dialect.paramstyle)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="usage-ledger")
@@ -69,13 +70,21 @@ class UsageLedger:
             return
         self._q.append(rec)
         if len(self._q) >= self.batch_size:
-            self._wake.set()
+            _wake(self._waiter)
 
     async def _run(self) -> None:
+        # A plain future and a timer handle, not wait_for(Event.wait()): cancelling that
+        # pair at shutdown could hang on Python 3.11 when the event was set meanwhile.
+        loop = asyncio.get_running_loop()
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.flush_interval_s)
-            self._wake.clear()
+            self._waiter = waiter = loop.create_future()
+            timer = loop.call_later(self.flush_interval_s, _wake, waiter)
+            try:
+                if len(self._q) < self.batch_size:
+                    await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
             try:
                 await self.flush()
             except Exception:
@@ -87,7 +96,9 @@ class UsageLedger:
             batch = [self._q.popleft() for _ in range(min(self.batch_size, len(self._q)))]
             try:
                 async with self.engine.begin() as conn:
-                    await conn.execute(usage.insert(), [asdict(r) for r in batch])
+                    # the driver's executemany, not an Insert construct: ~5 us a row
+                    # less (SQLAlchemy builds parameters row by row)
+                    await conn.exec_driver_sql(self._sql, [_values(r) for r in batch])
             except Exception:
                 self._q.extendleft(reversed(batch))  # keep them for the next try
                 raise
@@ -109,6 +120,43 @@ class UsageLedger:
                 await asyncio.sleep(0.5)
         if self._q or self.dropped:
             log.error("usage ledger: %d rows not written, %d dropped", len(self._q), self.dropped)
+
+
+_FIELDS = tuple(UsageRecord.__dataclass_fields__)
+
+
+def _values(r: UsageRecord) -> tuple[Any, ...]:
+    return (
+        r.ts,
+        r.request_id,
+        r.key_id,
+        r.tenant,
+        r.model,
+        r.engine,
+        r.prompt_tokens,
+        r.completion_tokens,
+        r.cached_tokens,
+        r.latency_ms,
+        r.status,
+    )
+
+
+def insert_sql(paramstyle: str) -> str:
+    """``INSERT`` of one usage row in the driver's own parameter style."""
+    n = len(_FIELDS)
+    marks = {
+        "qmark": ["?"] * n,
+        "numeric_dollar": [f"${i + 1}" for i in range(n)],
+        "format": ["%s"] * n,
+        "pyformat": [f"%({f})s" for f in _FIELDS],
+        "numeric": [f":{i + 1}" for i in range(n)],
+    }[paramstyle]
+    return f"INSERT INTO {usage.name} ({', '.join(_FIELDS)}) VALUES ({', '.join(marks)})"
+
+
+def _wake(waiter: asyncio.Future[None] | None) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
 
 
 async def report(engine: AsyncEngine, by: str, since: float = 0.0) -> list[dict[str, Any]]:

@@ -16,6 +16,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from gantry.errors import LimitStoreUnavailable
+
 DAY = 86400.0
 
 
@@ -239,10 +241,6 @@ return 1
 _DIMS = {1: "rpm", 2: "tpm", 3: "concurrent", 4: "tokens_per_day"}
 
 
-class LimitStoreUnavailable(Exception):
-    """The shared store could not be reached."""
-
-
 class RedisLimitStore:
     def __init__(self, url: str, prefix: str = "gantry:limit:", lease_s: float = 900.0) -> None:
         import redis.asyncio as aioredis
@@ -274,7 +272,9 @@ class RedisLimitStore:
         try:
             res = await self._acquire(keys=self._keys(charges, now), args=args)
         except (redis.exceptions.RedisError, OSError) as exc:
-            raise LimitStoreUnavailable(str(exc)) from exc
+            raise LimitStoreUnavailable(
+                f"Usage limits cannot be checked right now ({type(exc).__name__}).", retry_after=5
+            ) from exc
         allowed, dim, retry_ms, rem_r, rem_t = (int(x) for x in res)
         if not allowed:
             return Decision(False, _DIMS[dim], retry_ms / 1000)

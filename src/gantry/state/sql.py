@@ -7,6 +7,7 @@ Migrations are an ordered list applied once each, recorded in ``gantry_schema``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -18,6 +19,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    event,
     select,
 )
 from sqlalchemy.engine import Connection
@@ -96,7 +98,20 @@ def make_engine(url: str) -> AsyncEngine:
     kw: dict[str, object] = {}
     if url.startswith("sqlite"):
         kw["connect_args"] = {"timeout": 30}
-    return create_async_engine(url, **kw)
+    engine = create_async_engine(url, **kw)
+    if url.startswith("sqlite"):
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    """WAL: readers (``gantry usage``, the admin API) do not block the gateway's writes,
+    and a commit costs no fsync of the database file (``synchronous=NORMAL`` is durable
+    across a crash of the process; a power cut may lose the last commits)."""
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
 
 
 async def migrate(engine: AsyncEngine) -> int:

@@ -1,0 +1,282 @@
+"""The gateway: one request, top to bottom.
+
+    route -> authenticate -> prepare -> admit -> dispatch -> respond -> account
+
+``Gateway.handle()`` takes one HTTP exchange from the front (``gateway.http``). The
+route table says who may call the path (404 before authentication for unknown paths);
+generation requests are then read and checked once (``prepare``, pure), admitted
+(drain gate, limits, capacity: ``admission``), sent to an engine with retries before
+the first byte and the fallback chain (``dispatch``), answered whole or streamed
+(``respond`` over ``relay``), and accounted (``accounting``: one metric sample, one log
+line, a ledger row). Every exception on the way is turned into a response in one place
+(``failures``). Stages are plain calls: the hot path pays nothing per stage.
+
+``Gateway`` owns its services (key store, limits, ledger, engine pool, idempotency
+store) and opens and closes them as one unit (``async with``); a failed start closes
+whatever had been opened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from gantry.config import GatewayConfig
+from gantry.engines.pool import EnginePool, TransportFactory
+from gantry.errors import ClientError, MethodNotAllowed, NotFound, UnsupportedMediaType
+from gantry.gateway import failures, respond
+from gantry.gateway.accounting import Accounting, Record
+from gantry.gateway.admin import AdminAPI
+from gantry.gateway.admission import Admission
+from gantry.gateway.auth import Identity
+from gantry.gateway.dispatch import Dispatcher, Outcome
+from gantry.gateway.endpoints import Endpoints
+from gantry.gateway.http import Exchange
+from gantry.gateway.idempotent import check_key, fingerprint, make_store, run_once
+from gantry.gateway.prepare import FORWARD, Prepared, PrepareSettings, prepare
+from gantry.gateway.routes import match, route_table
+from gantry.gateway.security import Security
+from gantry.observability import GatewayMetrics, RequestLog, Tracer
+from gantry.protocol import encode_comment
+from gantry.routing import make_policy
+
+log = logging.getLogger("gantry.gateway")
+_KEEPALIVE = encode_comment("keep-alive")
+SECURITY_HEADERS = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cache-control", b"no-store"),
+)
+Endpoint = Callable[[Exchange, Identity, Record], Awaitable[None]]
+
+
+class Gateway:
+    def __init__(
+        self,
+        cfg: GatewayConfig,
+        pool: EnginePool | None = None,
+        *,
+        metrics: GatewayMetrics | None = None,
+        transport_factory: TransportFactory | None = None,
+        request_log: RequestLog | None = None,
+    ) -> None:
+        self.cfg = cfg
+        if pool is None:
+            pool = (
+                EnginePool(cfg.engines, cfg.health, transport_factory)
+                if transport_factory is not None
+                else EnginePool(cfg.engines, cfg.health)
+            )
+        self.pool = pool
+        self.metrics = metrics or GatewayMetrics()
+        self.pool.listeners.append(self.metrics.on_snapshot)
+        self.tracer = Tracer(cfg.tracing)
+        self.security = Security(cfg, self.metrics)
+        self.auth = self.security.auth
+        policy = make_policy(cfg.routing.policy, load_factor=cfg.routing.affinity_load_factor)
+        self.dispatcher = Dispatcher(
+            self.pool, policy, cfg.routing.policy, self.metrics, cfg, self.tracer
+        )
+        self.admission = Admission(cfg.admission, self.security, self.dispatcher, self.metrics)
+        if request_log is None and cfg.logging.requests:
+            request_log = RequestLog()
+        self.accounting = Accounting(
+            self.metrics,
+            request_log=request_log,
+            log_probes=cfg.logging.probe_requests,
+            ledger=self.security.ledger,
+        )
+        self.endpoints = Endpoints(cfg, self.pool, self.metrics, AdminAPI(cfg, self.security))
+        self.idem_store = make_store(cfg.idempotency) if cfg.idempotency.enabled else None
+        self.routes = route_table(cfg)
+        self.settings = PrepareSettings.of(cfg)
+        self.wanted = frozenset(
+            {
+                b"x-request-id",
+                b"content-type",
+                b"idempotency-key",
+                b"authorization",
+                b"x-request-timeout",
+                self.settings.priority_header,
+                self.settings.session_header,
+                *FORWARD,
+            }
+        )
+        self._endpoints: dict[str, Endpoint] = {
+            "health": self.endpoints.health,
+            "readyz": self.endpoints.readyz,
+            "metrics": self.endpoints.metrics_page,
+            "openapi": self.endpoints.openapi,
+            "models": self.endpoints.models,
+            "admin": self.endpoints.admin,
+            "generate": self.generate,
+        }
+        self._stack: contextlib.AsyncExitStack | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def __aenter__(self) -> Gateway:
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(self.security.aclose)  # closes what start() opened
+            await self.security.start()
+            await stack.enter_async_context(self.pool)
+            if self.idem_store is not None:
+                stack.push_async_callback(self.idem_store.aclose)
+            if self.accounting.log is not None:
+                stack.callback(self.accounting.log.flush)
+            self._stack = stack.pop_all()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.start_drain()
+        if self._stack is not None:
+            stack, self._stack = self._stack, None
+            await stack.aclose()
+
+    def start_drain(self) -> None:
+        """Readiness turns 503 and new generation requests are refused (503)."""
+        self.admission.draining = True
+        self.endpoints.draining = True
+
+    @property
+    def draining(self) -> bool:
+        return self.admission.draining
+
+    # -- one request ----------------------------------------------------------------------
+    async def handle(self, x: Exchange) -> None:
+        rid = x.headers.get(b"x-request-id")
+        if not rid or len(rid) > 128:
+            rid = os.urandom(16).hex()
+        x.response_headers.append((b"x-request-id", rid.encode("latin-1")))
+        route = match(self.routes, x.path)
+        rec = Record(rid, route.label if route is not None else "other", x.t0)
+        task = asyncio.current_task()
+        if task is not None:
+            x.on_gone(task.cancel)  # a client that leaves cancels its engine request
+        try:
+            if route is None:
+                raise NotFound(f"Unknown path {x.path}")
+            ident = self.auth.check(route.roles, x.headers.get(b"authorization"), route.label)
+            rec.key_id, rec.tenant = ident.key_id, ident.tenant
+            if x.method not in route.methods:
+                raise MethodNotAllowed(f"Method {x.method} not allowed on {x.path}")
+            await self._endpoints[route.handler](x, ident, rec)
+        except asyncio.CancelledError:
+            if not x.gone or task is None:
+                raise
+            task.uncancel()
+            rec.gone = True
+        except Exception as exc:
+            await failures.answer(x, exc, rec, self.metrics)
+        finally:
+            self.accounting.finish(rec)
+
+    async def generate(self, x: Exchange, ident: Identity, rec: Record) -> None:
+        ctype = x.headers.get(b"content-type", "")
+        if ctype.split(";", 1)[0].strip().lower() != "application/json":
+            raise UnsupportedMediaType(
+                f"Content-Type must be application/json, got {ctype or 'nothing'}."
+            )
+        raw = await x.read_body(self.cfg.limits.max_body_bytes, self.cfg.security.body_timeout_s)
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise ClientError(f"Request body is not valid JSON: {exc}", param="body") from None
+        if self.tracer.enabled:
+            await self._traced(x, raw, body, ident, rec)
+            return
+        p = prepare(
+            rec.endpoint, raw, body, ident, x.headers, rec.rid, self.settings, self.pool.snapshot
+        )
+        await self._admit_and_serve(x, p, ident, rec, raw)
+
+    async def _traced(
+        self, x: Exchange, raw: bytes, body: Any, ident: Identity, rec: Record
+    ) -> None:
+        parent = {
+            k.decode(): v for k, v in x.headers.items() if k in (b"traceparent", b"tracestate")
+        }
+        with self.tracer.span("gantry.request", parent, endpoint=rec.endpoint, request_id=rec.rid):
+            with self.tracer.span("admission"):
+                p = prepare(
+                    rec.endpoint,
+                    raw,
+                    body,
+                    ident,
+                    x.headers,
+                    rec.rid,
+                    self.settings,
+                    self.pool.snapshot,
+                )
+            with self.tracer.span("dispatch", model=p.model):
+                self.tracer.inject(p.engine_headers)  # engines continue this trace
+                await self._admit_and_serve(x, p, ident, rec, raw)
+
+    async def _admit_and_serve(
+        self, x: Exchange, p: Prepared, ident: Identity, rec: Record, raw: bytes
+    ) -> None:
+        rec.model = p.model
+        rec.stream = p.stream
+        if p.redactions:
+            self.metrics.redactions.inc(p.redactions)
+        deadline = time.monotonic() + p.timeout_s
+        key = x.headers.get(b"idempotency-key") if self.idem_store is not None else None
+        if key is None:
+            await self._serve(x, p, ident, rec, deadline)
+            return
+        assert self.idem_store is not None
+        await run_once(
+            self.idem_store,
+            self.cfg.idempotency,
+            f"{ident.tenant}:{check_key(key)}",  # keys are per tenant: no cross-tenant replays
+            fingerprint(p.endpoint, raw, ident.tenant),
+            deadline,
+            x,
+            rec,
+            lambda: self._serve(x, p, ident, rec, deadline),
+            lambda outcome: self.metrics.idempotent_replays.labels(outcome).inc(),
+        )
+
+    async def _serve(
+        self, x: Exchange, p: Prepared, ident: Identity, rec: Record, deadline: float
+    ) -> None:
+        async def keepalive() -> None:
+            if not x.started:
+                x.start_stream(200)
+            await x.write(_KEEPALIVE)
+
+        active = self.accounting.children(p.model, rec.endpoint).active
+        async with self.admission.enter(p, ident, rec, x.response_headers, deadline) as ticket:
+            rec.admitted = True
+            active.inc()
+            try:
+                opened = await self.dispatcher.open(p, deadline, keepalive, ticket.wait_for_room)
+                rec.engine = opened.engine
+                outcome = Outcome.FAILED
+                try:
+                    if p.stream:
+                        t = self.cfg.timeouts
+                        outcome = await respond.stream(
+                            x,
+                            opened,
+                            p,
+                            rec,
+                            idle_s=t.idle_s,
+                            deadline=deadline,
+                            itl_observe=self.accounting.itl(p.model),
+                        )
+                    else:
+                        outcome = respond.unary(x, opened, p, rec)
+                except asyncio.CancelledError:
+                    outcome = Outcome.ABANDONED
+                    raise
+                finally:
+                    self.dispatcher.release(opened.engine, outcome)
+            finally:
+                active.dec()
