@@ -142,6 +142,8 @@ class TracingConfig(BaseModel):
     enabled: bool = False
     service_name: str = "gantry"
     exporter: Literal["console", "otlp", "none"] = "none"
+    otlp_endpoint: str | None = None  # None: OTEL_EXPORTER_OTLP_* or the exporter's default
+    sample_ratio: float = Field(default=1.0, ge=0, le=1)  # new traces; a parent's flag wins
 
 
 class JWTConfig(BaseModel):

@@ -172,3 +172,9 @@ def test_cli_config_show_and_check_print_no_secrets(tmp_path):
     )
     assert check.returncode == 2 and "ftp://u:***@x" in check.stderr
     assert "hunter2" not in check.stdout + check.stderr
+
+
+@pytest.mark.parametrize("ratio", ["-0.1", "1.5"])
+def test_tracing_sample_ratio_is_a_fraction(ratio):
+    with pytest.raises(ConfigError, match=r"tracing\.sample_ratio"):
+        load_config(None, env={"GANTRY_TRACING__SAMPLE_RATIO": ratio})
