@@ -224,6 +224,7 @@ def serve(
 ) -> None:
     """Run the gateway (with no engines configured: two simulated engines)."""
     from gantry.gateway.server import serve as run_gateway
+    from gantry.observability.tracing import check_tracing
 
     cfg = _load(
         config,
@@ -240,6 +241,10 @@ def serve(
     for f in (cfg.ssl_certfile, cfg.ssl_keyfile):
         if f and not Path(f).is_file():
             fail(f"TLS file not found: {f}")
+    try:
+        check_tracing(cfg.tracing)  # before embedded engines or workers start
+    except ConfigError as exc:
+        fail(f"config: {exc}")
     try:
         run_gateway(cfg)
     except GantryError as exc:

@@ -8,6 +8,7 @@ flags. Validation happens once; every error is reported as one line.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -145,6 +146,8 @@ class TracingConfig(BaseModel):
     enabled: bool = False
     service_name: str = "gantry"
     exporter: Literal["console", "otlp", "none"] = "none"
+    otlp_endpoint: str | None = None  # None: OTEL_EXPORTER_OTLP_* or the exporter's default
+    sample_ratio: float = Field(default=1.0, ge=0, le=1)  # new traces; a parent's flag wins
 
 
 class JWTConfig(BaseModel):
@@ -280,7 +283,48 @@ class GatewayConfig(BaseModel):
         return not self.engines
 
 
-_SECRET_KEYS = {"api_key", "password", "secret", "token"}
+MASK = "***"
+# api_key, password, secret, token, and any name ending in _key/_secret/_token/_password
+# (api_keys too, but not _tokens: max_tokens counts tokens). Matched on field names, so
+# new fields are covered; a bare `key(s)` names key ids (redaction.keys), not secrets.
+_SECRET_NAME = re.compile(r"(?:^|_)(?:keys?|secrets?|token|passwords?)$")
+_BARE = {"key", "keys"}
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S*")
+
+
+def is_secret_name(name: str) -> bool:
+    name = name.lower()
+    return name not in _BARE and _SECRET_NAME.search(name) is not None
+
+
+def _mask_userinfo(url: re.Match[str]) -> str:
+    scheme, _, rest = url.group().partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    if not at or not colon or not password or "/" in user:
+        return url.group()
+    return f"{scheme}://{user}:{MASK}@{host}"
+
+
+def mask_url(value: str) -> str:
+    """``scheme://user:pw@host/x`` -> ``scheme://user:***@host/x``, wherever in ``value``.
+
+    The userinfo runs to the last ``@``, as urllib reads it, so a password holding an
+    unencoded ``/`` (SQLAlchemy accepts one) is masked whole. An ``@`` later in a path
+    can make this mask more than the password: that beats printing one.
+    """
+    return _URL.sub(_mask_userinfo, value) if "://" in value else value
+
+
+def mask_secrets(data: Any, name: str = "") -> Any:
+    """Plain data (a config dump, a bad input) with secret fields and URL passwords masked."""
+    if isinstance(data, Mapping):
+        return {k: mask_secrets(v, str(k)) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [mask_secrets(v, name) for v in data]
+    if is_secret_name(name) and data not in (None, "") and not isinstance(data, bool):
+        return MASK
+    return mask_url(data) if isinstance(data, str) else data
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
@@ -313,7 +357,8 @@ def _one_line(exc: ValidationError) -> str:
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"]) or "config"
     extra = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    value = err.get("input")
+    field = next((p for p in reversed(err["loc"]) if isinstance(p, str)), "")
+    value = mask_secrets(err.get("input"), field)  # the bad value may be a secret
     shown = f" (got {value!r})" if not isinstance(value, dict | list) else ""
     return f"{loc}: {err['msg']}{shown}{extra}"
 
@@ -354,13 +399,5 @@ def load_config(
 
 
 def masked(cfg: GatewayConfig) -> dict[str, Any]:
-    """The configuration as plain data with secrets replaced by ``***``."""
-
-    def walk(v: Any) -> Any:
-        if isinstance(v, dict):
-            return {k: ("***" if k in _SECRET_KEYS and x else walk(x)) for k, x in v.items()}
-        if isinstance(v, list | tuple):
-            return [walk(x) for x in v]
-        return v
-
-    return dict(walk(cfg.model_dump(mode="json", by_alias=True)))
+    """The configuration as plain data with secrets and URL passwords replaced by ``***``."""
+    return dict(mask_secrets(cfg.model_dump(mode="json", by_alias=True)))

@@ -14,7 +14,7 @@ ALLOWED = {
     "sim": {"protocol"},
     "routing": {"protocol"},
     "state": {"protocol", "errors", "config"},
-    "observability": {"protocol", "routing", "config"},
+    "observability": {"protocol", "routing", "errors", "config"},
     "engines": {"protocol", "routing", "errors", "config"},
     "gateway": {"protocol", "routing", "engines", "errors", "config", "observability", "state"},
     "bench": {"protocol", "errors", "engines", "config", "routing"},
