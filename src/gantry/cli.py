@@ -394,7 +394,11 @@ def keys_create(
     Only a hash of the secret is stored.
     """
     import asyncio
+    import math
     import time
+
+    if expires_in is not None and not (math.isfinite(expires_in) and expires_in > 0):
+        fail(f"--expires-in must be a positive number of seconds, not {expires_in}")
 
     async def go(store: Any, cfg: Any) -> Any:
         if tier not in cfg.tiers:
@@ -406,7 +410,7 @@ def keys_create(
             name=name,
             models=tuple(model or ()),
             priority=priority,
-            expires_at=time.time() + expires_in if expires_in else None,
+            expires_at=None if expires_in is None else time.time() + expires_in,
         )
 
     try:
@@ -422,18 +426,29 @@ def keys_list(
     tenant: Annotated[str | None, typer.Option(metavar="TENANT", help="Only this tenant.")] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """List keys (ids and attributes, never secrets)."""
+    """List keys (ids and attributes, never secrets).
+
+    Columns: id, tenant, role, tier, status (active, expired or revoked), expiry
+    (UTC, or - for none), allowed models (* for all), name.
+    """
     import asyncio
+    import time
 
     async def go(store: Any, _cfg: Any) -> Any:
         return await store.list_keys(tenant)
 
+    now = time.time()
     for rec in asyncio.run(_with_store(config, go)):
-        state = "revoked" if rec.revoked_at else "active"
         typer.echo(
-            f"{rec.key_id}  {rec.tenant}  {rec.role}  {rec.tier}  {state}  "
-            f"{','.join(rec.models) or '*'}  {rec.name}"
+            f"{rec.key_id}  {rec.tenant}  {rec.role}  {rec.tier}  {rec.status(now)}  "
+            f"{_utc(rec.expires_at)}  {','.join(rec.models) or '*'}  {rec.name}"
         )
+
+
+def _utc(ts: float | None) -> str:
+    from datetime import UTC, datetime
+
+    return "-" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @keys_app.command("revoke")
