@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
 from gantry.config import GatewayConfig, load_config, masked
+from gantry.console import fail
 from gantry.errors import ConfigError, GantryError
 
 app = typer.Typer(
@@ -35,11 +36,6 @@ def _mount_bench() -> None:
 
 
 _mount_bench()
-
-
-def fail(message: str, code: int = 2) -> NoReturn:
-    typer.echo(f"gantry: error: {message}", err=True)
-    raise typer.Exit(code)
 
 
 ConfigOpt = Annotated[

@@ -17,9 +17,10 @@ ALLOWED = {
     "observability": {"protocol", "routing", "config"},
     "engines": {"protocol", "routing", "errors", "config"},
     "gateway": {"protocol", "routing", "engines", "errors", "config", "observability", "state"},
-    "bench": {"protocol", "errors", "engines", "config", "routing"},
+    "bench": {"protocol", "errors", "engines", "config", "routing", "console"},
     "errors": {"protocol"},
     "config": {"errors"},
+    "console": set(),
 }
 
 

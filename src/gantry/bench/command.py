@@ -6,7 +6,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
@@ -22,6 +22,7 @@ from gantry.bench.datasets import (
     sharegpt_jobs,
 )
 from gantry.bench.runner import BenchError, RunSpec, _loop_run, base_of, discover_model
+from gantry.console import fail
 
 bench_app = typer.Typer(
     help="Load-test any OpenAI-compatible endpoint.",
@@ -76,11 +77,6 @@ ExtraBody = Annotated[
     str | None, typer.Option(metavar="JSON", help="Merged into every request body.")
 ]
 NoProgress = Annotated[bool, typer.Option("--no-progress", help="No live display.")]
-
-
-def fail(message: str) -> NoReturn:
-    typer.echo(f"gantry: error: {message}", err=True)
-    raise typer.Exit(2)
 
 
 def _jobs(
