@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import free_port, gantry_cmd, gateway, sim
+from gantry.netutil import free_port
+from tests.helpers import gantry_cmd, gateway, sim
 from tests.recording_engine import recording_engine
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
