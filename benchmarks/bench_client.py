@@ -18,7 +18,9 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from _common import cpu_seconds, free_port, gantry, process, table
+from _common import cpu_seconds, gantry, process, table
+
+from gantry.netutil import free_port
 
 HERE = Path(__file__).parent
 

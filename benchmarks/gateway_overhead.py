@@ -18,7 +18,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import free_port, gantry, process, table
+from _common import gantry, process, table
+
+from gantry.netutil import free_port
 
 HERE = Path(__file__).parent
 UNARY = '{"model":"zero","messages":[{"role":"user","content":"hi"}],"max_tokens":1}'

@@ -18,7 +18,9 @@ import statistics
 import time
 
 import aiohttp
-from _common import free_port, gantry, process, table
+from _common import gantry, process, table
+
+from gantry.netutil import free_port
 
 
 async def stream(

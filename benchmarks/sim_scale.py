@@ -13,7 +13,9 @@ import asyncio
 import time
 
 import aiohttp
-from _common import cpu_seconds, free_port, gantry, process
+from _common import cpu_seconds, gantry, process
+
+from gantry.netutil import free_port
 
 
 async def one(session: aiohttp.ClientSession, url: str, tokens: int) -> int:

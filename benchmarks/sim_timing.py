@@ -17,7 +17,9 @@ import time
 import urllib.request
 
 import aiohttp
-from _common import free_port, gantry, process
+from _common import gantry, process
+
+from gantry.netutil import free_port
 
 
 async def one(session: aiohttp.ClientSession, url: str, tokens: int) -> None:

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 from aiohttp import web
 
-from tests.helpers import free_port
+from gantry.netutil import free_port
 
 
 @contextmanager

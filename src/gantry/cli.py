@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
 from gantry.config import GatewayConfig, load_config, masked
+from gantry.console import fail
 from gantry.errors import ConfigError, GantryError
 
 app = typer.Typer(
@@ -18,6 +19,7 @@ app = typer.Typer(
     no_args_is_help=True,
     help="A production serving stack for vLLM.",
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 config_app = typer.Typer(help="Show or check gateway configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
@@ -36,9 +38,12 @@ def _mount_bench() -> None:
 _mount_bench()
 
 
-def fail(message: str, code: int = 2) -> NoReturn:
-    typer.echo(f"gantry: error: {message}", err=True)
-    raise typer.Exit(code)
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", metavar="PATH", help="YAML config file.")
+]
+# Arguments are named in the usage line and the docstring; Typer would list them with a
+# Python type name (``KEY_ID <str>``).
+KeyId = Annotated[str, typer.Argument(metavar="KEY_ID", hidden=True)]
 
 
 def _setup_logging(level: str) -> None:
@@ -51,82 +56,125 @@ def _setup_logging(level: str) -> None:
 
 @app.command()
 def sim(
-    model: Annotated[str, typer.Option(help="Built-in model name or a path to config.json.")] = (
-        "qwen2.5-1.5b-instruct"
-    ),
+    model: Annotated[
+        str, typer.Option(metavar="MODEL", help="Built-in model name or a path to config.json.")
+    ] = "qwen2.5-1.5b-instruct",
     gpu: Annotated[
         str,
         typer.Option(
-            help="GPU profile: T4, L4, A10G, A4000, A40, A100-40GB, A100-80GB, H100-80GB, H200."
+            metavar="GPU",
+            help="GPU profile: T4, L4, A10G, A4000, A40, A100-40GB, A100-80GB, H100-80GB, H200.",
         ),
     ] = "L4",
-    host: str = "127.0.0.1",
-    port: int = 8000,
+    host: Annotated[str, typer.Option(metavar="HOST", help="Listen address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(metavar="PORT", help="Listen port.")] = 8000,
     served_model_name: Annotated[
-        list[str] | None, typer.Option(help="Name(s) the model is served as (repeatable).")
+        list[str] | None,
+        typer.Option(metavar="NAME", help="Name(s) the model is served as (repeatable)."),
     ] = None,
-    tensor_parallel_size: Annotated[int, typer.Option("--tensor-parallel-size", "-tp")] = 1,
-    max_model_len: int | None = None,
-    gpu_memory_utilization: float = 0.92,
-    kv_cache_dtype: str = "auto",
-    block_size: int = 16,
-    num_gpu_blocks_override: int | None = None,
-    max_num_seqs: int | None = None,
-    max_num_batched_tokens: int | None = None,
+    tensor_parallel_size: Annotated[
+        int, typer.Option("--tensor-parallel-size", "-tp", metavar="N", help="GPUs per engine.")
+    ] = 1,
+    max_model_len: Annotated[
+        int | None, typer.Option(metavar="TOKENS", help="Context length (default: the model's).")
+    ] = None,
+    gpu_memory_utilization: Annotated[
+        float, typer.Option(metavar="FRACTION", help="Share of GPU memory the engine may use.")
+    ] = 0.92,
+    kv_cache_dtype: Annotated[
+        str,
+        typer.Option(metavar="DTYPE", help="auto, bfloat16, float16, fp8, fp8_e4m3 or fp8_e5m2."),
+    ] = "auto",
+    block_size: Annotated[int, typer.Option(metavar="TOKENS", help="Tokens per KV block.")] = 16,
+    num_gpu_blocks_override: Annotated[
+        int | None, typer.Option(metavar="N", help="KV blocks, instead of sizing from memory.")
+    ] = None,
+    max_num_seqs: Annotated[
+        int | None, typer.Option(metavar="N", help="Sequences per batch (default: by GPU).")
+    ] = None,
+    max_num_batched_tokens: Annotated[
+        int | None, typer.Option(metavar="TOKENS", help="Tokens per step (default: by GPU).")
+    ] = None,
     enable_prefix_caching: Annotated[
         bool, typer.Option("--enable-prefix-caching/--no-enable-prefix-caching")
     ] = True,
     enable_chunked_prefill: Annotated[
         bool, typer.Option("--enable-chunked-prefill/--no-enable-chunked-prefill")
     ] = True,
-    long_prefill_token_threshold: int = 0,
-    profile: Annotated[str, typer.Option(help="'realistic' or 'instant' (no delays).")] = (
-        "realistic"
-    ),
+    long_prefill_token_threshold: Annotated[
+        int, typer.Option(metavar="TOKENS", help="Prefill tokens per request and step (0: no cap).")
+    ] = 0,
+    profile: Annotated[
+        str, typer.Option(metavar="PROFILE", help="'realistic' or 'instant' (no delays).")
+    ] = "realistic",
     speedup: Annotated[
-        float, typer.Option(help="Run the model clock this many times faster.")
+        float, typer.Option(metavar="FACTOR", help="Run the model clock this many times faster.")
     ] = 1.0,
-    jitter: Annotated[float, typer.Option(help="Relative std-dev of step times (seeded).")] = 0.0,
-    seed: int = 0,
+    jitter: Annotated[
+        float, typer.Option(metavar="FRACTION", help="Relative std-dev of step times (seeded).")
+    ] = 0.0,
+    seed: Annotated[int, typer.Option(metavar="N", help="Random seed.")] = 0,
     tokenizer: Annotated[
-        str | None, typer.Option(help="'builtin' or a local tokenizer.json.")
+        str | None, typer.Option(metavar="TOKENIZER", help="'builtin' or a tokenizer.json path.")
     ] = None,
     api_key: Annotated[
-        list[str] | None, typer.Option(help="Require this key (repeatable).")
+        list[str] | None, typer.Option(metavar="KEY", help="Require this key (repeatable).")
     ] = None,
     kv_events: Annotated[
-        str | None, typer.Option(help="Publish KV events on ZMQ PUB, e.g. tcp://*:5557.")
+        str | None,
+        typer.Option(metavar="ENDPOINT", help="Publish KV events on ZMQ PUB, e.g. tcp://*:5557."),
     ] = None,
     enable_prompt_tokens_details: Annotated[
         bool, typer.Option("--enable-prompt-tokens-details/--no-enable-prompt-tokens-details")
     ] = True,
     enable_admin: Annotated[
         bool,
-        typer.Option(
-            help="Serve /sim/faults, /sim/crash, /sim/stats for run-time fault injection."
-        ),
+        typer.Option(help="Serve /sim/faults, /sim/crash and /sim/stats (run-time faults)."),
     ] = False,
     fault_error: Annotated[
         list[str] | None,
-        typer.Option(help="Inject errors: STATUS=PROBABILITY, e.g. 503=0.1 (repeatable)."),
+        typer.Option(
+            metavar="STATUS=P", help="Answer STATUS with probability P, e.g. 503=0.1 (repeatable)."
+        ),
     ] = None,
-    fault_latency_ms: float = 0.0,
-    fault_spike_rate: float = 0.0,
-    fault_spike_ms: float = 0.0,
-    fault_hang_rate: float = 0.0,
-    fault_stall_rate: float = 0.0,
-    fault_drop_rate: float = 0.0,
-    fault_crash_after: int = 0,
-    fault_slowdown: float = 1.0,
+    fault_latency_ms: Annotated[
+        float, typer.Option(metavar="MS", help="Delay before every first token.")
+    ] = 0.0,
+    fault_spike_rate: Annotated[
+        float, typer.Option(metavar="P", help="Probability of a latency spike.")
+    ] = 0.0,
+    fault_spike_ms: Annotated[float, typer.Option(metavar="MS", help="Length of a spike.")] = 0.0,
+    fault_hang_rate: Annotated[
+        float, typer.Option(metavar="P", help="Probability of never answering.")
+    ] = 0.0,
+    fault_stall_rate: Annotated[
+        float, typer.Option(metavar="P", help="Probability of a stream that stops.")
+    ] = 0.0,
+    fault_drop_rate: Annotated[
+        float, typer.Option(metavar="P", help="Probability of a dropped connection.")
+    ] = 0.0,
+    fault_crash_after: Annotated[
+        int, typer.Option(metavar="N", help="SIGKILL itself after N requests (0: never).")
+    ] = 0,
+    fault_slowdown: Annotated[
+        float, typer.Option(metavar="FACTOR", help="Multiply every step time.")
+    ] = 1.0,
     fault_kv_reserve: Annotated[
-        float, typer.Option(help="Fraction of KV blocks held back (KV pressure).")
+        float, typer.Option(metavar="FRACTION", help="KV blocks held back (KV pressure).")
     ] = 0.0,
     slow_start: Annotated[
-        float, typer.Option(help="Seconds before the port listens, as vLLM while loading.")
+        float,
+        typer.Option(metavar="SECONDS", help="Wait before listening, as vLLM does while loading."),
     ] = 0.0,
-    engines: Annotated[int, typer.Option(help="Start N engines on base-port..base-port+N-1.")] = 1,
-    base_port: int = 8100,
-    log_level: str = "info",
+    engines: Annotated[
+        int, typer.Option(metavar="N", help="Start N engines on base-port..base-port+N-1.")
+    ] = 1,
+    base_port: Annotated[
+        int, typer.Option(metavar="PORT", help="First port when --engines > 1.")
+    ] = 8100,
+    log_level: Annotated[
+        str, typer.Option(metavar="LEVEL", help="debug, info, warning or error.")
+    ] = "info",
 ) -> None:
     """Run a simulated vLLM engine (no GPU needed)."""
     from gantry.sim.faults import FaultConfig, parse_error_rates
@@ -206,23 +254,38 @@ def _strip_cluster_args(argv: list[str]) -> list[str]:
 
 @app.command()
 def serve(
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", metavar="PATH", help="YAML config file.")
+    ] = None,
     engine: Annotated[
         list[str] | None,
         typer.Option(
-            help="URL of an engine that already runs (repeatable); no config file needed."
+            metavar="URL",
+            help="URL of an engine that already runs (repeatable); no config file needed.",
         ),
     ] = None,
-    host: Annotated[str | None, typer.Option(help="Listen address.")] = None,
-    port: Annotated[int | None, typer.Option(help="Listen port.")] = None,
-    workers: Annotated[int | None, typer.Option(help="Worker processes (one per core).")] = None,
-    policy: Annotated[
-        str | None, typer.Option(help="Routing: least_loaded, round_robin or session_affinity.")
+    host: Annotated[str | None, typer.Option(metavar="HOST", help="Listen address.")] = None,
+    port: Annotated[int | None, typer.Option(metavar="PORT", help="Listen port.")] = None,
+    workers: Annotated[
+        int | None, typer.Option(metavar="N", help="Worker processes (one per core).")
     ] = None,
-    ssl_certfile: Annotated[str | None, typer.Option(help="Serve TLS with this cert.")] = None,
-    ssl_keyfile: Annotated[str | None, typer.Option(help="The certificate's key.")] = None,
+    policy: Annotated[
+        str | None,
+        typer.Option(
+            metavar="POLICY", help="Routing: least_loaded, round_robin or session_affinity."
+        ),
+    ] = None,
+    ssl_certfile: Annotated[
+        str | None, typer.Option(metavar="PATH", help="Serve TLS with this certificate.")
+    ] = None,
+    ssl_keyfile: Annotated[
+        str | None, typer.Option(metavar="PATH", help="The certificate's private key.")
+    ] = None,
 ) -> None:
-    """Run the gateway (with no engines configured: two simulated engines)."""
+    """Run the gateway.
+
+    With no engines configured it starts two simulated engines.
+    """
     from gantry.gateway.server import serve as run_gateway
     from gantry.observability.tracing import check_tracing
 
@@ -269,7 +332,7 @@ def _load(path: Path | None, **flags: object) -> GatewayConfig:
 
 @config_app.command("show")
 def config_show(
-    config: Annotated[Path | None, typer.Option("--config", "-c")] = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Print the effective configuration (secrets masked) as YAML."""
     import yaml
@@ -279,8 +342,8 @@ def config_show(
 
 
 @config_app.command("check")
-def config_check(file: Path) -> None:
-    """Validate a config file; exit 0 if it is valid."""
+def config_check(file: Annotated[Path, typer.Argument(metavar="PATH", hidden=True)]) -> None:
+    """Validate the config file PATH; exit 0 if it is valid."""
     cfg = _load(file)
     where = f"{len(cfg.engines)} engine(s)" if cfg.engines else "embedded default"
     typer.echo(f"{file}: ok ({where}, routing {cfg.routing.policy})")
@@ -306,23 +369,37 @@ async def _with_store(config: Path | None, fn: Any) -> Any:
         await store.engine.dispose()
 
 
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c")]
-
-
 @keys_app.command("create")
 def keys_create(
-    tenant: Annotated[str, typer.Option(help="Tenant (team) the key belongs to.")],
-    role: Annotated[str, typer.Option(help="admin, user or metrics.")] = "user",
-    tier: Annotated[str, typer.Option(help="Limits tier from the config.")] = "standard",
-    name: str = "",
-    model: Annotated[list[str] | None, typer.Option(help="Allowed model (repeatable).")] = None,
-    priority: Annotated[int | None, typer.Option(help="Default admission priority.")] = None,
-    expires_in: Annotated[float | None, typer.Option(help="Seconds until it expires.")] = None,
+    tenant: Annotated[
+        str, typer.Option(metavar="TENANT", help="Tenant (team) the key belongs to.")
+    ],
+    role: Annotated[str, typer.Option(metavar="ROLE", help="admin, user or metrics.")] = "user",
+    tier: Annotated[
+        str, typer.Option(metavar="TIER", help="Limits tier from the config.")
+    ] = "standard",
+    name: Annotated[str, typer.Option(metavar="NAME", help="Free-form label.")] = "",
+    model: Annotated[
+        list[str] | None, typer.Option(metavar="MODEL", help="Allowed model (repeatable).")
+    ] = None,
+    priority: Annotated[
+        int | None, typer.Option(metavar="N", help="Default admission priority.")
+    ] = None,
+    expires_in: Annotated[
+        float | None, typer.Option(metavar="SECONDS", help="Expire this long after now.")
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Create a key; the secret is printed once and stored only as a hash."""
+    """Create a key and print its secret, once.
+
+    Only a hash of the secret is stored.
+    """
     import asyncio
+    import math
     import time
+
+    if expires_in is not None and not (math.isfinite(expires_in) and expires_in > 0):
+        fail(f"--expires-in must be a positive number of seconds, not {expires_in}")
 
     async def go(store: Any, cfg: Any) -> Any:
         if tier not in cfg.tiers:
@@ -334,7 +411,7 @@ def keys_create(
             name=name,
             models=tuple(model or ()),
             priority=priority,
-            expires_at=time.time() + expires_in if expires_in else None,
+            expires_at=None if expires_in is None else time.time() + expires_in,
         )
 
     try:
@@ -346,24 +423,41 @@ def keys_create(
 
 
 @keys_app.command("list")
-def keys_list(tenant: str | None = None, config: ConfigOpt = None) -> None:
-    """List keys (ids and attributes, never secrets)."""
+def keys_list(
+    tenant: Annotated[str | None, typer.Option(metavar="TENANT", help="Only this tenant.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """List keys (ids and attributes, never secrets).
+
+    Columns: id, tenant, role, tier, status (active, expired or revoked), expiry
+    (UTC, or - for none), allowed models (* for all), name.
+    """
     import asyncio
+    import time
 
     async def go(store: Any, _cfg: Any) -> Any:
         return await store.list_keys(tenant)
 
+    now = time.time()
     for rec in asyncio.run(_with_store(config, go)):
-        state = "revoked" if rec.revoked_at else "active"
         typer.echo(
-            f"{rec.key_id}  {rec.tenant}  {rec.role}  {rec.tier}  {state}  "
-            f"{','.join(rec.models) or '*'}  {rec.name}"
+            f"{rec.key_id}  {rec.tenant}  {rec.role}  {rec.tier}  {rec.status(now)}  "
+            f"{_utc(rec.expires_at)}  {','.join(rec.models) or '*'}  {rec.name}"
         )
 
 
+def _utc(ts: float | None) -> str:
+    from datetime import UTC, datetime
+
+    return "-" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 @keys_app.command("revoke")
-def keys_revoke(key_id: str, config: ConfigOpt = None) -> None:
-    """Revoke a key (every replica stops accepting it within security.key_refresh_s)."""
+def keys_revoke(key_id: KeyId, config: ConfigOpt = None) -> None:
+    """Revoke the key KEY_ID.
+
+    Every replica stops accepting it within security.key_refresh_s.
+    """
     import asyncio
 
     async def go(store: Any, _cfg: Any) -> Any:
@@ -375,8 +469,11 @@ def keys_revoke(key_id: str, config: ConfigOpt = None) -> None:
 
 
 @keys_app.command("rotate")
-def keys_rotate(key_id: str, config: ConfigOpt = None) -> None:
-    """Replace a key with a new secret (same attributes); the old one is revoked."""
+def keys_rotate(key_id: KeyId, config: ConfigOpt = None) -> None:
+    """Give the key KEY_ID a new secret; the old one is revoked.
+
+    The new key has a new id and the same attributes.
+    """
     import asyncio
 
     async def go(store: Any, _cfg: Any) -> Any:
@@ -392,11 +489,14 @@ def keys_rotate(key_id: str, config: ConfigOpt = None) -> None:
 
 @app.command()
 def usage(
-    by: Annotated[str, typer.Option(help="key, model, tenant or day.")] = "model",
-    days: Annotated[float, typer.Option(help="Only the last N days.")] = 30.0,
+    by: Annotated[str, typer.Option(metavar="GROUP", help="key, model, tenant or day.")] = "model",
+    days: Annotated[float, typer.Option(metavar="N", help="Only the last N days.")] = 30.0,
     config: ConfigOpt = None,
 ) -> None:
-    """Usage report from the ledger, with cost per 1M tokens from configured prices."""
+    """Usage report from the ledger, with costs.
+
+    Costs are per 1M tokens, from the prices in the config.
+    """
     import asyncio
     import time
 

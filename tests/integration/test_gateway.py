@@ -14,7 +14,8 @@ import httpx
 import openai
 import pytest
 
-from tests.helpers import Proc, free_port, gantry_cmd, gateway, metric_value, sim, wait_http
+from gantry.netutil import free_port
+from tests.helpers import Proc, gantry_cmd, gateway, metric_value, sim, wait_http
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import time
@@ -12,7 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import free_port, gantry_cmd, gateway, sim
+from gantry.netutil import free_port
+from tests.helpers import gantry_cmd, gateway, sim
 from tests.recording_engine import recording_engine
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
@@ -227,6 +229,28 @@ def test_cli_keys_errors(tmp_path):
     secret, key_id = new_key(db, "--tenant", "x", "--model", "m1")
     listed = keys(db, "list").stdout
     assert key_id in listed and secret not in listed and "m1" in listed
+
+
+def test_cli_keys_list_shows_expiry(tmp_path):
+    db = f"sqlite:///{tmp_path}/k.db"
+    for bad in ("0", "-5"):
+        r = keys(db, "create", "--tenant", "x", "--expires-in", bad)
+        assert r.returncode == 2 and r.stdout == "", r
+        assert r.stderr.startswith("gantry: error: --expires-in") and r.stderr.count("\n") == 1
+    _, expiring = new_key(db, "--tenant", "x", "--expires-in", "0.5")
+    _, forever = new_key(db, "--tenant", "x")
+
+    def rows() -> dict[str, list[str]]:
+        out = keys(db, "list").stdout
+        return {line.split()[0]: line.split() for line in out.splitlines()}
+
+    deadline = time.monotonic() + 30
+    while (status := rows()[expiring][4]) != "expired" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert status == "expired"
+    listed = rows()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", listed[expiring][5])
+    assert listed[forever][4:6] == ["active", "-"]
 
 
 def test_two_replicas_share_one_limit_over_redis(tmp_path):

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers import ROOT, free_port, gateway, metric_value, sim
+from gantry.netutil import free_port
+from tests.helpers import ROOT, gateway, metric_value, sim
 from tests.recording_engine import recording_engine
 
 

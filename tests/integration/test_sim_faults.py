@@ -10,7 +10,8 @@ import httpx
 import msgpack
 import pytest
 
-from tests.helpers import Proc, free_port, gantry_cmd, metric_value, run_proc, sim, wait_http
+from gantry.netutil import free_port
+from tests.helpers import Proc, gantry_cmd, metric_value, run_proc, sim, wait_http
 
 
 def set_faults(p: Proc, **patch: object) -> None:

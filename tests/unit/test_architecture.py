@@ -16,10 +16,21 @@ ALLOWED = {
     "state": {"protocol", "errors", "config"},
     "observability": {"protocol", "routing", "errors", "config"},
     "engines": {"protocol", "routing", "errors", "config"},
-    "gateway": {"protocol", "routing", "engines", "errors", "config", "observability", "state"},
-    "bench": {"protocol", "errors", "engines", "config", "routing"},
+    "gateway": {
+        "protocol",
+        "routing",
+        "engines",
+        "errors",
+        "config",
+        "observability",
+        "state",
+        "netutil",
+    },
+    "bench": {"protocol", "errors", "engines", "config", "routing", "console", "netutil"},
     "errors": {"protocol"},
     "config": {"errors"},
+    "console": set(),
+    "netutil": set(),
 }
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from gantry.bench.chaos import Tally, steady_load
+from gantry.netutil import free_port
 
 GATEWAY_CFG = """
 logging: {{level: warning}}
@@ -39,12 +39,6 @@ shutdown: {{grace_s: 15}}
 admission: {{max_inflight_per_engine: {inflight}, max_waiting_per_model: {waiting},
             queue_timeout_s: 3}}
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait(url: str, timeout: float = 30.0) -> None:
@@ -108,7 +102,7 @@ class Stack:
         )
 
     def __enter__(self) -> Stack:
-        self.ports = [_free_port() for _ in range(self.engines)]
+        self.ports = [free_port() for _ in range(self.engines)]
         self.procs = [self._sim(i) for i in range(self.engines)]
         for p in self.ports:
             _wait(f"http://127.0.0.1:{p}/health")
@@ -123,7 +117,7 @@ class Stack:
                 inflight=self.inflight, waiting=self.waiting, db=self.tmp / "gantry.db"
             )
         )
-        self.gw_port = _free_port()
+        self.gw_port = free_port()
         self.log = open(self.tmp / "gateway.log", "wb")
         self.gateway = subprocess.Popen(
             [sys.executable, "-m", "gantry", "serve", "-c", str(cfg), "--port", str(self.gw_port)],

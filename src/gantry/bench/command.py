@@ -6,7 +6,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
@@ -22,6 +22,7 @@ from gantry.bench.datasets import (
     sharegpt_jobs,
 )
 from gantry.bench.runner import BenchError, RunSpec, _loop_run, base_of, discover_model
+from gantry.console import fail
 
 bench_app = typer.Typer(
     help="Load-test any OpenAI-compatible endpoint.",
@@ -29,37 +30,53 @@ bench_app = typer.Typer(
     no_args_is_help=False,
 )
 
-Url = Annotated[str | None, typer.Option(help="Target, e.g. http://127.0.0.1:8080/v1.")]
-Endpoint = Annotated[str, typer.Option(help="chat or completions.")]
-Model = Annotated[str | None, typer.Option(help="Model name (default: first in /v1/models).")]
-ApiKey = Annotated[str | None, typer.Option(help="Bearer key (default: $OPENAI_API_KEY).")]
-Dataset = Annotated[str, typer.Option(help="random, shared-prefix, multi-turn, sharegpt or jsonl.")]
-DatasetPath = Annotated[Path | None, typer.Option(help="File for sharegpt / jsonl.")]
-NumPrompts = Annotated[int, typer.Option(help="Requests (or sessions for multi-turn).")]
-InputLen = Annotated[int, typer.Option(help="Prompt length (tokens, approximately).")]
-OutputLen = Annotated[int, typer.Option(help="Output tokens per request.")]
-RangeRatio = Annotated[float, typer.Option(help="Lengths uniform in L(1-r)..L(1+r).")]
-PrefixLen = Annotated[int, typer.Option(help="Shared prefix length (random, shared-prefix).")]
-NumPrefixes = Annotated[int, typer.Option(help="shared-prefix: distinct prefixes.")]
-SuffixLen = Annotated[int, typer.Option(help="shared-prefix: question length.")]
-Turns = Annotated[int, typer.Option(help="multi-turn: turns per session.")]
-Rate = Annotated[str, typer.Option(help="Requests/s ('inf': all at once).")]
-Burstiness = Annotated[float, typer.Option(help="Gamma shape; 1 = Poisson.")]
-Ramp = Annotated[str | None, typer.Option(help="Linear ramp START:END requests/s.")]
-Steps = Annotated[str | None, typer.Option(help="Step schedule, e.g. 10s:5,10s:20.")]
-Concurrency = Annotated[int | None, typer.Option(help="Cap on requests in flight.")]
-Duration = Annotated[float | None, typer.Option(help="Stop sending after this many seconds.")]
-Slo = Annotated[str | None, typer.Option(help="e.g. ttft=500ms,tpot=50ms,e2el=10s.")]
-Seed = Annotated[int, typer.Option()]
+Url = Annotated[
+    str | None, typer.Option(metavar="URL", help="Target, e.g. http://127.0.0.1:8080/v1.")
+]
+Endpoint = Annotated[str, typer.Option(metavar="API", help="chat or completions.")]
+Model = Annotated[
+    str | None, typer.Option(metavar="NAME", help="Model name (default: first in /v1/models).")
+]
+ApiKey = Annotated[
+    str | None, typer.Option(metavar="KEY", help="Bearer key (default: $OPENAI_API_KEY).")
+]
+Dataset = Annotated[
+    str,
+    typer.Option(metavar="KIND", help="random, shared-prefix, multi-turn, sharegpt or jsonl."),
+]
+DatasetPath = Annotated[
+    Path | None, typer.Option(metavar="PATH", help="File for sharegpt / jsonl.")
+]
+NumPrompts = Annotated[
+    int, typer.Option(metavar="N", help="Requests (or sessions for multi-turn).")
+]
+InputLen = Annotated[int, typer.Option(metavar="TOKENS", help="Prompt length (approximately).")]
+OutputLen = Annotated[int, typer.Option(metavar="TOKENS", help="Output tokens per request.")]
+RangeRatio = Annotated[float, typer.Option(metavar="R", help="Lengths uniform in L(1-R)..L(1+R).")]
+PrefixLen = Annotated[
+    int, typer.Option(metavar="TOKENS", help="Shared prefix (random, shared-prefix).")
+]
+NumPrefixes = Annotated[int, typer.Option(metavar="N", help="shared-prefix: distinct prefixes.")]
+SuffixLen = Annotated[int, typer.Option(metavar="TOKENS", help="shared-prefix: question length.")]
+Turns = Annotated[int, typer.Option(metavar="N", help="multi-turn: turns per session.")]
+Rate = Annotated[str, typer.Option(metavar="RPS", help="Requests/s ('inf': all at once).")]
+Burstiness = Annotated[float, typer.Option(metavar="SHAPE", help="Gamma shape; 1 = Poisson.")]
+Ramp = Annotated[str | None, typer.Option(metavar="START:END", help="Linear ramp of requests/s.")]
+Steps = Annotated[
+    str | None, typer.Option(metavar="STEPS", help="Step schedule, e.g. 10s:5,10s:20.")
+]
+Concurrency = Annotated[int | None, typer.Option(metavar="N", help="Cap on requests in flight.")]
+Duration = Annotated[
+    float | None, typer.Option(metavar="SECONDS", help="Stop sending after this long.")
+]
+Slo = Annotated[str | None, typer.Option(metavar="SLO", help="e.g. ttft=500ms,tpot=50ms,e2el=10s.")]
+Seed = Annotated[int, typer.Option(metavar="N", help="Random seed.")]
 Stream = Annotated[bool, typer.Option("--stream/--no-stream")]
 IgnoreEos = Annotated[bool, typer.Option("--ignore-eos/--no-ignore-eos")]
-ExtraBody = Annotated[str | None, typer.Option(help="JSON merged into every request body.")]
+ExtraBody = Annotated[
+    str | None, typer.Option(metavar="JSON", help="Merged into every request body.")
+]
 NoProgress = Annotated[bool, typer.Option("--no-progress", help="No live display.")]
-
-
-def fail(message: str) -> NoReturn:
-    typer.echo(f"gantry: error: {message}", err=True)
-    raise typer.Exit(2)
 
 
 def _jobs(
@@ -199,9 +216,15 @@ def bench(
     ignore_eos: IgnoreEos = True,
     extra_body: ExtraBody = None,
     no_progress: NoProgress = False,
-    output: Annotated[Path | None, typer.Option(help="Write the JSON result here.")] = None,
-    plot_dir: Annotated[Path | None, typer.Option(help="Write PNG plots here.")] = None,
-    label: Annotated[str | None, typer.Option(help="Label stored in the result.")] = None,
+    output: Annotated[
+        Path | None, typer.Option(metavar="PATH", help="Write the JSON result here.")
+    ] = None,
+    plot_dir: Annotated[
+        Path | None, typer.Option(metavar="DIR", help="Write PNG plots here.")
+    ] = None,
+    label: Annotated[
+        str | None, typer.Option(metavar="LABEL", help="Stored in the result.")
+    ] = None,
 ) -> None:
     """Run a load test: TTFT, TPOT, ITL, E2E latency, throughput, goodput."""
     opts = dict(locals())
@@ -230,12 +253,16 @@ def bench(
 
 @bench_app.command("compare")
 def compare_cmd(
-    a: Path,
-    b: Path,
+    a: Annotated[Path, typer.Argument(metavar="A", hidden=True)],
+    b: Annotated[Path, typer.Argument(metavar="B", hidden=True)],
     slo: Slo = None,
     strict: Annotated[bool, typer.Option(help="Exit 1 if B fails an SLO.")] = False,
 ) -> None:
-    """Compare two results side by side, with ratios and SLO verdicts."""
+    """Compare two results, A and B, side by side.
+
+    A and B are JSON files written by `gantry bench --output`; the table shows ratios
+    and SLO verdicts.
+    """
     from gantry.bench.compare import compare, load_result
     from gantry.bench.slo import SLOError, parse_slo
 
@@ -251,12 +278,17 @@ def compare_cmd(
 @bench_app.command("sweep")
 def sweep_cmd(
     ctx: typer.Context,
-    rates: Annotated[str, typer.Option(help="Request rates, e.g. 1,2,4,8.")] = "1,2,4,8",
+    rates: Annotated[
+        str, typer.Option(metavar="RATES", help="Requests/s to try, e.g. 1,2,4,8.")
+    ] = "1,2,4,8",
     attainment: Annotated[
-        float, typer.Option(help="Share of requests that must meet the SLO.")
+        float, typer.Option(metavar="FRACTION", help="Share of requests that must meet the SLO.")
     ] = 0.99,
 ) -> None:
-    """Run the workload given to `gantry bench` at each rate; find the best rate."""
+    """Run the bench workload at each rate and find the best one.
+
+    The workload comes from the `gantry bench` options given before `sweep`.
+    """
     from gantry.bench.report import save_json
     from gantry.bench.sweep import parse_rates, plot_sweep, sweep
 

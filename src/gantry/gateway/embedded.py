@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,14 +11,9 @@ import urllib.request
 
 from gantry.config import EmbeddedConfig, EngineSpec
 from gantry.errors import ConfigError
+from gantry.netutil import free_port
 
 log = logging.getLogger("gantry.embedded")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class EmbeddedEngines:
@@ -116,4 +110,4 @@ def _healthy(url: str) -> bool:
         return False
 
 
-__all__ = ["EmbeddedEngines", "free_port"]
+__all__ = ["EmbeddedEngines"]

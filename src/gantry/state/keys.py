@@ -38,6 +38,12 @@ class KeyRecord:
     def active(self, now: float) -> bool:
         return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
 
+    def status(self, now: float) -> str:
+        """``active``, ``revoked`` or ``expired`` (revocation wins when both apply)."""
+        if self.revoked_at is not None:
+            return "revoked"
+        return "active" if self.active(now) else "expired"
+
     def public(self) -> dict[str, object]:
         return {
             "id": self.key_id,
