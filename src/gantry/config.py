@@ -120,7 +120,7 @@ class LoggingConfig(BaseModel):
     model_config = _FROZEN
     level: Literal["debug", "info", "warning", "error"] = "info"
     json_format: bool = Field(default=True, alias="json")
-    log_content: bool = False  # prompt/completion text in logs: off unless debugging
+    requests: bool = True  # one JSON line per request (serve --request-logs/--no-request-logs)
 
 
 class EmbeddedConfig(BaseModel):

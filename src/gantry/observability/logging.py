@@ -1,5 +1,5 @@
-"""Structured JSON logs (structlog). One line per request; never prompt text unless
-``logging.log_content`` is on (off by default)."""
+"""Structured JSON logs (structlog): one line per request, never prompt or completion
+text."""
 
 from __future__ import annotations
 
