@@ -13,7 +13,6 @@ tier without limits). ``--profile`` prints the top of a cProfile of the JSON cas
 from __future__ import annotations
 
 import argparse
-import asyncio
 import cProfile
 import io
 import os

@@ -7,15 +7,32 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 
 from gantry.netutil import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = 30.0, what: str = "the condition") -> T:
+    """Poll ``predicate`` until it returns something truthy, and return that.
+
+    The timeout is a generous bound for a slow or busy machine, never a pacing device:
+    tests wait on what they need (a metric, a log line, a status), not for a while."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} did not happen within {timeout:g} s")
+        time.sleep(0.05)
 
 
 def wait_http(
@@ -23,18 +40,34 @@ def wait_http(
     timeout: float = 30.0,
     proc: subprocess.Popen[bytes] | None = None,
     path: str = "/health",
+    headers: dict[str, str] | None = None,
+    verify: bool = True,
 ) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def up() -> bool:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited early with {proc.returncode}")
         try:
-            if httpx.get(url + path, timeout=0.5).status_code == 200:
-                return
+            return (
+                httpx.get(url + path, headers=headers, timeout=2, verify=verify).status_code == 200
+            )
         except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise TimeoutError(f"{url} did not come up")
+            return False
+
+    wait_until(up, timeout, f"{url}{path} answering 200")
+
+
+def wait_key_active(url: str, key: str, timeout: float = 30.0) -> None:
+    """Wait until the gateway accepts a key created after it started (its key refresh).
+
+    ``GET /v1/models`` is authenticated but charges no rate limit."""
+    wait_until(
+        lambda: (
+            httpx.get(url + "/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code
+            != 401
+        ),
+        timeout,
+        "the gateway accepting a new key",
+    )
 
 
 class Proc:

@@ -123,9 +123,8 @@ class LoggingConfig(BaseModel):
     model_config = _FROZEN
     level: Literal["debug", "info", "warning", "error"] = "info"
     json_format: bool = Field(default=True, alias="json")
-    requests: bool = True  # one JSON line per request (never prompt or completion text)
+    requests: bool = True  # one JSON line per request (serve --request-logs/--no-request-logs)
     probe_requests: bool = False  # also for successful /health, /readyz, /metrics calls
-    log_content: bool = False  # prompt/completion text in logs: off unless debugging
 
 
 class EmbeddedConfig(BaseModel):

@@ -79,11 +79,33 @@ def test_run_writes_vllm_compatible_json(bench_sim, tmp_path):
     assert res["total_input_tokens"] > 30 * 64
 
 
-@pytest.mark.parametrize("dataset", ["shared-prefix", "multi-turn"])
-def test_prefix_and_session_datasets(bench_sim, dataset):
-    before = metric_value(
-        httpx.get(bench_sim.url + "/metrics").text, "vllm:prefix_cache_hits_total"
-    )
+PREFIX_CASES = [
+    # 2 prefixes of 200 words x 4 questions, one request at a time so that each prefix is
+    # cached before its next question: 3 of every 4 requests reuse >= 12 full blocks.
+    (
+        "shared-prefix",
+        ["--num-prefixes", "2", "--prefix-len", "200", "--max-concurrency", "1"],
+        8,
+        2 * 3 * 12 * 16,
+    ),
+    # 8 sessions x 3 turns of 64 words: turn 2 resends turn 1 (>= 64 tokens), turn 3
+    # resends turn 2's whole prompt (>= 128 tokens), and the engine has them cached.
+    ("multi-turn", ["--turns", "3", "--input-len", "64"], 8 * 3, 8 * (64 + 128)),
+]
+
+
+@pytest.mark.parametrize(
+    ("dataset", "args", "requests", "min_hit_tokens"),
+    PREFIX_CASES,
+    ids=[c[0] for c in PREFIX_CASES],
+)
+def test_prefix_and_session_datasets(bench_sim, tmp_path, dataset, args, requests, min_hit_tokens):
+    def hits() -> float:
+        text = httpx.get(bench_sim.url + "/metrics").text
+        return metric_value(text, "vllm:prefix_cache_hits_total")
+
+    before = hits()
+    out = tmp_path / "r.json"
     r = bench(
         "--url",
         bench_sim.url,
@@ -91,23 +113,19 @@ def test_prefix_and_session_datasets(bench_sim, dataset):
         dataset,
         "--num-prompts",
         "8",
-        "--num-prefixes",
-        "2",
-        "--prefix-len",
-        "200",
-        "--turns",
-        "3",
         "--output-len",
         "8",
         "--endpoint",
         "completions",
+        "--output",
+        str(out),
+        *args,
     )
     assert r.returncode == 0, r.stderr
-    after = metric_value(httpx.get(bench_sim.url + "/metrics").text, "vllm:prefix_cache_hits_total")
-    assert after > before  # shared prefixes and growing histories hit the prefix cache
-    assert "Failed requests                      │ 0" in r.stdout.replace("  ", " ") or (
-        "│ 0 " in r.stdout
-    )
+    res = json.loads(out.read_text())
+    assert res["dataset"] == dataset
+    assert res["completed"] == requests and res["failed"] == 0
+    assert hits() - before >= min_hit_tokens
 
 
 def test_faults_are_counted_not_crashed_on(bench_sim, tmp_path):

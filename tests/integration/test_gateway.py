@@ -5,17 +5,27 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import h11
 import httpx
 import openai
 import pytest
 
 from gantry.netutil import free_port
-from tests.helpers import Proc, gantry_cmd, gateway, metric_value, sim, wait_http
+from tests.helpers import (
+    Proc,
+    gantry_cmd,
+    gateway,
+    metric_value,
+    sim,
+    wait_http,
+    wait_until,
+)
 
 
 @pytest.fixture(scope="module")
@@ -43,32 +53,32 @@ def reset_faults(engines: list[Proc]) -> None:
 
 def test_openai_sdk_through_gateway(stack):
     gw, _ = stack
+    # Seeded, and run to max_tokens whatever the seed: nothing below depends on chance.
+    fixed = {"seed": 7, "extra_body": {"ignore_eos": True}}
+    chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, **fixed}
     client = openai.OpenAI(base_url=gw.url + "/v1", api_key="none")
-    r = client.chat.completions.create(
-        model="qwen", messages=[{"role": "user", "content": "hi"}], max_tokens=4
+    r = client.chat.completions.create(model="qwen", **chat)
+    assert r.usage.completion_tokens == 5 and r.choices[0].finish_reason == "length"
+    text = r.choices[0].message.content
+    assert text
+    chunks = list(
+        client.completions.create(model="qwen", prompt="x", max_tokens=3, stream=True, **fixed)
     )
-    assert r.usage.completion_tokens == 4
-    chunks = list(client.completions.create(model="qwen", prompt="x", max_tokens=3, stream=True))
     assert chunks[-1].choices[0].finish_reason == "length"
 
-    async def run() -> int:
-        ac = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key="none")
-        n = 0
-        stream = await ac.chat.completions.create(
-            model="gpt-4",
-            messages=[{"role": "user", "content": "hi"}],
-            max_tokens=5,
-            stream=True,
-            stream_options={"include_usage": True},
-        )
-        async for c in stream:
-            n += 1
-            last = c
-        await ac.close()
-        assert last.usage.completion_tokens == 5
-        return n
+    async def run() -> list[openai.types.chat.ChatCompletionChunk]:
+        async with openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key="none") as ac:
+            stream = await ac.chat.completions.create(
+                model="gpt-4", stream=True, stream_options={"include_usage": True}, **chat
+            )
+            return [c async for c in stream]
 
-    assert asyncio.run(run()) >= 6
+    # The same seeded request through the alias, streamed: the same answer, in chunks.
+    got = asyncio.run(run())
+    assert got[0].choices[0].delta.role == "assistant"
+    assert got[-2].choices[0].finish_reason == "length"
+    assert got[-1].choices == [] and got[-1].usage.completion_tokens == 5
+    assert "".join(c.choices[0].delta.content or "" for c in got[:-1]) == text
 
 
 def test_usage_chunk_only_when_asked_and_extra_fields_pass_through(stack):
@@ -238,16 +248,22 @@ def test_client_disconnect_cancels_upstream(tmp_path):
             for i, _ in enumerate(r.iter_lines()):
                 if i > 4:
                     break
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
+
+        def aborted() -> str | None:
             text = httpx.get(e.url + "/metrics").text
-            if metric_value(text, "vllm:request_success_total", finished_reason="abort") == 1:
-                break
-            time.sleep(0.05)
-        assert metric_value(text, "vllm:request_success_total", finished_reason="abort") == 1
+            done = metric_value(text, "vllm:request_success_total", finished_reason="abort")
+            return text if done == 1 else None
+
+        text = wait_until(aborted, 30, "the engine aborting the request")
         assert metric_value(text, "vllm:num_requests_running") == 0
-        gm = httpx.get(gw.url + "/metrics").text
-        assert metric_value(gm, "gantry_client_disconnects_total") == 1
+        wait_until(
+            lambda: (
+                metric_value(httpx.get(gw.url + "/metrics").text, "gantry_client_disconnects_total")
+                == 1
+            ),
+            30,
+            "the gateway counting the disconnect",
+        )
 
 
 def test_failover_on_engine_errors(stack):
@@ -292,11 +308,12 @@ def test_readiness_as_engines_die_and_recover(tmp_path):
         with gateway(tmp_path, "-c", str(cfg)) as gw:
             assert httpx.get(gw.url + "/readyz").json() == {"ready": True, "reasons": []}
             e.stop(9)
-            deadline = time.monotonic() + 5
-            while httpx.get(gw.url + "/readyz").status_code == 200:
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
-            r = httpx.get(gw.url + "/readyz")
+
+            def not_ready() -> httpx.Response | None:
+                r = httpx.get(gw.url + "/readyz")
+                return r if r.status_code != 200 else None
+
+            r = wait_until(not_ready, 30, "/readyz turning 503")
             assert r.status_code == 503 and "model m" in r.json()["reasons"][0]
             assert httpx.get(gw.url + "/health").status_code == 200  # alive all the same
             r = httpx.post(gw.url + "/v1/completions", json={"model": "m", "prompt": "x"})
@@ -378,18 +395,48 @@ def test_oversized_headers_get_431(stack):
     assert r.status_code == 431 and r.json()["error"]["message"]
 
 
-def test_slow_client_body_gets_408(tmp_path):
-    import socket
+def stalled_body_answer(port: int, bound: float = 20.0) -> tuple[h11.Response, bytes]:
+    """POST a body of 100 bytes, send 1, then only read: the server's answer and its body.
 
+    Returns once the server has closed the connection. ``bound`` is generous next to the
+    body timeout the test sets, and below the 30 s after which idle connections close
+    anyway, so a server that answers 408 but keeps the connection open fails."""
+    conn = h11.Connection(h11.CLIENT)
+    head = h11.Request(
+        method="POST",
+        target="/v1/completions",
+        headers=[("Host", "gw"), ("Content-Type", "application/json"), ("Content-Length", "100")],
+    )
+    received = bytearray()
+    with socket.create_connection(("127.0.0.1", port), timeout=bound) as s:
+        s.sendall(conn.send(head) + conn.send(h11.Data(data=b"{")))
+        try:
+            while data := s.recv(65536):
+                received += data
+        except ConnectionResetError:
+            pass  # closed with a reset rather than a FIN: closed all the same
+        except TimeoutError:
+            raise AssertionError(f"connection still open; received {bytes(received)!r}") from None
+    conn.receive_data(bytes(received))
+    conn.receive_data(b"")  # the server closed the connection
+    response, body = None, b""
+    while not isinstance(event := conn.next_event(), h11.ConnectionClosed):
+        assert event is not h11.NEED_DATA, f"incomplete answer: {bytes(received)!r}"
+        if isinstance(event, h11.Response):
+            response = event
+        elif isinstance(event, h11.Data):
+            body += event.data
+    assert response is not None, bytes(received)
+    return response, body
+
+
+def test_slow_client_body_gets_408(tmp_path):
     with (
         sim(tmp_path, "--served-model-name", "m", "--profile", "instant") as e,
         gateway(tmp_path, "--engine", e.url, env={"GANTRY_SECURITY__BODY_TIMEOUT_S": "0.5"}) as gw,
     ):
-        with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
-            s.sendall(
-                b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"
-                b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
-            )
-            reply = s.recv(4096)
-        assert reply.startswith(b"HTTP/1.1 408") and b'"timeout_error"' in reply
+        response, body = stalled_body_answer(gw.port)
+        assert response.status_code == 408
+        err = json.loads(body)["error"]
+        assert err["type"] == "timeout_error" and isinstance(err["message"], str)
         assert httpx.get(gw.url + "/health").status_code == 200  # still serving

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from gantry.netutil import free_port
-from tests.helpers import gantry_cmd, gateway, sim
+from tests.helpers import gantry_cmd, gateway, sim, wait_http, wait_key_active
 from tests.recording_engine import recording_engine
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
@@ -68,7 +68,8 @@ def secured(module_tmp: Path):
             health="/health",
         ) as gw,
     ):
-        time.sleep(0.5)
+        # /readyz is not public here: wait for the engines with a key that may ask.
+        wait_http(gw.url, 30, path="/readyz", headers=bearer(admin))
         yield (
             gw,
             db,
@@ -141,7 +142,7 @@ def test_security_headers_and_rate_limit_headers(secured):
 def test_rpm_limit_gives_429_with_retry_after(secured):
     gw, db, k = secured
     tiny, _ = new_key(db, "--tenant", "small", "--tier", "tiny", "--config", k["cfg"])
-    time.sleep(0.8)  # key refresh
+    wait_key_active(gw.url, tiny)
     codes = [
         httpx.post(gw.url + "/v1/chat/completions", json=CHAT, headers=bearer(tiny))
         for _ in range(5)
@@ -187,7 +188,7 @@ def test_model_allow_list_and_admin_api_with_audit(secured):
 def test_idempotency_keys_are_scoped_per_tenant(secured):
     gw, db, k = secured
     other, _ = new_key(db, "--tenant", "globex")
-    time.sleep(0.8)
+    wait_key_active(gw.url, other)
     idem = {"Idempotency-Key": str(uuid.uuid4())}
     body = {**CHAT, "seed": 3}
     a = httpx.post(
@@ -270,12 +271,8 @@ def test_two_replicas_share_one_limit_over_redis(tmp_path):
     env = {"GANTRY_SECURITY__DATABASE_URL": db}
     with (
         sim(tmp_path, "--served-model-name", "m", "--profile", "instant") as e,
-        gateway(
-            tmp_path, "-c", str(cfg), "--engine", e.url, secure=True, env=env, health="/health"
-        ) as a,
-        gateway(
-            tmp_path, "-c", str(cfg), "--engine", e.url, secure=True, env=env, health="/health"
-        ) as b,
+        gateway(tmp_path, "-c", str(cfg), "--engine", e.url, secure=True, env=env) as a,
+        gateway(tmp_path, "-c", str(cfg), "--engine", e.url, secure=True, env=env) as b,
     ):
         codes = [
             httpx.post(
@@ -338,7 +335,7 @@ def test_jwt_bearer_tokens(tmp_path):
     )
     with (
         sim(tmp_path, "--served-model-name", "m", "--profile", "instant") as e,
-        gateway(tmp_path, "-c", str(cfg), "--engine", e.url, secure=True, health="/health") as gw,
+        gateway(tmp_path, "-c", str(cfg), "--engine", e.url, secure=True) as gw,
     ):
         ok = httpx.post(gw.url + "/v1/chat/completions", json=CHAT, headers=bearer(token()))
         assert ok.status_code == 200
@@ -400,14 +397,8 @@ def test_tls(tmp_path):
         ) as gw,
     ):
         url = f"https://127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                r = httpx.post(url + "/v1/chat/completions", json=CHAT, verify=False)
-                break
-            except httpx.HTTPError:
-                assert time.monotonic() < deadline, gw.logs()
-                time.sleep(0.1)
+        wait_http(url, 30, gw.proc, path="/readyz", verify=False)
+        r = httpx.post(url + "/v1/chat/completions", json=CHAT, verify=False)
         assert r.status_code == 200
     r = subprocess.run(
         gantry_cmd("serve", "--ssl-certfile", str(tmp_path / "c.pem")),
@@ -499,7 +490,6 @@ def test_limit_store_unreachable_fails_open_for_rates_and_closed_for_quotas(tmp_
             e.url,
             secure=True,
             env={"GANTRY_SECURITY__DATABASE_URL": db},
-            health="/health",
         ) as gw,
     ):
         ok = httpx.post(gw.url + "/v1/chat/completions", json=CHAT, headers=bearer(rates))

@@ -11,7 +11,15 @@ import msgpack
 import pytest
 
 from gantry.netutil import free_port
-from tests.helpers import Proc, gantry_cmd, metric_value, run_proc, sim, wait_http
+from tests.helpers import (
+    Proc,
+    gantry_cmd,
+    metric_value,
+    run_proc,
+    sim,
+    wait_http,
+    wait_until,
+)
 
 
 def set_faults(p: Proc, **patch: object) -> None:
@@ -94,13 +102,13 @@ def test_client_disconnect_aborts_and_frees_blocks(tmp_path):
             for i, _ in enumerate(r.iter_lines()):
                 if i > 3:
                     break
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            stats = httpx.get(p.url + "/sim/stats").json()
-            if stats["running"] == 0:
-                break
-            time.sleep(0.05)
-        assert stats["running"] == 0 and stats["kv_usage"] == 0.0
+
+        def idle() -> dict[str, float] | None:
+            stats: dict[str, float] = httpx.get(p.url + "/sim/stats").json()
+            return stats if stats["running"] == 0 else None
+
+        stats = wait_until(idle, 30, "the engine aborting the request")
+        assert stats["kv_usage"] == 0.0
         after = metric_value(
             httpx.get(p.url + "/metrics").text,
             "vllm:request_success_total",
@@ -124,12 +132,12 @@ def test_crash_on_command_and_after_n(tmp_path):
 def test_slow_start_refuses_connections_until_ready(tmp_path):
     port = free_port()
     with run_proc(
-        gantry_cmd("sim", "--port", str(port), "--slow-start", "1.5", "--profile", "instant"),
+        gantry_cmd("sim", "--port", str(port), "--slow-start", "3", "--profile", "instant"),
         port,
         tmp_path,
         wait=False,
     ) as p:
-        time.sleep(0.5)
+        wait_until(lambda: "slow start" in p.logs(), 30, "the engine starting to load")
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", port)) != 0  # connection refused while loading
         wait_http(p.url, 20, p.proc)
@@ -175,13 +183,26 @@ def test_kv_events_published_over_zmq(tmp_path):
         sub = ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.SUBSCRIBE, b"")
         sub.connect(f"tcp://127.0.0.1:{port}")
-        time.sleep(0.3)  # let the subscription propagate
-        httpx.post(p.url + "/v1/completions", json={"prompt": "hello " * 40, "max_tokens": 2})
-        assert sub.poll(5000)
-        topic, seq, payload = sub.recv_multipart()
+        warm_ups = iter(range(1000))
+
+        def subscribed() -> bool:
+            # PUB drops what it sends before the subscription arrives: publish until one
+            # message gets through (each warm-up prompt is new, so it stores blocks).
+            prompt = f"warm-up {next(warm_ups)} " + "hello " * 40
+            httpx.post(p.url + "/v1/completions", json={"prompt": prompt, "max_tokens": 2})
+            return bool(sub.poll(100))
+
+        wait_until(subscribed, 30, "the subscription taking effect")
+        prompt = list(range(1000, 1080))  # five full blocks no other request has
+        httpx.post(p.url + "/v1/completions", json={"prompt": prompt, "max_tokens": 2})
+        while True:
+            assert sub.poll(10_000), "no KV event for the request"
+            topic, seq, payload = sub.recv_multipart()
+            ts, events, rank = msgpack.unpackb(payload)
+            if events[0].get("token_ids", [])[:16] == prompt[:16]:
+                break
         sub.close()
     assert topic == b"" and len(seq) == 8
-    ts, events, rank = msgpack.unpackb(payload)
     assert isinstance(ts, float) and rank == 0
     stored = events[0]
     assert stored["type"] == "BlockStored" and stored["medium"] == "GPU"
