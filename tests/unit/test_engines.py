@@ -1,8 +1,22 @@
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping
+
+import orjson
 import pytest
 
-from gantry.engines import HealthState, mark_down, observe, parse_metrics
+from gantry.config import EngineSpec, HealthConfig
+from gantry.engines import (
+    EnginePool,
+    EngineRequest,
+    EngineResponse,
+    HealthState,
+    mark_down,
+    observe,
+    parse_metrics,
+)
+from gantry.errors import RetryableEngineError
 
 KW = dict(failure_threshold=2, success_threshold=2)
 
@@ -49,3 +63,76 @@ vllm:prefix_cache_hits_total{engine="0",model_name="m"} 40.0
     assert old.kv_usage == 0.25 and old.prefix_hits == 7
     empty = parse_metrics("garbage\nhttp_requests_total 5\n")
     assert empty.running is None and empty.kv_usage is None
+
+
+# -- the pool, over an in-test transport ------------------------------------------------
+
+
+class FakeResponse:
+    def __init__(self, status: int, body: bytes) -> None:
+        self.status = status
+        self.headers: Mapping[str, str] = {}
+        self._body = body
+
+    async def read(self) -> bytes:
+        return self._body
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        yield self._body
+
+    async def next_chunk(self) -> bytes | None:
+        body, self._body = self._body, b""
+        return body or None
+
+    def close(self) -> None:
+        pass
+
+
+class FakeEngine:
+    """One engine as the pool sees it: up or down, serving some models, counting GETs."""
+
+    def __init__(self, *models: str, max_model_len: int = 4096) -> None:
+        self.up = True
+        self.models = list(models)
+        self.max_model_len = max_model_len
+        self.calls: Counter[str] = Counter()
+
+    async def send(self, request: EngineRequest) -> EngineResponse:
+        self.calls[request.path] += 1
+        if not self.up:  # worded as a careless transport would: the pool must not echo it
+            raise RetryableEngineError(f"{URL} unreachable: Connect call failed {URL}")
+        if request.path == "/v1/models":
+            data = [{"id": m, "max_model_len": self.max_model_len} for m in self.models]
+            return FakeResponse(200, orjson.dumps({"object": "list", "data": data}))
+        if request.path == "/health":
+            return FakeResponse(200, b"")
+        return FakeResponse(404, b"")
+
+    async def aclose(self) -> None:
+        pass
+
+
+URL = "http://10.0.0.5:8000"
+CFG = HealthConfig(failure_threshold=1, success_threshold=1, scrape_metrics=False)
+
+
+def make_pool(engine: FakeEngine):
+    spec = EngineSpec(url=URL, name="gpu-1")
+    return EnginePool((spec,), CFG, transport_factory=lambda s: engine)
+
+
+async def test_probe_reasons_name_no_address():
+    engine = FakeEngine("a")
+    engine.up = False
+    pool = make_pool(engine)
+    await pool.refresh()
+    reason = pool.snapshot.engines[0].reason
+    assert reason and "10.0.0.5" not in reason and "8000" not in reason, reason
+    await pool.aclose()
+
+
+def test_unnamed_engines_get_their_pool_name_in_the_transport():
+    specs = (EngineSpec(url=URL), EngineSpec(url="http://10.0.0.6:8000", transport="aiohttp"))
+    pool = EnginePool(specs, CFG)
+    names = [pool.transport(n).name for n in ("engine-0", "engine-1")]
+    assert names == ["engine-0", "engine-1"]

@@ -3,6 +3,8 @@
 Background probing builds a new ``PoolSnapshot`` and swaps it in whole; routing reads
 whichever snapshot is current and never sees a half-updated one. In-flight counts are
 the only live, per-request numbers (a plain dict, one entry per engine).
+
+Health reasons reach clients (``/readyz``), so they name no engine address.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import enum
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -19,7 +22,12 @@ from gantry.config import EngineSpec, HealthConfig
 from gantry.engines.h1 import H1Transport
 from gantry.engines.health import HealthState, mark_down, observe
 from gantry.engines.scrape import EngineLoad, parse_metrics
-from gantry.engines.transport import EngineRequest, EngineTransport, HTTPTransport
+from gantry.engines.transport import (
+    EngineRequest,
+    EngineTransport,
+    HTTPTransport,
+    describe_os_error,
+)
 from gantry.errors import GantryError
 from gantry.routing.snapshot import EngineView, PoolSnapshot
 
@@ -45,13 +53,14 @@ class _Member:
     discovered: bool = False
 
 
+# Called with the engine's spec, ``name`` filled in (``engine-<i>`` when not configured).
 TransportFactory = Callable[[EngineSpec], EngineTransport]
 
 
 def _http_factory(spec: EngineSpec) -> EngineTransport:
     if spec.transport == "aiohttp":
-        return HTTPTransport(spec.url, api_key=spec.api_key)
-    return H1Transport(spec.url, api_key=spec.api_key)
+        return HTTPTransport(spec.url, api_key=spec.api_key, name=spec.name)
+    return H1Transport(spec.url, api_key=spec.api_key, name=spec.name)
 
 
 class EnginePool:
@@ -69,6 +78,8 @@ class EnginePool:
             if name in seen:
                 raise GantryError(f"duplicate engine name {name!r}")
             seen.add(name)
+            if spec.name is None:
+                spec = spec.model_copy(update={"name": name})
             self._members.append(
                 _Member(spec, name, transport_factory(spec), models=tuple(spec.models))
             )
@@ -113,8 +124,8 @@ class EnginePool:
         m = self._by_name.get(name)
         if m is None or not m.health.healthy:
             return
-        m.health = mark_down(m.health, reason)
-        log.warning("engine %s marked down: %s", name, reason)
+        m.health = mark_down(m.health, _scrub(m, reason))
+        log.warning("engine %s (%s) marked down: %s", name, m.spec.url, reason)
         self._publish()
 
     async def _loop(self) -> None:
@@ -170,7 +181,7 @@ class EnginePool:
             if ok and not m.discovered:
                 ok, reason = await self._discover(m)
         except (GantryError, TimeoutError, OSError) as exc:
-            reason = str(exc) or type(exc).__name__
+            reason = _reason(m, exc)
         m.health = observe(
             m.health,
             ok,
@@ -182,8 +193,9 @@ class EnginePool:
             await self._scrape(m)
         if before != m.health.healthy:
             log.warning(
-                "engine %s is now %s%s",
+                "engine %s (%s) is now %s%s",
                 m.name,
+                m.spec.url,
                 "healthy" if m.health.healthy else "unhealthy",
                 f" ({m.health.reason})" if m.health.reason else "",
             )
@@ -228,3 +240,19 @@ class EnginePool:
         return (
             f"<EnginePool engines={len(self._members)} healthy={healthy} state={self.state.value}>"
         )
+
+
+def _scrub(m: _Member, text: str) -> str:
+    """A reason fit for clients: without the engine's address or a repeat of its name."""
+    text = text.removeprefix(f"engine {m.name} ")
+    for address in (m.spec.url, urlsplit(m.spec.url).netloc):
+        text = text.replace(address, m.name)
+    return text
+
+
+def _reason(m: _Member, exc: BaseException) -> str:
+    if isinstance(exc, GantryError):
+        return _scrub(m, str(exc) or type(exc).__name__)
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return _scrub(m, f"unreachable: {describe_os_error(exc)}")
