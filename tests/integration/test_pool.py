@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
+import httpx
 import pytest
 
 from gantry.config import EngineSpec, HealthConfig
 from gantry.engines import EnginePool, EngineRequest, H1Transport, HTTPTransport
 from gantry.errors import EngineError, EngineTimeout, RetryableEngineError
-from tests.helpers import free_port
+from tests.helpers import free_port, gateway, sim
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 TRANSPORTS = [H1Transport, HTTPTransport]
@@ -103,3 +105,44 @@ async def test_dead_engine_reason_has_no_address():
         view = pool.snapshot.engines[0]
     assert not view.healthy
     assert view.reason == "unreachable: connection refused"
+
+
+def _poll(url: str, check: Callable[[httpx.Response], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = httpx.get(url, timeout=2.0)
+            if check(last):
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{url}: condition not met; last answer {last and last.text}")
+
+
+def _model_ids(r: httpx.Response) -> set[str]:
+    return {c["id"] for c in r.json()["data"]} if r.status_code == 200 else set()
+
+
+def test_gateway_follows_an_engine_restarted_with_another_model(tmp_path):
+    port = free_port()
+    env = {"GANTRY_HEALTH__INTERVAL_S": "0.2", "GANTRY_HEALTH__TIMEOUT_S": "1"}
+    with (
+        sim(tmp_path, "--served-model-name", "a", port=port) as engine,
+        gateway(tmp_path, "--engine", engine.url, env=env) as gw,
+    ):
+        assert _model_ids(httpx.get(gw.url + "/v1/models")) == {"a"}
+        engine.stop()
+        # The engine is gone: /readyz (public) says why without naming its address.
+        _poll(gw.url + "/readyz", lambda r: r.status_code == 503)
+        reasons = httpx.get(gw.url + "/readyz").text
+        assert "engine-0" in reasons and "127.0.0.1" not in reasons and str(port) not in reasons
+        with sim(tmp_path, "--served-model-name", "b", port=port):
+            _poll(gw.url + "/v1/models", lambda r: _model_ids(r) == {"b"})
+            r = httpx.post(
+                gw.url + "/v1/completions",
+                json={"model": "b", "prompt": "x", "max_tokens": 2},
+                timeout=30,
+            )
+            assert r.status_code == 200, r.text

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 
@@ -116,9 +117,84 @@ URL = "http://10.0.0.5:8000"
 CFG = HealthConfig(failure_threshold=1, success_threshold=1, scrape_metrics=False)
 
 
-def make_pool(engine: FakeEngine):
-    spec = EngineSpec(url=URL, name="gpu-1")
-    return EnginePool((spec,), CFG, transport_factory=lambda s: engine)
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_pool(engine: FakeEngine, *, models: tuple[str, ...] = (), clock: Clock | None = None):
+    spec = EngineSpec(url=URL, name="gpu-1", models=models)
+    return EnginePool((spec,), CFG, transport_factory=lambda s: engine, clock=clock or Clock())
+
+
+async def test_restart_with_another_model_is_noticed(caplog):
+    engine = FakeEngine("a")
+    pool = make_pool(engine)
+    await pool.refresh()
+    assert pool.snapshot.models() == ["a"] and engine.calls["/v1/models"] == 1
+    for _ in range(3):  # ordinary rounds: /health only
+        await pool.refresh()
+    assert engine.calls == Counter({"/health": 4, "/v1/models": 1})
+
+    engine.up = False
+    await pool.refresh()
+    assert pool.snapshot.healthy_for("a") == ()
+    engine.models, engine.up = ["b"], True
+    with caplog.at_level(logging.WARNING, "gantry.pool"):
+        await pool.refresh()
+    assert pool.snapshot.models() == ["b"] and pool.models_of("gpu-1") == ("b",)
+    assert [e.name for e in pool.snapshot.healthy_for("b")] == ["gpu-1"]
+    assert "engine gpu-1 now serves [b], max_model_len 4096 (was [a], max_model_len 4096)" in (
+        caplog.text
+    )
+    await pool.refresh()
+    assert engine.calls["/v1/models"] == 2  # read once more, on recovery only
+    assert caplog.text.count("now serves") == 1
+    await pool.aclose()
+
+
+async def test_data_path_failure_rereads_models_at_the_next_good_probe():
+    engine = FakeEngine("a")
+    pool = make_pool(engine)
+    await pool.refresh()
+    engine.models = ["b"]
+    pool.report_down("gpu-1", f"engine gpu-1 unreachable: connection refused ({URL})")
+    view = pool.snapshot.engines[0]
+    assert not view.healthy and view.reason == "unreachable: connection refused (gpu-1)"
+    await pool.refresh()
+    assert pool.snapshot.models() == ["b"] and pool.snapshot.engines[0].healthy
+    await pool.aclose()
+
+
+async def test_models_and_max_model_len_are_reread_periodically():
+    engine, clock = FakeEngine("a", max_model_len=4096), Clock()
+    pool = make_pool(engine, clock=clock)
+    await pool.refresh()
+    engine.models, engine.max_model_len = ["a", "c"], 8192
+    clock.now += CFG.models_refresh_s - 1
+    await pool.refresh()
+    assert engine.calls["/v1/models"] == 1 and pool.snapshot.models() == ["a"]
+    clock.now += 1
+    await pool.refresh()
+    assert engine.calls["/v1/models"] == 2
+    assert pool.snapshot.models() == ["a", "c"]
+    assert pool.snapshot.engines[0].max_model_len == 8192
+    await pool.aclose()
+
+
+async def test_configured_models_keep_their_names():
+    engine, clock = FakeEngine("served-name", max_model_len=2048), Clock()
+    pool = make_pool(engine, models=("public",), clock=clock)
+    await pool.refresh()
+    engine.max_model_len = 1024
+    clock.now += CFG.models_refresh_s
+    await pool.refresh()
+    view = pool.snapshot.engines[0]
+    assert view.models == ("public",) and view.max_model_len == 1024
+    await pool.aclose()
 
 
 async def test_probe_reasons_name_no_address():
