@@ -51,6 +51,7 @@ class HealthConfig(BaseModel):
     failure_threshold: int = Field(default=2, ge=1)
     success_threshold: int = Field(default=1, ge=1)
     scrape_metrics: bool = True
+    models_refresh_s: float = Field(default=30.0, gt=0)  # re-read /v1/models (and on recovery)
 
 
 class TimeoutConfig(BaseModel):

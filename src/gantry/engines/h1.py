@@ -9,6 +9,8 @@ responses, keep-alive reuse, TLS via an ``ssl`` context.
 Timeouts use one timer handle per phase (no extra tasks). A request that fails on a
 reused idle connection before any response byte is retried once on a fresh one (the
 engine may have closed it at its keep-alive limit).
+
+Errors name the engine by ``name``, never by URL (see ``gantry.engines.transport``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,12 @@ from urllib.parse import urlsplit
 
 import httptools
 
-from gantry.engines.transport import EngineRequest, EngineResponse
+from gantry.engines.transport import (
+    EngineRequest,
+    EngineResponse,
+    describe_os_error,
+    netloc_of,
+)
 from gantry.errors import EngineTimeout, RetryableEngineError
 
 _IDLE_TTL_S = 4.0  # below vLLM's 5 s keep-alive, so we close first
@@ -42,14 +49,16 @@ class _Conn(asyncio.Protocol):
         "idle_since",
         "keep_alive",
         "loop",
+        "name",
         "parser",
         "status",
         "transport",
         "used",
     )
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, name: str) -> None:
         self.loop = loop
+        self.name = name  # the engine's, for error messages
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.used = False
@@ -75,15 +84,15 @@ class _Conn(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:  # pragma: no cover - engines do not upgrade
-            self._fail(RetryableEngineError("unexpected protocol upgrade"))
+            self._fail(self._error("asked for a protocol upgrade"))
         except httptools.HttpParserError as exc:
-            self._fail(RetryableEngineError(f"bad HTTP response from engine: {exc}"))
+            self._fail(self._error(f"sent a bad HTTP response ({exc})"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._eof = True
         self.keep_alive = False
         if not self._done:
-            self._fail(RetryableEngineError("engine closed the connection"))
+            self._fail(self._error("closed the connection"))
         self._wake()
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -104,6 +113,9 @@ class _Conn(asyncio.Protocol):
         self._wake()
 
     # -- helpers -------------------------------------------------------------------
+    def _error(self, what: str) -> RetryableEngineError:
+        return RetryableEngineError(f"engine {self.name} {what}", engine=self.name)
+
     def _wake(self) -> None:
         w = self._waiter
         if w is not None and not w.done():
@@ -193,13 +205,23 @@ class _Response:
 
 
 class H1Transport:
-    """EngineTransport over pooled HTTP/1.1 connections to one engine."""
+    """EngineTransport over pooled HTTP/1.1 connections to one engine.
+
+    ``name`` is how errors refer to the engine (default ``host:port``; the pool passes
+    the engine's configured name).
+    """
 
     def __init__(
-        self, base_url: str, *, api_key: str | None = None, max_idle: int = _MAX_IDLE
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        max_idle: int = _MAX_IDLE,
+        name: str | None = None,
     ) -> None:
         u = urlsplit(base_url)
         self.base_url = base_url.rstrip("/")
+        self.name = name or netloc_of(self.base_url)
         self._host = u.hostname or "127.0.0.1"
         self._port = u.port or (443 if u.scheme == "https" else 80)
         self._ssl: ssl.SSLContext | None = (
@@ -214,19 +236,21 @@ class H1Transport:
 
     async def _connect(self, connect_s: float) -> _Conn:
         loop = asyncio.get_running_loop()
+        name = self.name
         try:
             _, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: _Conn(loop), self._host, self._port, ssl=self._ssl),
+                loop.create_connection(
+                    lambda: _Conn(loop, name), self._host, self._port, ssl=self._ssl
+                ),
                 connect_s,
             )
         except TimeoutError as exc:
             raise EngineTimeout(
-                f"engine {self.base_url}: connect timed out", engine=self.base_url
+                f"engine {name} did not accept a connection within {connect_s:g}s", engine=name
             ) from exc
         except OSError as exc:
             raise RetryableEngineError(
-                f"engine {self.base_url} unreachable: {exc.strerror or type(exc).__name__}",
-                engine=self.base_url,
+                f"engine {name} unreachable: {describe_os_error(exc)}", engine=name
             ) from exc
         return conn
 
@@ -285,7 +309,7 @@ class H1Transport:
         conn.transport.write(data)
         handle = None
         if read_s is not None:
-            handle = conn.loop.call_later(read_s, _expire, conn, read_s, self.base_url)
+            handle = conn.loop.call_later(read_s, _expire, conn, read_s)
         try:
             await conn._headers_fut
         except BaseException:
@@ -302,9 +326,10 @@ class H1Transport:
         self._idle.clear()
 
     def __repr__(self) -> str:
-        return f"<H1Transport {self.base_url} idle={len(self._idle)}>"
+        return f"<H1Transport {self.name} {self.base_url} idle={len(self._idle)}>"
 
 
-def _expire(conn: _Conn, timeout: float, url: str) -> None:
-    conn._fail(EngineTimeout(f"engine {url} sent no response within {timeout:g}s", engine=url))
+def _expire(conn: _Conn, timeout: float) -> None:
+    name = conn.name
+    conn._fail(EngineTimeout(f"engine {name} sent no response within {timeout:g}s", engine=name))
     conn.close()

@@ -4,18 +4,47 @@
 and headers arrive; the body is read whole (``read()``) or as it comes
 (``iter_chunks()``). ``HTTPTransport`` uses a pooled aiohttp session; tests and the
 in-process mode can provide their own transport.
+
+Errors name the engine by its configured name, never by URL: their messages can reach
+clients (502/503/504 bodies, ``/readyz`` reasons) and an engine's address is internal.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from gantry.errors import EngineTimeout, RetryableEngineError
+
+
+def describe_os_error(exc: BaseException) -> str:
+    """A short cause for a failed connection, without the address it failed on.
+
+    ``str()`` of asyncio's connect errors carries the host and port
+    ("Connect call failed ('10.0.0.5', 8000)"), so the text is rebuilt from the type.
+    """
+    if isinstance(exc, ssl.SSLError):  # certificate messages name the host
+        return "TLS error"
+    if isinstance(exc, socket.gaierror):
+        return "host name not resolved"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, OSError) and exc.errno is not None and exc.errno > 0:
+        return os.strerror(exc.errno).lower()
+    return type(exc).__name__
+
+
+def netloc_of(base_url: str) -> str:
+    """``host:port`` of a URL: the name a transport uses when given none."""
+    return urlsplit(base_url).netloc or base_url
 
 
 @dataclass(slots=True)
@@ -76,10 +105,22 @@ class _AiohttpResponse:
 
 
 class HTTPTransport:
-    """HTTP/1.1 to one engine, keep-alive connections pooled per engine."""
+    """HTTP/1.1 to one engine, keep-alive connections pooled per engine.
 
-    def __init__(self, base_url: str, *, api_key: str | None = None, limit: int = 0) -> None:
+    ``name`` is how errors refer to the engine (default ``host:port``; the pool passes
+    the engine's configured name).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        limit: int = 0,
+        name: str | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.name = name or netloc_of(self.base_url)
         self._auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._limit = limit
         self._session: aiohttp.ClientSession | None = None
@@ -123,10 +164,15 @@ class HTTPTransport:
             else:
                 resp = await cm
         except TimeoutError as exc:
-            raise EngineTimeout(f"engine {self.base_url} timed out", engine=self.base_url) from exc
-        except (aiohttp.ClientError, OSError) as exc:
+            raise EngineTimeout(f"engine {self.name} timed out", engine=self.name) from exc
+        except OSError as exc:  # aiohttp's connection errors included
+            cause = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
             raise RetryableEngineError(
-                f"engine {self.base_url} unreachable: {type(exc).__name__}", engine=self.base_url
+                f"engine {self.name} unreachable: {describe_os_error(cause)}", engine=self.name
+            ) from exc
+        except aiohttp.ClientError as exc:  # str() names the URL: keep only the kind
+            raise RetryableEngineError(
+                f"engine {self.name} failed: {type(exc).__name__}", engine=self.name
             ) from exc
         return _AiohttpResponse(resp)
 
@@ -136,4 +182,4 @@ class HTTPTransport:
             self._session = None
 
     def __repr__(self) -> str:
-        return f"<HTTPTransport {self.base_url}>"
+        return f"<HTTPTransport {self.name} {self.base_url}>"
