@@ -35,6 +35,8 @@ from gantry.errors import (
     ServiceUnavailable,
     UnsupportedMediaType,
 )
+from gantry.gateway.admin import MAX_BODY as ADMIN_MAX_BODY
+from gantry.gateway.admin import AdminAPI
 from gantry.gateway.auth import ANONYMOUS, Authenticator, Identity
 from gantry.gateway.dispatch import Attempt, Dispatcher
 from gantry.gateway.idempotent import check_key, fingerprint, make_store, run_once
@@ -150,6 +152,9 @@ class GatewayApp:
         self.idem_store = make_store(cfg.idempotency) if cfg.idempotency.enabled else None
         self.security = Security(cfg, self.metrics)
         self.auth: Authenticator = self.security.auth
+        self.admin = AdminAPI(
+            cfg, keys=self.security.keys, auth=self.auth, ledger=self.security.ledger
+        )
         self._child_cache: dict[tuple[str, str], _Children] = {}
         self._session_header = cfg.routing.session_header.lower().encode()
         self._priority_header = cfg.admission.priority_header.lower().encode()
@@ -281,18 +286,17 @@ class GatewayApp:
         )
 
     async def _admin(self, scope: Scope, receive: Receive, send: Send, ctx: Ctx) -> None:
-        body: Any = {}
+        raw = b""
         if scope["method"] == "POST":
-            raw = await read_body(receive, 64 * 1024)
             try:
-                body = orjson.loads(raw) if raw else {}
-            except orjson.JSONDecodeError:
-                raise ClientError("Request body is not valid JSON.", param="body") from None
-            if not isinstance(body, dict):
-                raise ClientError("Request body must be a JSON object.", param="body")
+                raw = await read_body(receive, ADMIN_MAX_BODY)
+            except BodyTooLarge:
+                raise PayloadTooLarge(
+                    f"Request body is larger than {ADMIN_MAX_BODY} bytes."
+                ) from None
         query = scope.get("query_string", b"").decode("latin-1")
-        status, data = await self.security.admin(
-            scope["method"], scope["path"], body, query, ctx.ident
+        status, data = await self.admin.handle(
+            scope["method"], scope["path"], raw, query, ctx.ident
         )
         await respond(send, status, orjson.dumps(data), headers=ctx.headers)
 
