@@ -94,7 +94,7 @@ async def run(n: int, *, stream: bool, auth: bool, profile: bool) -> float:
     cfg = load_config(
         env=env, overrides={"engines": [{"url": "http://memory", "name": "e0", "models": [MODEL]}]}
     )
-    log = RequestLog(open(os.devnull, "w"))  # noqa: SIM115 - lives as long as the run
+    log = RequestLog(open(os.devnull, "w"))  # noqa: SIM115, ASYNC230 - lives as long as the run
     gw = Gateway(cfg, transport_factory=lambda spec: MemoryTransport(engine), request_log=log)
     headers = {b"content-type": "application/json"}
     async with gw:
@@ -145,7 +145,14 @@ def main() -> None:
 
     for auth in (False, True):
         for stream in (False, True):
-            us = uvloop.run(run(a.requests, stream=stream, auth=auth, profile=a.profile and not stream and not auth))
+            us = uvloop.run(
+                run(
+                    a.requests,
+                    stream=stream,
+                    auth=auth,
+                    profile=a.profile and not stream and not auth,
+                )
+            )
             print(
                 f"{'sse ' if stream else 'json'} auth {'on ' if auth else 'off'}: "
                 f"{us:6.1f} us CPU per request (pipeline only)",

@@ -145,6 +145,29 @@ def gateway(
         yield p
 
 
+def keys(db: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``gantry keys ARGS`` against the key table at ``db``."""
+    return subprocess.run(
+        gantry_cmd("keys", *args),
+        capture_output=True,
+        text=True,
+        env={"GANTRY_SECURITY__DATABASE_URL": db, "PATH": "/usr/bin"},
+        timeout=60,
+    )
+
+
+def new_key(db: str, *args: str) -> tuple[str, str]:
+    """A new key (secret, id) made with ``gantry keys create ARGS``."""
+    r = keys(db, "create", *args)
+    assert r.returncode == 0, r.stderr
+    secret = r.stdout.strip()
+    return secret, secret.split("_")[1]
+
+
+def bearer(k: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {k}"} if k else {}
+
+
 def metric_value(text: str, name: str, **labels: str) -> float:
     """Sum of the samples of ``name`` whose labels include ``labels``."""
     from prometheus_client.parser import text_string_to_metric_families

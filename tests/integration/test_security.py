@@ -14,31 +14,19 @@ import httpx
 import pytest
 
 from gantry.netutil import free_port
-from tests.helpers import gantry_cmd, gateway, sim, wait_http, wait_key_active
+from tests.helpers import (
+    bearer,
+    gantry_cmd,
+    gateway,
+    keys,
+    new_key,
+    sim,
+    wait_http,
+    wait_key_active,
+)
 from tests.recording_engine import recording_engine
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
-
-
-def keys(db: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        gantry_cmd("keys", *args),
-        capture_output=True,
-        text=True,
-        env={"GANTRY_SECURITY__DATABASE_URL": db, "PATH": "/usr/bin"},
-        timeout=60,
-    )
-
-
-def new_key(db: str, *args: str) -> tuple[str, str]:
-    r = keys(db, "create", *args)
-    assert r.returncode == 0, r.stderr
-    secret = r.stdout.strip()
-    return secret, secret.split("_")[1]
-
-
-def bearer(k: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {k}"} if k else {}
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +170,43 @@ def test_model_allow_list_and_admin_api_with_audit(secured):
     actions = [a["action"] for a in httpx.get(gw.url + "/admin/audit", headers=adm).json()["data"]]
     assert {"key.create", "key.rotate", "key.revoke"} <= set(actions)
     bad = httpx.post(gw.url + "/admin/keys", headers=adm, json={"tenant": "x", "tier": "gold"})
-    assert bad.status_code == 400 and "Unknown tier" in bad.json()["error"]["message"]
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "tier"
+    assert bad.json()["error"]["message"].startswith("tier: unknown tier 'gold'")
+
+
+def test_admin_api_refuses_ill_typed_fields_and_the_good_key_works(secured):
+    gw, db, k = secured
+    adm = bearer(k["admin"])
+    for body, param, message in (
+        ({"tenant": "typed", "priority": "high"}, "priority", "priority: must be an integer"),
+        ({"tenant": "typed", "models": "qwen"}, "models", "models: must be a list of strings"),
+        ({"tenant": "typed", "role": "root"}, "role", "role: must be one of"),
+        ({"tenant": "typed", "ttl": 5}, "ttl", "ttl: is not a known field"),
+    ):
+        r = httpx.post(gw.url + "/admin/keys", headers=adm, json=body)
+        assert r.status_code == 400, r.text
+        err = r.json()["error"]
+        assert (err["type"], err["param"]) == ("invalid_request_error", param)
+        assert err["message"].startswith(message)
+    listed = httpx.get(gw.url + "/admin/keys", params={"tenant": "typed"}, headers=adm)
+    assert listed.status_code == 200 and listed.json()["data"] == []  # nothing was stored
+    for content, status in ((b"[1]", 400), (b"{", 400), (b" " * (65 * 1024), 413)):
+        r = httpx.post(gw.url + "/admin/keys", headers=adm, content=content)
+        assert r.status_code == status and r.json()["error"]["param"] in ("body", None), r.text
+    r = httpx.post(gw.url + "/admin/keys/0123456789ab/revoke", headers=adm)
+    assert r.status_code == 404 and r.json()["error"]["param"] == "key_id"
+    r = httpx.post(
+        gw.url + "/admin/keys",
+        headers=adm,
+        json={"tenant": "typed", "priority": 5, "models": ["m"], "expires_in_s": 600},
+    )
+    assert r.status_code == 201, r.text
+    made = r.json()
+    assert (made["priority"], made["models"], made["tenant"]) == (5, ["m"], "typed")
+    r = httpx.post(gw.url + "/v1/chat/completions", json=CHAT, headers=bearer(made["key"]))
+    assert r.status_code == 200, r.text
+    cli = keys(db, "create", "--tenant", "typed", "--model", "a,b")  # the store checks too
+    assert cli.returncode == 2 and cli.stderr.startswith("gantry: error: models must be")
 
 
 def test_idempotency_keys_are_scoped_per_tenant(secured):

@@ -12,6 +12,7 @@ from gantry import __version__
 from gantry.config import GatewayConfig
 from gantry.engines.pool import EnginePool
 from gantry.gateway.accounting import Record
+from gantry.gateway.admin import MAX_BODY
 from gantry.gateway.auth import Identity
 from gantry.gateway.http import TEXT, Exchange
 from gantry.gateway.openapi import openapi_document
@@ -87,11 +88,9 @@ class Endpoints:
         x.reply(200, orjson.dumps({"object": "list", "data": cards}))
 
     async def admin(self, x: Exchange, ident: Identity, rec: Record) -> None:
-        body = (
-            await x.read_body(64 * 1024, self.cfg.security.body_timeout_s)
-            if (x.method == "POST")
-            else b""
-        )
+        body = b""
+        if x.method == "POST":
+            body = await x.read_body(MAX_BODY, self.cfg.security.body_timeout_s)
         status, data = await self.admin_api.handle(x.method, x.path, body, x.query, ident)
         rec.status = status
         x.reply(status, orjson.dumps(data))

@@ -1,8 +1,13 @@
-"""The OpenAPI document served at ``/openapi.json`` (hand-written: small and exact)."""
+"""The OpenAPI document served at ``/openapi.json``: hand-written (small and exact),
+except the admin API's schemas, which come from its pydantic models."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from pydantic import BaseModel
+
+from gantry.gateway.admin_schema import CreateKey, ListKeysQuery, NoBody, UsageQuery
 
 _ERROR = {
     "description": "OpenAI-shaped error",
@@ -48,6 +53,94 @@ def _get(summary: str, ctype: str = "application/json") -> dict[str, Any]:
     }
 
 
+_ADMIN_ERRORS = {str(code): _ERROR for code in (400, 401, 403, 404, 405, 413)}
+_KEY_ID = {
+    "name": "key_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[0-9a-f]{12}$"},
+}
+
+
+def _admin_op(
+    op_id: str,
+    summary: str,
+    status: int = 200,
+    body: str | None = None,
+    query: type[BaseModel] | None = None,
+    required: bool = True,
+) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "operationId": op_id,
+        "summary": summary,
+        "security": [{"bearer": []}],
+        "responses": {
+            str(status): {
+                "description": "OK",
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            },
+            **_ADMIN_ERRORS,
+        },
+    }
+    if body is not None:
+        ref = {"$ref": f"#/components/schemas/{body}"}
+        op["requestBody"] = {"required": required, "content": {"application/json": {"schema": ref}}}
+    if query is not None:
+        # Optional query parameters: absent is the default, a query string has no null.
+        props = _oas30(query.model_json_schema())["properties"]
+        op["parameters"] = [
+            {"name": n, "in": "query", "schema": _not_null(schema)} for n, schema in props.items()
+        ]
+    return op
+
+
+def _admin_paths() -> dict[str, Any]:
+    def keyed(op_id: str, summary: str) -> dict[str, Any]:
+        return {
+            "parameters": [_KEY_ID],
+            "post": _admin_op(op_id, summary, body="NoBody", required=False),
+        }
+
+    create = _admin_op("createKey", "Create a key; the answer holds it once", 201, "CreateKey")
+    # A created key's id feeds revoke and rotate (clients and fuzzers can follow it).
+    create["responses"]["201"]["links"] = {
+        name: {"operationId": op_id, "parameters": {"key_id": "$response.body#/id"}}
+        for name, op_id in (("Revoke", "revokeKey"), ("Rotate", "rotateKey"))
+    }
+    return {
+        "/admin/keys": {
+            "get": _admin_op("listKeys", "List keys (never secrets)", query=ListKeysQuery),
+            "post": create,
+        },
+        "/admin/keys/{key_id}/revoke": keyed("revokeKey", "Revoke a key"),
+        "/admin/keys/{key_id}/rotate": keyed("rotateKey", "Replace a key: new secret, same rest"),
+        "/admin/audit": {"get": _admin_op("auditLog", "The audit log (newest first)")},
+        "/admin/usage": {"get": _admin_op("usage", "Usage totals with cost", query=UsageQuery)},
+    }
+
+
+def _not_null(schema: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in schema.items() if k != "nullable" and (k, v) != ("default", None)}
+
+
+def _oas30(node: Any) -> Any:
+    """A pydantic (JSON Schema 2020-12) schema in OpenAPI 3.0's dialect: ``nullable``
+    instead of a ``null`` alternative, boolean ``exclusiveMinimum``, no titles."""
+    if isinstance(node, list):
+        return [_oas30(x) for x in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _oas30(v) for k, v in node.items() if not (k == "title" and isinstance(v, str))}
+    alts = out.get("anyOf")
+    if isinstance(alts, list) and len(alts) == 2 and {"type": "null"} in alts:
+        del out["anyOf"]
+        out.update(next(a for a in alts if a != {"type": "null"}), nullable=True)
+    low = out.get("exclusiveMinimum")
+    if isinstance(low, int | float) and not isinstance(low, bool):
+        out["minimum"], out["exclusiveMinimum"] = low, True
+    return out
+
+
 def openapi_document(version: str) -> dict[str, Any]:
     message = {
         "type": "object",
@@ -81,9 +174,19 @@ def openapi_document(version: str) -> dict[str, Any]:
             "/health": _get("Liveness"),
             "/readyz": _get("Readiness: every model has a healthy engine"),
             "/metrics": _get("Prometheus metrics", "text/plain"),
+            **_admin_paths(),
         },
         "components": {
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A gantry API key (gk_...) or, when configured, a JWT.",
+                }
+            },
             "schemas": {
+                "CreateKey": _oas30(CreateKey.model_json_schema()),
+                "NoBody": _oas30(NoBody.model_json_schema()),
                 "Error": {
                     "type": "object",
                     "required": ["error"],
@@ -133,6 +236,6 @@ def openapi_document(version: str) -> dict[str, Any]:
                         "tokens": {"type": "array", "items": {"type": "integer"}},
                     },
                 },
-            }
+            },
         },
     }

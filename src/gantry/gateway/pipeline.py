@@ -93,7 +93,8 @@ class Gateway:
             log_probes=cfg.logging.probe_requests,
             ledger=self.security.ledger,
         )
-        self.endpoints = Endpoints(cfg, self.pool, self.metrics, AdminAPI(cfg, self.security))
+        admin = AdminAPI(cfg, keys=self.security.keys, auth=self.auth, ledger=self.security.ledger)
+        self.endpoints = Endpoints(cfg, self.pool, self.metrics, admin)
         self.idem_store = make_store(cfg.idempotency) if cfg.idempotency.enabled else None
         self.routes = route_table(cfg)
         self.settings = PrepareSettings.of(cfg)

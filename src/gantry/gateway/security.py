@@ -1,7 +1,8 @@
 """Security and tenancy services the gateway uses: keys, limits, usage, audit.
 
 Owns the SQL engine (keys, ledger, audit), the limit store (memory or Redis) and the
-usage ledger, with one explicit lifecycle (``start``/``aclose``).
+usage ledger, with one explicit lifecycle (``start``/``aclose``). The admin API over
+them is ``gantry.gateway.admin``.
 """
 
 from __future__ import annotations
@@ -10,10 +11,9 @@ import logging
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs
 
 from gantry.config import GatewayConfig
-from gantry.errors import ClientError, LimitStoreUnavailable, RateLimited
+from gantry.errors import LimitStoreUnavailable, RateLimited
 from gantry.gateway.auth import Authenticator, Identity
 from gantry.observability.metrics import GatewayMetrics
 from gantry.state.keys import KeyStore
@@ -159,70 +159,6 @@ class Security:
             )
         except LimitStoreUnavailable:
             pass  # leases expire by themselves
-
-    # -- admin ----------------------------------------------------------------------------
-    async def admin(
-        self, method: str, path: str, body: dict[str, Any], query: str, actor: Identity
-    ) -> tuple[int, Any]:
-        if self.keys is None:
-            raise ClientError("Key management needs security.auth: required.")
-        who = actor.key_id
-        if path == "/admin/keys" and method == "GET":
-            return 200, {"data": [k.public() for k in await self.keys.list_keys()]}
-        if path == "/admin/keys" and method == "POST":
-            return 201, await self._create(body, who)
-        if path.startswith("/admin/keys/") and method == "POST":
-            key_id, _, action = path[len("/admin/keys/") :].partition("/")
-            if action == "revoke":
-                if not await self.keys.revoke(key_id, actor=who):
-                    raise ClientError(f"No active key {key_id}.", param="key_id")
-                self.auth.forget(key_id)
-                return 200, {"id": key_id, "revoked": True}
-            if action == "rotate":
-                try:
-                    secret, rec = await self.keys.rotate(key_id, actor=who)
-                except KeyError:
-                    raise ClientError(f"No active key {key_id}.", param="key_id") from None
-                self.auth.forget(key_id)
-                await self.auth.refresh()
-                return 200, {"key": secret, **rec.public(), "replaces": key_id}
-        if path == "/admin/audit":
-            return 200, {"data": await self.keys.audit_log()}
-        if path == "/admin/usage":
-            from gantry.state.ledger import report
-
-            by = parse_qs(query).get("by", ["model"])[0]
-            if by not in ("key", "model", "tenant", "day"):
-                raise ClientError("by must be key, model, tenant or day", param="by")
-            assert self.ledger is not None
-            await self.ledger.flush()
-            return 200, {"data": with_costs(await report(self.ledger.engine, by), self.cfg)}
-        raise ClientError(f"Unknown admin operation {method} {path}")
-
-    async def _create(self, body: dict[str, Any], actor: str) -> dict[str, Any]:
-        assert self.keys is not None
-        tenant = body.get("tenant")
-        if not isinstance(tenant, str) or not tenant:
-            raise ClientError("'tenant' is required.", param="tenant")
-        tier = str(body.get("tier") or "standard")
-        if tier not in self.cfg.tiers:
-            raise ClientError(f"Unknown tier {tier!r}: {', '.join(self.cfg.tiers)}.", param="tier")
-        ttl = body.get("expires_in_s")
-        try:
-            secret, rec = await self.keys.create(
-                tenant=tenant,
-                role=str(body.get("role") or "user"),
-                tier=tier,
-                name=str(body.get("name") or ""),
-                models=tuple(body.get("models") or ()),
-                priority=body.get("priority"),
-                expires_at=time.time() + float(ttl) if ttl else None,
-                actor=actor,
-            )
-        except (ValueError, TypeError) as exc:
-            raise ClientError(str(exc)) from None
-        await self.auth.refresh()
-        return {"key": secret, **rec.public()}
 
 
 _WHAT = {

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
 import time
 from dataclasses import dataclass, replace
@@ -19,6 +20,12 @@ from gantry.state.sql import api_keys, audit
 
 PREFIX = "gk_"
 ROLES = ("admin", "user", "metrics")
+# Bounds of the stored values (the column sizes in gantry.state.sql, and a sane range
+# for admission priorities: tiers use -10..10).
+MAX_TENANT = 128
+MAX_NAME = 200
+MAX_TIER = 64
+PRIORITY_MIN, PRIORITY_MAX = -1000, 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +101,53 @@ def _row(r: object) -> KeyRecord:
     )
 
 
+def _check(
+    tenant: object,
+    role: object,
+    tier: object,
+    name: object,
+    models: object,
+    priority: object,
+    expires_at: object,
+) -> None:
+    """Refuse ill-typed or out-of-range values before they reach the table: a bad value
+    stored once (SQLite keeps "high" in an integer column) breaks every later request
+    made with the key."""
+    if not _text(tenant, MAX_TENANT):
+        raise ValueError(f"tenant must be 1 to {MAX_TENANT} printable characters")
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    if not _text(tier, MAX_TIER):
+        raise ValueError(f"tier must be 1 to {MAX_TIER} printable characters")
+    if not _text(name, MAX_NAME, empty=True):
+        raise ValueError(f"name must be at most {MAX_NAME} printable characters")
+    # The allow-list is stored comma-separated: a comma would split a name in two.
+    if not isinstance(models, tuple) or not all(_text(m, 200) and "," not in m for m in models):
+        raise ValueError("models must be a tuple of model names (printable, no commas)")
+    if priority is not None and (
+        isinstance(priority, bool)
+        or not isinstance(priority, int)
+        or not PRIORITY_MIN <= priority <= PRIORITY_MAX
+    ):
+        raise ValueError(f"priority must be an integer from {PRIORITY_MIN} to {PRIORITY_MAX}")
+    if expires_at is not None and (
+        isinstance(expires_at, bool)
+        or not isinstance(expires_at, int | float)
+        or not math.isfinite(expires_at)
+    ):
+        raise ValueError("expires_at must be a finite number of seconds since the epoch")
+
+
+def _text(v: object, limit: int, *, empty: bool = False) -> bool:
+    """A string within ``limit`` characters and without control characters."""
+    return (
+        isinstance(v, str)
+        and (empty or bool(v))
+        and len(v) <= limit
+        and not any(c < " " or c == "\x7f" for c in v)
+    )
+
+
 class KeyStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -110,8 +164,7 @@ class KeyStore:
         expires_at: float | None = None,
         actor: str = "cli",
     ) -> tuple[str, KeyRecord]:
-        if role not in ROLES:
-            raise ValueError(f"role must be one of {', '.join(ROLES)}")
+        _check(tenant, role, tier, name, models, priority, expires_at)
         key_id = secrets.token_hex(6)
         secret = secrets.token_urlsafe(24)
         rec = KeyRecord(
