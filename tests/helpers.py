@@ -137,7 +137,10 @@ def gateway(
     """A gateway subprocess; auth off unless ``secure`` (security has its own tests)."""
     port = port or free_port()
     args = gantry_cmd("serve", "--port", str(port), *extra)
-    base = {"GANTRY_SECURITY__DATABASE_URL": f"sqlite:///{tmp}/gantry-{port}.db"}
+    base = {
+        "GANTRY_SECURITY__DATABASE_URL": f"sqlite:///{tmp}/gantry-{port}.db",
+        "GANTRY_SHUTDOWN__READINESS_DELAY_S": "0",  # tests stop gateways at once
+    }
     if not secure:
         base["GANTRY_SECURITY__AUTH"] = "off"
     kw.setdefault("health", "/readyz")

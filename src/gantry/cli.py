@@ -281,11 +281,19 @@ def serve(
     ssl_keyfile: Annotated[
         str | None, typer.Option(metavar="PATH", help="The certificate's private key.")
     ] = None,
+    request_logs: Annotated[
+        bool | None,
+        typer.Option(
+            "--request-logs/--no-request-logs",
+            help="One JSON log line per request (logging.requests; on by default).",
+        ),
+    ] = None,
 ) -> None:
     """Run the gateway.
 
     With no engines configured it starts two simulated engines.
     """
+    from gantry.gateway.server import check_workers
     from gantry.gateway.server import serve as run_gateway
     from gantry.observability.tracing import check_tracing
 
@@ -298,6 +306,7 @@ def serve(
         policy=policy,
         ssl_certfile=ssl_certfile,
         ssl_keyfile=ssl_keyfile,
+        request_logs=request_logs,
     )
     if bool(cfg.ssl_certfile) != bool(cfg.ssl_keyfile):
         fail("--ssl-certfile and --ssl-keyfile go together")
@@ -306,6 +315,7 @@ def serve(
             fail(f"TLS file not found: {f}")
     try:
         check_tracing(cfg.tracing)  # before embedded engines or workers start
+        check_workers(cfg)
     except ConfigError as exc:
         fail(f"config: {exc}")
     try:
@@ -324,6 +334,8 @@ def _load(path: Path | None, **flags: object) -> GatewayConfig:
         overrides["engines"] = [{"url": u} for u in flags["engine"]]  # type: ignore[attr-defined]
     if flags.get("policy"):
         overrides["routing"] = {"policy": flags["policy"]}
+    if flags.get("request_logs") is not None:
+        overrides["logging"] = {"requests": flags["request_logs"]}
     try:
         return load_config(path, overrides=overrides)
     except ConfigError as exc:

@@ -110,7 +110,9 @@ class IdempotencyConfig(BaseModel):
 class ShutdownConfig(BaseModel):
     model_config = _FROZEN
     grace_s: float = Field(default=30.0, ge=0)  # in-flight requests get this long
-    readiness_delay_s: float = Field(default=0.0, ge=0)  # keep serving after /readyz=503
+    # SIGTERM: keep serving this long after /readyz turns 503, while load balancers and
+    # Kubernetes endpoints stop sending (SIGINT skips it)
+    readiness_delay_s: float = Field(default=5.0, ge=0)
 
 
 class LimitsConfig(BaseModel):

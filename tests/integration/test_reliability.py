@@ -12,7 +12,7 @@ import uuid
 import httpx
 import pytest
 
-from tests.helpers import gateway, metric_value, sim
+from tests.helpers import gateway, metric_value, sim, wait_until
 
 
 def post(url: str, body: dict, **headers: str) -> httpx.Response:
@@ -87,42 +87,80 @@ def test_idempotency_shared_across_replicas_over_redis(tmp_path):
 
 
 def test_sigterm_drains_in_flight_streams(tmp_path):
-    with sim(tmp_path, "--served-model-name", "m") as e, gateway(tmp_path, "--engine", e.url) as gw:
+    """SIGTERM: readiness turns 503 at once; for readiness_delay_s new requests are still
+    served (load balancers are still sending them); then the listener closes and the
+    streams in flight run to their end."""
+    env = {"GANTRY_SHUTDOWN__READINESS_DELAY_S": "2"}
+    with (
+        sim(tmp_path, "--served-model-name", "m") as e,
+        gateway(tmp_path, "--engine", e.url, env=env) as gw,
+    ):
+        body = {"model": "m", "prompt": "x", "max_tokens": 600, "ignore_eos": True}
 
-        async def stream() -> str:
+        async def stream(started: asyncio.Event) -> str:
+            parts: list[str] = []
             async with (
-                httpx.AsyncClient(timeout=30) as c,
-                c.stream(
-                    "POST",
-                    gw.url + "/v1/completions",
-                    json={
-                        "model": "m",
-                        "prompt": "x",
-                        "max_tokens": 60,
-                        "ignore_eos": True,
-                        "stream": True,
-                    },
-                ) as r,
+                httpx.AsyncClient(timeout=60) as c,
+                c.stream("POST", gw.url + "/v1/completions", json={**body, "stream": True}) as r,
             ):
-                return "".join([chunk async for chunk in r.aiter_text()])
+                async for chunk in r.aiter_text():
+                    parts.append(chunk)
+                    if '"text"' in chunk:
+                        started.set()  # a token arrived: this stream is in flight
+            return "".join(parts)
 
         async def scenario() -> tuple[list[str], int, int]:
-            tasks = [asyncio.create_task(stream()) for _ in range(8)]
-            await asyncio.sleep(0.3)  # streams are running
+            started = [asyncio.Event() for _ in range(8)]
+            tasks = [asyncio.create_task(stream(s)) for s in started]
+            await asyncio.wait_for(asyncio.gather(*(s.wait() for s in started)), 60)
             gw.proc.send_signal(signal.SIGTERM)
-            await asyncio.sleep(0.1)
-            async with httpx.AsyncClient() as c:
-                ready = (await c.get(gw.url + "/readyz")).status_code
-                new = (
-                    await c.post(gw.url + "/v1/completions", json={"model": "m", "prompt": "x"})
-                ).status_code
+            async with httpx.AsyncClient(timeout=30) as c:
+                ready = 200
+                for _ in range(200):  # until the signal is handled (bounded)
+                    ready = (await c.get(gw.url + "/readyz")).status_code
+                    if ready == 503:
+                        break
+                    await asyncio.sleep(0.01)
+                short = {"model": "m", "prompt": "x", "max_tokens": 2}
+                new = (await c.post(gw.url + "/v1/completions", json=short)).status_code
             return await asyncio.gather(*tasks), ready, new
 
         outs, ready, new = asyncio.run(scenario())
-        assert ready == 503 and new == 503
+        assert ready == 503 and new == 200  # served during the readiness delay
         assert all(o.endswith("data: [DONE]\n\n") and '"error"' not in o for o in outs)
-        assert gw.proc.wait(10) in (0, -signal.SIGTERM)
+        assert gw.proc.wait(30) == 0
         assert "drained in" in gw.logs()
+
+
+def test_sigterm_without_delay_closes_the_listener_and_finishes_streams(tmp_path):
+    with (
+        sim(tmp_path, "--served-model-name", "m") as e,
+        gateway(tmp_path, "--engine", e.url) as gw,
+    ):
+        body = {"model": "m", "prompt": "x", "max_tokens": 600, "ignore_eos": True}
+
+        async def scenario() -> tuple[int, str, str]:
+            async with httpx.AsyncClient(timeout=60) as c:
+                async with c.stream(
+                    "POST", gw.url + "/v1/completions", json={**body, "stream": True}
+                ) as r:
+                    it = r.aiter_text()
+                    await it.__anext__()  # in flight
+                    gw.proc.send_signal(signal.SIGTERM)
+                    async with httpx.AsyncClient(timeout=30) as other:
+                        # readiness_delay_s is 0 in tests: the listener closes at once
+                        for _ in range(200):
+                            try:
+                                await other.get(gw.url + "/health")
+                            except httpx.ConnectError:
+                                break
+                            await asyncio.sleep(0.01)
+                    rest = "".join([x async for x in it])
+                return r.status_code, rest, gw.logs()
+
+        status, rest, _ = asyncio.run(scenario())
+        assert status == 200 and rest.endswith("data: [DONE]\n\n")
+        assert gw.proc.wait(30) == 0
 
 
 def test_hung_engine_times_out_fails_over_and_opens_breaker(tmp_path):
@@ -166,11 +204,11 @@ def test_fallback_chain_and_graceful_degradation(tmp_path):
         with gateway(tmp_path, "-c", str(cfg)) as gw:
             assert post(gw.url, {"model": "big", "prompt": "x"}).json()["model"] == "big"
             big.stop(9)
-            time.sleep(0.6)
+            wait_until(lambda: "model big: no healthy" in httpx.get(gw.url + "/readyz").text)
             r = post(gw.url, {"model": "big", "prompt": "x"})
             assert r.status_code == 200 and r.json()["model"] == "small"
             small.stop(9)
-            time.sleep(0.6)
+            wait_until(lambda: "model small: no healthy" in httpx.get(gw.url + "/readyz").text)
             r = post(gw.url, {"model": "big", "prompt": "x"})
             assert r.status_code == 503 and "retry-after" in r.headers
             assert "No healthy engine" in r.json()["error"]["message"]

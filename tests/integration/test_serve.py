@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import uuid
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.helpers import gantry_cmd, gateway, metric_value, sim, wait_until
 from tests.recording_engine import recording_engine
@@ -53,10 +55,19 @@ def test_embedded_default_serves_and_stops_its_simulated_engines(tmp_path):
     wait_until(lambda: all(gone(pid) for pid in children), 30, "the engines exiting")
 
 
-def test_workers_share_metrics(tmp_path):
+def test_workers_share_metrics_and_dead_workers_come_back(tmp_path):
+    redis = pytest.importorskip("redis")
+    try:
+        redis.Redis(host="127.0.0.1", port=6379).ping()
+    except redis.exceptions.ConnectionError:
+        pytest.skip("Redis is not running")
+    env = {
+        "GANTRY_IDEMPOTENCY__STORE": "redis",
+        "GANTRY_IDEMPOTENCY__KEY_PREFIX": f"gantry-test-{uuid.uuid4().hex[:8]}-",
+    }
     with (
         sim(tmp_path, "--profile", "instant", "--served-model-name", "m") as e,
-        gateway(tmp_path, "--engine", e.url, "--workers", "2") as gw,
+        gateway(tmp_path, "--engine", e.url, "--workers", "2", env=env) as gw,
     ):
         for _ in range(30):
             r = httpx.post(
@@ -64,8 +75,51 @@ def test_workers_share_metrics(tmp_path):
             )
             assert r.status_code == 200
         text = httpx.get(gw.url + "/metrics").text
-        assert metric_value(text, "gantry_requests_total", status="200") == 30
-        gw.stop(signal.SIGTERM)
+        done = metric_value(text, "gantry_requests_total", endpoint="/v1/completions")
+        assert done == 30
+        workers = _children(gw.proc.pid)
+        assert len(workers) == 2
+        os.kill(workers[0], signal.SIGKILL)
+        # the parent notices and starts another worker (after a 1 s backoff)
+        wait_until(
+            lambda: len(set(_children(gw.proc.pid)) - {workers[0]}) == 2,
+            what="a replacement worker",
+        )
+        wait_until(lambda: "worker pid" in gw.logs() and "restarting" in gw.logs())
+        for _ in range(10):
+            r = httpx.post(
+                gw.url + "/v1/completions", json={"model": "m", "prompt": "x", "max_tokens": 1}
+            )
+            assert r.status_code == 200
+        assert gw.stop(signal.SIGTERM) == 0
+
+
+def _children(pid: int) -> list[int]:
+    """The gateway's worker processes (not multiprocessing's resource tracker)."""
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    workers = []
+    for child in out.split():
+        try:
+            cmd = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"spawn_main" in cmd:
+            workers.append(int(child))
+    return workers
+
+
+def test_workers_with_memory_stores_are_refused_with_one_line(tmp_path):
+    out = subprocess.run(
+        gantry_cmd("serve", "--engine", "http://127.0.0.1:9", "--workers", "2"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "GANTRY_SECURITY__DATABASE_URL": f"sqlite:///{tmp_path}/w.db"},
+    )
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "idempotency.store: redis" in lines[0]
+    assert "ratelimit.store: redis" in lines[0]  # auth is on by default
 
 
 def test_traceparent_reaches_engines_and_spans_are_emitted(tmp_path):

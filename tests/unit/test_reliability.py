@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import asyncio
 import random
 
 import pytest
@@ -14,8 +13,6 @@ from gantry.engines.breaker import (
     record,
     release_probe,
 )
-from gantry.errors import ServiceUnavailable
-from gantry.gateway.admission import AdmissionQueue
 from gantry.gateway.retry import RetryBudget, backoff, parse_retry_after
 from gantry.routing import EngineView
 from gantry.routing.capacity import CapacityLimits, has_capacity, kv_pressured
@@ -107,37 +104,3 @@ def test_capacity(engine, inflight, ok):
 def test_kv_pressure():
     lim = CapacityLimits()
     assert kv_pressured(view(kv_usage=0.9), lim) and not kv_pressured(view(kv_usage=0.5), lim)
-
-
-def test_admission_queue_priority_bound_and_deadline():
-    async def main() -> None:
-        q = AdmissionQueue(max_waiting=3)
-        order: list[str] = []
-
-        async def waiter(name: str, prio: int) -> None:
-            await q.wait_turn("m", prio, 5)
-            order.append(name)
-
-        tasks = [
-            asyncio.create_task(waiter(n, p)) for n, p in (("low", 5), ("high", -1), ("mid", 0))
-        ]
-        await asyncio.sleep(0)
-        assert q.waiting("m") == 3
-        with pytest.raises(ServiceUnavailable) as exc:
-            await q.wait_turn("m", 0, 5)  # full: rejected at once
-        assert exc.value.retry_after == 1
-        for _ in range(3):
-            q.wake("m")
-            await asyncio.sleep(0)
-        await asyncio.gather(*tasks)
-        assert order == ["high", "mid", "low"]
-        with pytest.raises(ServiceUnavailable, match="Timed out"):
-            await q.wait_turn("m", 0, 0.05)
-        assert q.waiting("m") == 0
-        # Waiters that time out with nobody waking them leave no entries behind.
-        for _ in range(10):
-            with pytest.raises(ServiceUnavailable):
-                await q.wait_turn("m", 0, 0.001)
-        assert q._queues["m"] == []
-
-    asyncio.run(main())

@@ -277,20 +277,18 @@ class Dispatcher:
             now = time.monotonic()
             try:
                 name = self._choose_traced(route, tried, now, attempts)
-            except NoHealthyEngine:
-                if last is not None:
-                    raise last from None  # the engines that were left all failed
-                raise
             except NoCapacity as exc:
                 if exc.reason != Room.INFLIGHT.value or not attempts:
                     raise
                 await wait_for_room(model)  # a retry found the others full: wait its turn
                 continue
+            if last is not None:
+                self.metrics.retries.labels(name, _kind(last)).inc()
             tried.add(name)
             self._routed(name).inc()
             self.pool.inflight[name] += 1
             try:
-                opened = await self._attempt(name, model, p, body, deadline, keepalive)
+                return await self._attempt(name, model, p, body, deadline, keepalive)
             except RetryableEngineError as exc:
                 self.release(name, Outcome.OK if _is_429(exc) else Outcome.FAILED)
                 self._count_failure(name, exc)
@@ -301,13 +299,12 @@ class Dispatcher:
             except BaseException:
                 self.release(name, Outcome.ABANDONED)
                 raise
-            else:
-                return opened
             attempts += 1
             now = time.monotonic()
+            if not self._usable(model, tried, now):
+                raise last  # every engine of the model failed this request
             if not retry_allowed(attempts, self.cfg.retry.attempts, now, deadline, self.budget):
                 raise last
-            self.metrics.retries.labels(name, _kind(last)).inc()
             r = self.cfg.retry
             delay = backoff(attempts - 1, r.backoff_base_s, r.backoff_max_s, self._rng)
             await asyncio.sleep(min(delay, max(0.0, deadline - now)))
@@ -365,7 +362,7 @@ class Dispatcher:
                     name, model, resp.status, resp.headers, await _read_all(resp, name, deadline)
                 )
             state = StreamState(pass_usage=p.include_usage)
-            if p.requested != model:
+            if p.requested != model and model == p.model:  # an alias (not a fallback)
                 state.rename = renamer(model, p.requested)
             first = await first_token(
                 resp.next_chunk,

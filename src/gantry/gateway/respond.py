@@ -28,7 +28,7 @@ class StreamBroken(EngineError):
 def unary(x: Exchange, o: Opened, p: Prepared, rec: Record) -> Outcome:
     data = o.body
     rec.usage = usage_of_body(data)
-    if p.requested != o.model:
+    if p.requested != p.model and o.model == p.model:  # an alias (not a fallback)
         data = _rename(data, o.model, p.requested)
     x.reply(o.status, data, _ctype(o))
     rec.status = o.status

@@ -45,7 +45,11 @@ def _worker_main(cfg_json: str, sock: socket.socket) -> None:
     cfg = GatewayConfig.model_validate_json(cfg_json)
     setup_logging(cfg.logging.level, json_format=cfg.logging.json_format)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent forwards signals
-    run_worker(cfg, sock)
+    try:
+        run_worker(cfg, sock)
+    except Exception:
+        log.exception("worker %d failed", os.getpid())
+        raise SystemExit(1) from None
 
 
 def backoff_s(failures: int) -> float:
@@ -64,6 +68,7 @@ class _Slot:
 
 
 def supervise(cfg: GatewayConfig) -> None:
+    _prepare_databases(cfg)
     mpdir = tempfile.mkdtemp(prefix="gantry-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = mpdir  # before any worker imports metrics
     sock = _bind(cfg)
@@ -106,6 +111,26 @@ def supervise(cfg: GatewayConfig) -> None:
                 s.proc.join(5)
         sock.close()
         shutil.rmtree(mpdir, ignore_errors=True)
+
+
+def _prepare_databases(cfg: GatewayConfig) -> None:
+    """Migrate once here, so workers do not race to create the same tables."""
+    import asyncio
+
+    from gantry.state.sql import make_engine, migrate
+
+    urls = {cfg.security.database_url, cfg.ledger.database_url or cfg.security.database_url}
+
+    async def run() -> None:
+        for url in urls:
+            engine = make_engine(url)
+            try:
+                await migrate(engine)
+            finally:
+                await engine.dispose()
+
+    if cfg.security.auth == "required" or cfg.ledger.enabled:
+        asyncio.run(run())
 
 
 def _tend(slot: _Slot, now: float, stopping: bool, start: Any) -> None:

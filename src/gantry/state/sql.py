@@ -6,6 +6,7 @@ Migrations are an ordered list applied once each, recorded in ``gantry_schema``.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -21,8 +22,10 @@ from sqlalchemy import (
     Text,
     event,
     select,
+    text,
 )
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 metadata = MetaData()
@@ -114,9 +117,26 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-async def migrate(engine: AsyncEngine) -> int:
-    """Apply pending migrations; returns the schema version."""
+async def migrate(engine: AsyncEngine, *, tries: int = 5) -> int:
+    """Apply pending migrations; returns the schema version.
+
+    Several processes may start at once (gateway workers, replicas sharing one
+    database): PostgreSQL serialises them with an advisory lock; elsewhere a loser of
+    the race sees "already exists" and tries again once the winner has committed."""
+    for attempt in range(tries):
+        try:
+            return await _migrate_once(engine)
+        except (OperationalError, ProgrammingError, IntegrityError):
+            if attempt == tries - 1:
+                raise
+            await asyncio.sleep(0.1 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+async def _migrate_once(engine: AsyncEngine) -> int:
     async with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            await conn.execute(text("SELECT pg_advisory_xact_lock(7340031)"))
         await conn.run_sync(lambda c: schema_version.create(c, checkfirst=True))
         current = (await conn.execute(select(schema_version.c.version))).scalars().all()
         done = max(current, default=0)
