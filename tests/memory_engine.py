@@ -79,6 +79,7 @@ class FakeEngine:
         self.healthy = True
         self.served = 0  # completion requests answered
         self.gate: asyncio.Event | None = None  # when set: completions wait for it
+        self.entered = asyncio.Event()  # a completion request arrived
         self.transport = MemoryTransport(self.handle)
 
     async def handle(self, req: EngineRequest) -> MemoryResponse:
@@ -95,6 +96,7 @@ class FakeEngine:
         how = self.script.pop(0) if self.script else self.default
         body = orjson.loads(req.body or b"{}")
         model = body.get("model", self.models[0])
+        self.entered.set()
         if self.gate is not None:
             await self.gate.wait()
         if how == "refuse":

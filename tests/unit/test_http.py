@@ -208,7 +208,7 @@ def test_disconnect_calls_back_and_slow_readers_pause_the_writer():
     async def main() -> None:
         app = App()
         server = await serve(app)
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        _, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(b"GET /wait HTTP/1.1\r\nhost: x\r\n\r\n")
         await writer.drain()
         await asyncio.sleep(0)
