@@ -222,7 +222,9 @@ class RateLimitConfig(BaseModel):
 
 class LedgerConfig(BaseModel):
     model_config = _FROZEN
-    enabled: bool = True
+    # auto: on when security.auth is required (a row per request, per key and tenant);
+    # with auth off there is nobody to bill, and per-model totals are in the metrics
+    enabled: bool | Literal["auto"] = "auto"
     database_url: str | None = None  # default: security.database_url
     batch_size: int = Field(default=500, ge=1)
     flush_interval_s: float = Field(default=1.0, gt=0)
@@ -283,6 +285,11 @@ class GatewayConfig(BaseModel):
     @property
     def is_embedded(self) -> bool:
         return not self.engines
+
+    @property
+    def ledger_on(self) -> bool:
+        e = self.ledger.enabled
+        return e is True or (e == "auto" and self.security.auth == "required")
 
 
 MASK = "***"

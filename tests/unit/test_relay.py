@@ -14,6 +14,7 @@ from gantry.gateway.relay import (
     cut,
     first_token,
     has_done,
+    joined,
     process,
     relay_rest,
     renamer,
@@ -69,7 +70,7 @@ def test_whole_stream_in_one_read(pretty, pass_usage):
         + DONE
     )
     s = StreamState(pass_usage=pass_usage)
-    out = process(s, cut(s, body))
+    out = pj(s, cut(s, body))
     assert s.first_token_at is not None and s.saw_done and s.error is None
     assert s.usage is not None
     assert (s.usage.prompt_tokens, s.usage.completion_tokens, s.usage.cached_tokens) == (7, 3, 4)
@@ -90,28 +91,28 @@ def test_event_by_event(pretty):
     ]
     for p in parts:
         for piece in (p[:7], p[7:]):  # events split across reads
-            sent += process(s, cut(s, piece))
+            sent += pj(s, cut(s, piece))
     assert s.saw_done and s.usage is not None and s.usage.completion_tokens == 3
     assert b'"usage"' not in sent and sent.endswith(DONE)
 
 
 def test_role_chunk_alone_is_not_a_token_and_error_before_token_is_retryable():
     s = StreamState()
-    assert process(s, ev(chunk(role=True))) and s.first_token_at is None
+    assert pj(s, ev(chunk(role=True))) and s.first_token_at is None
     with pytest.raises(FailedBeforeFirstToken):
-        process(s, ev(ERROR))
+        pj(s, ev(ERROR))
 
 
 def test_error_after_first_token_is_noted_and_relayed():
     s = StreamState()
-    process(s, ev(chunk("x")))
-    out = process(s, ev(ERROR) + DONE)
+    pj(s, ev(chunk("x")))
+    out = pj(s, ev(ERROR) + DONE)
     assert s.error and b'"boom"' in out and s.saw_done
 
 
 def test_text_that_says_usage_or_error_is_just_text():
     s = StreamState()
-    out = process(s, ev(chunk("x")) + ev(chunk('"usage" and "error"')))
+    out = pj(s, ev(chunk("x")) + ev(chunk('"usage" and "error"')))
     assert s.error is None and s.usage is None and out.count(b"data: ") == 2
 
 
@@ -119,7 +120,7 @@ def test_continuous_usage_keeps_the_last_figures():
     s = StreamState()
     c1 = chunk("a") | {"usage": {"prompt_tokens": 5, "completion_tokens": 1}}
     c2 = chunk("b") | {"usage": {"prompt_tokens": 5, "completion_tokens": 2}}
-    out = process(s, ev(c1) + ev(c2))
+    out = pj(s, ev(c1) + ev(c2))
     assert s.usage is not None and s.usage.completion_tokens == 2
     assert out.count(b'"usage"') == 2  # chunks with choices are never dropped
 
@@ -127,7 +128,7 @@ def test_continuous_usage_keeps_the_last_figures():
 @pytest.mark.parametrize("pretty", [False, True], ids=["compact", "pretty"])
 def test_alias_replaces_the_served_name(pretty):
     s = StreamState(rename=renamer("served", "gpt-4"))
-    out = process(s, ev(chunk("a"), pretty=pretty) + DONE)
+    out = pj(s, ev(chunk("a"), pretty=pretty) + DONE)
     assert b'"served"' not in out and b'"gpt-4"' in out
 
 
@@ -148,6 +149,10 @@ def test_crlf_and_carry():
     s = StreamState()
     assert cut(s, b'data: {"a": 1}\r\n\r\ndata: {') == b'data: {"a": 1}\n\n'
     assert s.carry == b"data: {"
+
+
+def pj(s: StreamState, events: bytes) -> bytes:
+    return joined(process(s, events))
 
 
 class Engine:
@@ -223,11 +228,11 @@ def test_relay_rest_forwards_and_notices_an_early_end():
             keepalive_s=1,
             limit_s=5,
         )
-        assert held.count(b"data: ") == 2
+        assert joined(held).count(b"data: ") == 2
         out: list[bytes] = []
 
-        async def write(b: bytes) -> None:
-            out.append(b)
+        async def write(parts: list) -> None:
+            out.append(joined(parts))
 
         await relay_rest(
             Engine([ev(chunk("b"))]).next_chunk, write, s, idle_s=5, deadline=time.monotonic() + 9
@@ -242,7 +247,7 @@ def test_relay_rest_idle_timeout():
         s = StreamState()
         s.first_token_at = 1.0
 
-        async def write(b: bytes) -> None:
+        async def write(parts: list) -> None:
             return None
 
         with pytest.raises(TimeoutError):

@@ -10,7 +10,6 @@ bytes, or chunks: a list, or an async iterator that may pause or raise part-way.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
@@ -90,7 +89,7 @@ class MemoryTransport:
             del self.requests[: self._keep // 2]
         self.requests.append(request)
         out = self.handler(request)
-        if inspect.isawaitable(out):
+        if not isinstance(out, MemoryResponse):  # a coroutine (inspect.isawaitable: ~5 us)
             out = await out
         return out
 

@@ -143,6 +143,6 @@ class AdminAPI:
 
     async def _usage(self, q: UsageQuery) -> dict[str, Any]:
         if self.ledger is None:
-            raise ClientError("The usage ledger is off (ledger.enabled: false).")
+            raise ClientError("The usage ledger is off (ledger.enabled).")
         await self.ledger.flush()
         return {"data": with_costs(await report(self.ledger.engine, q.by), self.cfg)}

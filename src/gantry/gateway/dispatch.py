@@ -23,7 +23,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gantry.config import GatewayConfig
@@ -47,7 +47,7 @@ from gantry.errors import (
     RetryableEngineError,
 )
 from gantry.gateway.prepare import Prepared, with_model
-from gantry.gateway.relay import StreamState, first_token, renamer
+from gantry.gateway.relay import Parts, StreamState, first_token, renamer
 from gantry.gateway.retry import RetryBudget, backoff, parse_retry_after, retry_allowed
 from gantry.observability.metrics import GatewayMetrics
 from gantry.observability.tracing import Tracer
@@ -98,7 +98,7 @@ class Opened:
     headers: Mapping[str, str]
     body: bytes = b""  # the whole answer (non-streaming)
     response: EngineResponse | None = None  # the rest of the stream
-    first: bytes = b""  # stream events up to and including the first token
+    first: Parts = field(default_factory=list)  # stream events up to the first token
     stream: StreamState | None = None
 
 

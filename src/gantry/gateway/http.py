@@ -40,6 +40,7 @@ from gantry.protocol import ClientGone
 log = logging.getLogger("gantry.http")
 
 Headers = list[tuple[bytes, bytes]]
+Parts = list[bytes | memoryview]
 Handler = Callable[["Exchange"], Awaitable[None]]
 
 JSON = b"application/json"
@@ -80,6 +81,7 @@ class Exchange:
         "_complete",
         "_conn",
         "_gone_callbacks",
+        "_head_pending",
         "_http10",
         "_waiter",
         "chunked",
@@ -131,6 +133,7 @@ class Exchange:
         self.finished = False
         self.status = 0
         self.chunked = False
+        self._head_pending = b""
         self.recorder: Recorder | None = None
 
     # -- request body ----------------------------------------------------------------
@@ -251,40 +254,59 @@ class Exchange:
         parts.append(b"\r\n")
         if self.recorder is not None:
             self.recorder.stream_start(status, self.response_headers)
-        if self._conn is not None:
-            self._conn.write(b"".join(parts))
+        # Sent with the first part of the body: one write (and one packet) fewer.
+        self._head_pending = b"".join(parts)
 
-    async def write(self, data: bytes) -> None:
-        """Send part of a streamed body; waits while the client's buffer is full."""
-        if not data or self.gone:
+    def _framed(self, parts: Parts, end: bool) -> Parts:
+        """The head if still pending, the parts in a chunk frame, the end marker."""
+        out: Parts = []
+        if self._head_pending:
+            out.append(self._head_pending)
+            self._head_pending = b""
+        size = 0
+        for p in parts:
+            size += len(p)
+        if self.chunked:
+            if size:
+                out.append(b"%x\r\n" % size)
+                out += parts
+                out.append(b"\r\n0\r\n\r\n" if end else b"\r\n")
+            elif end:
+                out.append(b"0\r\n\r\n")
+        else:
+            out += parts
+        return out
+
+    async def write(self, data: bytes | Parts) -> None:
+        """Send part of a streamed body (bytes, or parts sent in one vectored write);
+        waits while the client's buffer is full."""
+        parts: Parts = [data] if isinstance(data, bytes) else data
+        if self.gone or not any(parts):
             return
         if self.recorder is not None:
-            self.recorder.part(data)
+            for p in parts:
+                self.recorder.part(bytes(p))
         conn = self._conn
         if conn is None:
             return
-        if self.chunked:
-            conn.write(b"%x\r\n%b\r\n" % (len(data), data))
-        else:
-            conn.write(data)
+        conn.writelines(self._framed(parts, False))
         if conn.paused:
             await conn.drained()
 
-    def end_stream(self, data: bytes = b"") -> None:
+    def end_stream(self, data: bytes | Parts = b"") -> None:
         if self.finished:
             return
         self.finished = True
+        parts: Parts = [data] if isinstance(data, bytes) else data
         if self.recorder is not None:
-            if data:
-                self.recorder.part(data)
+            for p in parts:
+                if p:
+                    self.recorder.part(bytes(p))
             self.recorder.end()
         conn = self._conn
         if conn is None or self.gone:
             return
-        if self.chunked:
-            conn.write((b"%x\r\n%b\r\n0\r\n\r\n" % (len(data), data)) if data else b"0\r\n\r\n")
-        elif data:
-            conn.write(data)
+        conn.writelines(self._framed(parts, True))
 
     def __repr__(self) -> str:
         return f"<Exchange {self.method} {self.path} status={self.status or '-'}>"
@@ -516,6 +538,10 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.write(data)
 
+    def writelines(self, parts: Parts) -> None:
+        if self.transport is not None:
+            self.transport.writelines(parts)
+
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
@@ -704,6 +730,10 @@ class MemoryConnection:
 
     def write(self, data: bytes) -> None:
         self.data += data
+
+    def writelines(self, parts: Parts) -> None:
+        for p in parts:
+            self.data += p
 
     async def drained(self) -> None:
         return None

@@ -106,10 +106,14 @@ def prepare(
     stream = bool(info and info.stream)
     include_usage = bool(info and info.include_usage)
     if model != requested or (stream and not include_usage):
-        body["model"] = model
-        if stream:  # always ask the engine for usage, to account
-            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-        raw = orjson.dumps(body)
+        if model == requested and b'"stream_options"' not in raw and not redactions:
+            raw = with_usage(raw)  # no re-encoding: ~1 us, and ~50 us for a 100 KB prompt
+        else:
+            body["model"] = model
+            if stream:  # always ask the engine for usage, to account
+                opts = body.get("stream_options") or {}
+                body["stream_options"] = {**opts, "include_usage": True}
+            raw = orjson.dumps(body)
     engine_headers = {"content-type": "application/json", "x-request-id": rid}
     for k in FORWARD:
         v = headers.get(k)
@@ -165,6 +169,12 @@ def priority_of(raw: str | None, ident: Identity, s: PrepareSettings) -> int:
 def redacts(r: RedactionConfig, ident: Identity, model: str) -> bool:
     scoped = r.models or r.tenants or r.keys
     return not scoped or model in r.models or ident.tenant in r.tenants or ident.key_id in r.keys
+
+
+def with_usage(raw: bytes) -> bytes:
+    """A JSON object body (without ``stream_options``) that asks for the usage chunk."""
+    i = raw.index(b"{") + 1
+    return b'{"stream_options":{"include_usage":true},' + raw[i:]
 
 
 def with_model(raw: bytes, model: str) -> bytes:

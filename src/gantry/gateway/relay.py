@@ -23,7 +23,7 @@ import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -35,7 +35,8 @@ _KEEPALIVE = encode_comment("keep-alive")
 _MAX_CARRY = 8 * 1024 * 1024  # an SSE event larger than this is an engine fault
 _TAIL_EVENTS = 3  # the usage chunk, an error event, [DONE]
 NextChunk = Callable[[], Awaitable[bytes | None]]
-WriteFn = Callable[[bytes], Awaitable[None]]
+Parts = list[bytes | memoryview]  # pieces written together (writev), never joined here
+WriteFn = Callable[[Parts], Awaitable[None]]
 
 
 @dataclass(slots=True)
@@ -45,7 +46,7 @@ class StreamState:
     pass_usage: bool = False  # the client asked for the usage chunk
     rename: tuple[re.Pattern[bytes], bytes] | None = None  # served name -> alias
     carry: bytes = b""
-    held: bytes = b""  # events before the first token
+    held: Parts = field(default_factory=list)  # events before the first token
     first_token_at: float | None = None
     usage: Usage | None = None
     saw_done: bool = False
@@ -101,29 +102,41 @@ def is_token(obj: Any) -> bool:
     return False
 
 
-def process(state: StreamState, events: bytes) -> bytes:
-    """Decide what of a run of complete events goes to the client.
+def process(state: StreamState, events: bytes) -> Parts:
+    """Decide what of a run of complete events goes to the client, as parts to write.
 
     Costs a few byte searches per read; only the events that need a decision are parsed:
-    those before the first token, and those mentioning ``usage`` or ``error``."""
+    those before the first token, and those near the end of the read. The bulk of a read
+    goes out as a memoryview of it (a read can hold a whole stream: each copy of it cost
+    a few microseconds)."""
     if state.rename is not None:
         events = state.rename[0].sub(state.rename[1], events)
-    head = b""
+    out: Parts = []
+    pos = 0
     if state.first_token_at is None:
-        head, events = _until_first_token(state, events)
+        pos = _until_first_token(state, events, out)
+        if pos >= len(events):
+            return out
     # The usage chunk, an error event and [DONE] end a stream: only the last events of a
-    # read are searched (a read can hold a whole stream: scanning all of it for these
-    # markers cost more than everything else the relay does).
-    cut_at = _tail_start(events, _TAIL_EVENTS)
-    tail = events[cut_at:]
+    # read are searched (scanning all of a large read for these markers cost more than
+    # everything else the relay does).
+    cut_at = max(pos, _tail_start(events, _TAIL_EVENTS))
+    if cut_at > pos:
+        out.append(memoryview(events)[pos:cut_at])
+    tail = events[cut_at:] if cut_at else events
     u = tail.find(b'"usage"')
     e = tail.find(b'"error"')
     if u >= 0 or e >= 0:
         tail = _marked(state, tail, u, e)
-        events = events[:cut_at] + tail
     if tail.endswith(b"data: [DONE]\n\n") or (b"[DONE]" in tail and has_done(tail)):
         state.saw_done = True
-    return head + events if head else events
+    if tail:
+        out.append(tail)
+    return out
+
+
+def joined(parts: Parts) -> bytes:
+    return b"".join(parts)
 
 
 def _tail_start(events: bytes, n: int) -> int:
@@ -147,17 +160,18 @@ def has_done(events: bytes) -> bool:
     return False
 
 
-def _until_first_token(state: StreamState, events: bytes) -> tuple[bytes, bytes]:
-    """Decide event by event up to the first token; the rest is returned raw."""
-    out = []
+def _until_first_token(state: StreamState, events: bytes, out: Parts) -> int:
+    """Decide event by event up to the first token; returns where the rest begins."""
     pos = 0
     while state.first_token_at is None:
         end = events.find(b"\n\n", pos)
         if end < 0:
             break
-        out.append(_decide(state, events[pos:end]))
+        decided = _decide(state, events[pos:end])
+        if decided:
+            out.append(decided)
         pos = end + 2
-    return b"".join(out), events[pos:]
+    return pos
 
 
 def _marked(state: StreamState, events: bytes, u: int, e: int) -> bytes:
@@ -218,7 +232,7 @@ async def first_token(
     keepalive: Callable[[], Awaitable[None]],
     keepalive_s: float,
     limit_s: float,
-) -> bytes:
+) -> Parts:
     """Read until the first token; return the events to send with it.
 
     Raises ``FailedBeforeFirstToken`` on a timeout, a dropped connection, an error
@@ -251,10 +265,9 @@ async def first_token(
         if not events:
             continue
         state.reads += 1
-        forward = process(state, events)
-        state.held += forward
+        state.held += process(state, events)
         if state.first_token_at is not None or state.saw_done:
-            held, state.held = state.held, b""
+            held, state.held = state.held, []
             return held
 
 

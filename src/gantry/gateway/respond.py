@@ -51,6 +51,14 @@ async def stream(
     if not x.started:
         x.start_stream(o.status)
     rec.status = o.status
+    if state.saw_done:  # the whole stream came with the first token (one write)
+        resp.close()
+        rec.usage = state.usage
+        x.end_stream(o.first)
+        if state.error is not None:  # the engine's error event went out as it came
+            rec.status, rec.error = 502, state.error
+            return Outcome.FAILED
+        return Outcome.OK
     try:
         await x.write(o.first)
         await relay_rest(

@@ -45,7 +45,7 @@ class Security:
     def __init__(self, cfg: GatewayConfig, metrics: GatewayMetrics) -> None:
         self.cfg = cfg
         self.metrics = metrics
-        need_sql = cfg.security.auth == "required" or cfg.ledger.enabled
+        need_sql = cfg.security.auth == "required" or cfg.ledger_on
         self.sql = make_engine(cfg.security.database_url) if need_sql else None
         self.keys = KeyStore(self.sql) if self.sql is not None else None
         self.auth = Authenticator(cfg, self.keys if cfg.security.auth == "required" else None)
@@ -57,7 +57,7 @@ class Security:
         )
         self._store_down_logged = 0.0
         self.ledger: UsageLedger | None = None
-        if cfg.ledger.enabled:
+        if cfg.ledger_on:
             url = cfg.ledger.database_url or cfg.security.database_url
             engine = self.sql if url == cfg.security.database_url else make_engine(url)
             assert engine is not None

@@ -129,7 +129,7 @@ def _prepare_databases(cfg: GatewayConfig) -> None:
             finally:
                 await engine.dispose()
 
-    if cfg.security.auth == "required" or cfg.ledger.enabled:
+    if cfg.security.auth == "required" or cfg.ledger_on:
         asyncio.run(run())
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -60,6 +61,10 @@ class UsageLedger:
         self.dropped = 0
         self.written = 0
         self._sql = insert_sql(engine.dialect.paramstyle)
+        self._sqlite: SqliteBatchWriter | None = None
+        db = engine.url.database
+        if engine.dialect.name == "sqlite" and db and db != ":memory:":
+            self._sqlite = SqliteBatchWriter(db, insert_sql("qmark"))
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="usage-ledger")
@@ -87,12 +92,18 @@ class UsageLedger:
                 self._waiter = None
             try:
                 await self.flush()
+                if self._sqlite is not None and self._sqlite.needs_checkpoint():
+                    await asyncio.to_thread(self._sqlite.checkpoint)
             except Exception:
                 log.exception("usage ledger write failed; will retry")
                 await asyncio.sleep(1.0)
 
     async def flush(self) -> None:
         while self._q:
+            if self._sqlite is not None:
+                self._flush_sqlite()
+                await asyncio.sleep(0)  # let requests run between batches
+                continue
             batch = [self._q.popleft() for _ in range(min(self.batch_size, len(self._q)))]
             try:
                 async with self.engine.begin() as conn:
@@ -103,6 +114,16 @@ class UsageLedger:
                 self._q.extendleft(reversed(batch))  # keep them for the next try
                 raise
             self.written += len(batch)
+
+    def _flush_sqlite(self) -> None:
+        assert self._sqlite is not None
+        batch = [self._q.popleft() for _ in range(min(_SQLITE_BATCH, len(self._q)))]
+        try:
+            self._sqlite.write([_values(r) for r in batch])
+        except Exception:
+            self._q.extendleft(reversed(batch))  # keep them for the next try
+            raise
+        self.written += len(batch)
 
     async def aclose(self) -> None:
         """Stop the writer and write everything still queued."""
@@ -120,6 +141,73 @@ class UsageLedger:
                 await asyncio.sleep(0.5)
         if self._q or self.dropped:
             log.error("usage ledger: %d rows not written, %d dropped", len(self._q), self.dropped)
+        if self._sqlite is not None:
+            if self._sqlite.needs_checkpoint():
+                await asyncio.to_thread(self._sqlite.checkpoint)
+            self._sqlite.close()
+
+
+# Rows per SQLite write on the event loop: ~3 us each, so a batch holds the loop < 1 ms.
+_SQLITE_BATCH = 256
+
+
+class SqliteBatchWriter:
+    """Inserts batches with the sqlite3 module on the calling thread.
+
+    Why not aiosqlite's thread: the gateway runs on one core, and the writer thread
+    and the event loop took turns on the GIL; measured, that cost the gateway about a
+    fifth of its requests per second with the ledger on. Written here, a batch costs
+    ~3 us a row of CPU and holds the loop for under a millisecond: in WAL mode with
+    ``synchronous=NORMAL`` a commit appends to the WAL without an fsync. The fsyncs come
+    with checkpoints, so automatic checkpoints are off on this connection and
+    ``checkpoint()`` runs in a thread (sqlite releases the GIL while it works). A locked
+    database (another process writing) fails fast (50 ms); the rows stay queued.
+    """
+
+    CHECKPOINT_ROWS = 20_000
+
+    def __init__(self, path: str, sql: str) -> None:
+        self._path = path
+        self._sql = sql
+        self._conn: sqlite3.Connection | None = None
+        self._since_checkpoint = 0
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._conn is None:
+            conn = sqlite3.connect(self._path, timeout=0.05, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+            self._conn = conn
+        return self._conn
+
+    def write(self, rows: list[tuple[Any, ...]]) -> None:
+        conn = self._connect()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(self._sql, rows)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        self._since_checkpoint += len(rows)
+
+    def needs_checkpoint(self) -> bool:
+        return self._since_checkpoint >= self.CHECKPOINT_ROWS
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database file (blocking: call it in a thread)."""
+        self._since_checkpoint = 0
+        conn = sqlite3.connect(self._path, timeout=5)
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 _FIELDS = tuple(UsageRecord.__dataclass_fields__)
