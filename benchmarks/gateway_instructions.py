@@ -29,12 +29,12 @@ sys.path.insert(0, str(HERE))
 
 async def _run(n: int, mode: str, auth: bool) -> None:
     import httptools
+    from zero_engine import Proto, build
 
     from gantry.config import load_config
     from gantry.gateway.http import HttpServer
     from gantry.gateway.pipeline import SECURITY_HEADERS, Gateway
     from gantry.observability import RequestLog
-    from zero_engine import Proto, build
 
     loop = asyncio.get_running_loop()
     engine = await loop.create_server(lambda: Proto(build(100)), "127.0.0.1", 0)
