@@ -19,7 +19,8 @@ import asyncio
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 import httptools
@@ -168,9 +169,7 @@ class _Response:
         self._conn = conn
         self._pool = pool
         self.status = conn.status
-        self.headers: Mapping[str, str] = {
-            k.decode("latin-1"): v.decode("latin-1") for k, v in conn._headers
-        }
+        self.headers: Mapping[str, str] = _Headers(conn._headers)
         self._released = False
 
     async def read(self) -> bytes:
@@ -188,6 +187,11 @@ class _Response:
     async def next_chunk(self) -> bytes | None:
         return await self._conn.next_body()
 
+    def buffered(self) -> bytes | None:
+        """A body piece that has already arrived, if any (no waiting)."""
+        body = self._conn._body
+        return body.popleft() if body else None
+
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         try:
             while True:
@@ -202,6 +206,41 @@ class _Response:
         if not self._released:
             self._released = True
             self._pool._release(self._conn)
+
+
+class _Headers(Mapping[str, str]):
+    """Response headers decoded on demand: the gateway reads two or three of them, and
+    decoding all of them into a dict cost ~2 us a response."""
+
+    __slots__ = ("_d", "_raw")
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self._raw = raw
+        self._d: dict[str, str] | None = None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        want = key.lower().encode("latin-1")
+        for k, v in self._raw:
+            if k == want:
+                return v.decode("latin-1")
+        return default
+
+    def _dict(self) -> dict[str, str]:
+        if self._d is None:
+            self._d = {k.decode("latin-1"): v.decode("latin-1") for k, v in self._raw}
+        return self._d
+
+    def __getitem__(self, key: str) -> str:
+        value = self.get(key)
+        if value is None:
+            raise KeyError(key)
+        return str(value)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._dict())
+
+    def __len__(self) -> int:
+        return len(self._raw)
 
 
 class H1Transport:

@@ -2,7 +2,8 @@
 
 In order: the drain gate (a draining gateway refuses new work with 503 and
 ``Connection: close``), the caller's limits (429 with ``Retry-After`` and
-``x-ratelimit-*`` headers), then capacity. When the model's engines are full because of
+``x-ratelimit-*`` headers), then capacity, which dispatch asks for through the ticket
+(``wait_for_room``) when it finds no engine free. When the model's engines are full because of
 the gateway's own in-flight limit, the request waits in the bounded priority queue
 until a slot frees, up to an absolute deadline (``admission.queue_timeout_s``, or the
 request's own deadline if sooner). When they are full because the engines themselves
@@ -14,13 +15,14 @@ limits with the real token usage.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from types import TracebackType
 
 from gantry.config import AdmissionConfig
 from gantry.errors import Draining, NoCapacity
 from gantry.gateway.accounting import Record
 from gantry.gateway.auth import Identity
-from gantry.gateway.dispatch import Dispatcher, Room, no_capacity
+from gantry.gateway.dispatch import Dispatcher, Room
 from gantry.gateway.prepare import Prepared
 from gantry.gateway.queue import CapacityQueue, QueueFull, QueueTimeout
 from gantry.gateway.security import Lease, Security
@@ -58,21 +60,23 @@ class Admission:
     ) -> Admitted:
         return Admitted(self, p, ident, rec, response_headers, deadline)
 
-    async def wait_for_room(self, model: str, priority: int, deadline: float) -> None:
-        room = self.dispatcher.room(model)
-        if room is Room.YES or room is Room.NO_ENGINE:
-            return  # dispatch answers "no engine" itself (it may fall back)
-        if room is not Room.INFLIGHT:
-            raise no_capacity(model, room, len(self.dispatcher.pool.snapshot.healthy_for(model)))
+    async def wait_for_room(
+        self,
+        full: NoCapacity,
+        model: str,
+        priority: int,
+        deadline: float,
+        has_room: Callable[[], bool],
+    ) -> None:
+        """Dispatch found no engine of ``model`` with room (``full`` says why): wait in
+        the queue when the gateway's own in-flight limit is the reason (a slot frees as
+        soon as a request ends), refuse at once when the engines say they are full."""
+        if full.reason != Room.INFLIGHT.value:
+            raise full
         loop_deadline = min(deadline, time.monotonic() + self.cfg.queue_timeout_s)
         start = time.monotonic()
         try:
-            await self.queue.wait_for_room(
-                model,
-                priority,
-                _loop_time(loop_deadline),
-                lambda: self.dispatcher.room(model) in (Room.YES, Room.NO_ENGINE),
-            )
+            await self.queue.wait_for_room(model, priority, _loop_time(loop_deadline), has_room)
         except QueueFull:
             raise NoCapacity(
                 f"Model '{model}' is at capacity and its queue is full "
@@ -122,16 +126,15 @@ class Admitted:
             self.lease = await a.security.acquire(
                 self._ident, self._rec.rid, len(p.body), p.max_tokens, self._headers
             )
-        try:
-            await a.wait_for_room(p.model, p.priority, self._deadline)
-        except BaseException:
-            await self._settle()
-            raise
+        # Capacity is checked when dispatch chooses an engine (computing it here too cost
+        # a second pass over the engines); with none free, dispatch calls wait_for_room.
         return self
 
-    async def wait_for_room(self, model: str) -> None:
-        """For a retry that found every other engine full."""
-        await self._a.wait_for_room(model, self._p.priority, self._deadline)
+    async def wait_for_room(
+        self, full: NoCapacity, model: str, has_room: Callable[[], bool]
+    ) -> None:
+        """No engine of ``model`` has room: wait in the queue, or refuse at once."""
+        await self._a.wait_for_room(full, model, self._p.priority, self._deadline, has_room)
 
     async def __aexit__(
         self,

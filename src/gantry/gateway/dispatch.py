@@ -103,6 +103,8 @@ class Opened:
 
 
 Keepalive = Callable[[], Awaitable[None]]
+# (why no engine has room, model, "is there room now?") -> returns when there is
+WaitForRoom = Callable[[NoCapacity, str, Callable[[], bool]], Awaitable[None]]
 
 
 class Dispatcher:
@@ -173,8 +175,11 @@ class Dispatcher:
             return [], _why_full(usable, inflight, lim)
         return calm or room, Room.YES
 
-    def room(self, model: str) -> Room:
-        return self._candidates(model, set(), time.monotonic())[1]
+    def room(self, model: str, exclude: set[str] | None = None) -> Room:
+        return self._candidates(model, exclude or set(), time.monotonic())[1]
+
+    def _room_fn(self, model: str, exclude: set[str]) -> Callable[[], bool]:
+        return lambda: self.room(model, exclude) in (Room.YES, Room.NO_ENGINE)
 
     def choose(self, route: RouteRequest, exclude: set[str], now: float) -> str:
         candidates, why = self._candidates(route.model, exclude, now)
@@ -241,7 +246,7 @@ class Dispatcher:
         p: Prepared,
         deadline: float,
         keepalive: Keepalive,
-        wait_for_room: Callable[[str], Awaitable[None]],
+        wait_for_room: WaitForRoom,
     ) -> Opened:
         """The first good answer from the model's engines or its fallback chain.
 
@@ -265,7 +270,7 @@ class Dispatcher:
         model: str,
         deadline: float,
         keepalive: Keepalive,
-        wait_for_room: Callable[[str], Awaitable[None]],
+        wait_for_room: WaitForRoom,
     ) -> Opened:
         route = p.route if model == p.model else RouteRequest(model, p.route.session)
         body = p.body if model == p.model else with_model(p.body, model)
@@ -277,10 +282,8 @@ class Dispatcher:
             now = time.monotonic()
             try:
                 name = self._choose_traced(route, tried, now, attempts)
-            except NoCapacity as exc:
-                if exc.reason != Room.INFLIGHT.value or not attempts:
-                    raise
-                await wait_for_room(model)  # a retry found the others full: wait its turn
+            except NoCapacity as full:
+                await wait_for_room(full, model, self._room_fn(model, tried))
                 continue
             if last is not None:
                 self.metrics.retries.labels(name, _kind(last)).inc()
@@ -370,6 +373,7 @@ class Dispatcher:
                 keepalive=keepalive,
                 keepalive_s=t.keepalive_interval_s,
                 limit_s=min(t.ttft_s, deadline - time.monotonic()),
+                buffered=getattr(resp, "buffered", None),
             )
             return Opened(
                 name, model, resp.status, resp.headers, response=resp, first=first, stream=state

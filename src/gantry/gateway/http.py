@@ -83,6 +83,7 @@ class Exchange:
         "_gone_callbacks",
         "_head_pending",
         "_http10",
+        "_task",
         "_waiter",
         "chunked",
         "expect_continue",
@@ -129,6 +130,7 @@ class Exchange:
         self.expect_continue = False
         self.gone = False
         self._gone_callbacks: list[Callable[[], object]] | None = None
+        self._task: asyncio.Task[Any] | None = None
         self.started = False
         self.finished = False
         self.status = 0
@@ -192,11 +194,17 @@ class Exchange:
             self._gone_callbacks = []
         self._gone_callbacks.append(callback)
 
+    def cancel_on_gone(self, task: asyncio.Task[Any]) -> None:
+        """Cancel ``task`` if the client disconnects before the response ends."""
+        self._task = task
+
     def _lost(self) -> None:
         if self.finished or self.gone:
             return
         self.gone = True
         self._wake()
+        if self._task is not None:
+            self._task.cancel()
         for cb in self._gone_callbacks or ():
             try:
                 cb()

@@ -159,7 +159,7 @@ class Gateway:
         rec = Record(rid, route.label if route is not None else "other", x.t0)
         task = asyncio.current_task()
         if task is not None:
-            x.on_gone(task.cancel)  # a client that leaves cancels its engine request
+            x.cancel_on_gone(task)  # a client that leaves cancels its engine request
         try:
             if route is None:
                 raise NotFound(f"Unknown path {x.path}")

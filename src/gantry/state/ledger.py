@@ -16,8 +16,7 @@ import logging
 import sqlite3
 import time
 from collections import deque
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -27,8 +26,7 @@ from gantry.state.sql import usage
 log = logging.getLogger("gantry.ledger")
 
 
-@dataclass(frozen=True, slots=True)
-class UsageRecord:
+class UsageRecord(NamedTuple):  # a tuple: ~4x cheaper to build than a frozen dataclass
     ts: float
     request_id: str
     key_id: str
@@ -210,23 +208,11 @@ class SqliteBatchWriter:
             self._conn = None
 
 
-_FIELDS = tuple(UsageRecord.__dataclass_fields__)
+_FIELDS = UsageRecord._fields
 
 
 def _values(r: UsageRecord) -> tuple[Any, ...]:
-    return (
-        r.ts,
-        r.request_id,
-        r.key_id,
-        r.tenant,
-        r.model,
-        r.engine,
-        r.prompt_tokens,
-        r.completion_tokens,
-        r.cached_tokens,
-        r.latency_ms,
-        r.status,
-    )
+    return r  # already the row, in column order
 
 
 def insert_sql(paramstyle: str) -> str:
