@@ -187,6 +187,11 @@ class _Response:
     async def next_chunk(self) -> bytes | None:
         return await self._conn.next_body()
 
+    @property
+    def complete(self) -> bool:
+        """The whole body has arrived (reading it will not wait)."""
+        return self._conn._done
+
     def buffered(self) -> bytes | None:
         """A body piece that has already arrived, if any (no waiting)."""
         body = self._conn._body

@@ -51,7 +51,8 @@ class Authenticator:
         self.cfg = cfg
         self.required = cfg.security.auth == "required"
         self.keys = keys
-        self._cache: dict[str, KeyRecord] = {}
+        # key id -> (record, its identity): identities are built once per refresh
+        self._cache: dict[str, tuple[KeyRecord, Identity]] = {}
         self._task: asyncio.Task[None] | None = None
         self._jwks: Any = None
         if cfg.security.jwt.enabled:
@@ -77,7 +78,7 @@ class Authenticator:
     async def refresh(self) -> None:
         if self.keys is None:  # auth off: no key cache (the admin API may still make keys)
             return
-        self._cache = {r.key_id: r for r in await self.keys.list_keys()}
+        self._cache = {r.key_id: (r, _identity(r)) for r in await self.keys.list_keys()}
 
     def forget(self, key_id: str) -> None:
         """Revoked here: stop accepting it at once on this replica."""
@@ -114,12 +115,12 @@ class Authenticator:
             raise AuthenticationError("The Authorization header must be 'Bearer <key>'.")
         parts = split_key(token)
         if parts is not None:
-            rec = self._cache.get(parts[0])
-            if rec is None or not matches(rec, parts[1]):
+            cached = self._cache.get(parts[0])
+            if cached is None or not matches(cached[0], parts[1]):
                 raise AuthenticationError("Invalid API key.")
-            if not rec.active(time.time()):
+            if not cached[0].active(time.time()):
                 raise AuthenticationError("This API key has been revoked or has expired.")
-            return Identity(rec.key_id, rec.tenant, rec.role, rec.tier, rec.models, rec.priority)
+            return cached[1]
         if self._jwks is not None and token.count(".") == 2:
             return self._from_jwt(token)
         raise AuthenticationError("Invalid API key.")
@@ -152,6 +153,10 @@ class Authenticator:
             role,
             str(claims.get(c.tier_claim) or c.default_tier),
         )
+
+
+def _identity(rec: KeyRecord) -> Identity:
+    return Identity(rec.key_id, rec.tenant, rec.role, rec.tier, rec.models, rec.priority)
 
 
 def _load_jwks(path: str | None) -> Any:

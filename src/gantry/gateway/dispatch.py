@@ -439,6 +439,8 @@ class ConnectFailed(RetryableEngineError):
 
 
 async def _read_all(resp: EngineResponse, name: str, deadline: float) -> bytes:
+    if getattr(resp, "complete", False):  # all here already: no timer needed (~1.5 us)
+        return await resp.read()
     loop = asyncio.get_running_loop()
     timer = loop.call_later(max(0.001, deadline - time.monotonic()), resp.close)
     try:
