@@ -53,6 +53,12 @@ async def _run(n: int, mode: str, auth: bool) -> None:
     async with gw:
         server = HttpServer(gw.handle, wanted=gw.wanted, static_headers=SECURITY_HEADERS)
         await server.start(host="127.0.0.1", port=0)
+        import gc
+
+        gc.collect()
+        gc.freeze()  # as gantry serve does after start-up
+        if os.environ.get("BENCH_GC_THRESHOLD"):
+            gc.set_threshold(*(int(x) for x in os.environ["BENCH_GC_THRESHOLD"].split(",")))
         auth_line = b""
         if auth:
             assert gw.security.keys is not None
@@ -99,10 +105,11 @@ async def _run(n: int, mode: str, auth: bool) -> None:
                 self.send()
 
         done: list[asyncio.Future[None]] = []
+        port = eport if os.environ.get("BENCH_DIRECT") else server.port
         for _ in range(16):
             fut = loop.create_future()
             done.append(fut)
-            await loop.create_connection(lambda f=fut: Client(f), "127.0.0.1", server.port)
+            await loop.create_connection(lambda f=fut: Client(f), "127.0.0.1", port)
         await asyncio.gather(*done)
         await server.aclose()
     engine.close()

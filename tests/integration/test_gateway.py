@@ -395,6 +395,26 @@ def test_oversized_headers_get_431(stack):
     assert r.status_code == 431 and r.json()["error"]["message"]
 
 
+def test_refusals_by_the_http_front_are_counted_and_logged(tmp_path):
+    """Requests the front refuses before any handler (431, 414, malformed) still end in one
+    gantry_requests_total sample and one log line each."""
+    with (
+        sim(tmp_path, "--served-model-name", "m", "--profile", "instant") as e,
+        gateway(tmp_path, "--engine", e.url) as gw,
+    ):
+        httpx.get(gw.url + "/v1/models", headers={f"x-pad-{i}": "y" * 200 for i in range(90)})
+        httpx.get(gw.url + "/" + "a" * 9000)
+        with socket.create_connection(("127.0.0.1", gw.port)) as s:
+            s.sendall(b"GARBAGE\r\n\r\n")
+            assert s.recv(65536).startswith(b"HTTP/1.1 400")
+        text = httpx.get(gw.url + "/metrics").text
+        for status in ("431", "414", "400"):
+            assert metric_value(text, "gantry_requests_total", status=status) == 1, status
+        gw.stop()
+        lines = [json.loads(x) for x in gw.logs().splitlines() if x.startswith('{"request_id"')]
+    assert sorted(x["status"] for x in lines if x["status"] >= 400) == [400, 414, 431]
+
+
 def stalled_body_answer(port: int, bound: float = 20.0) -> tuple[h11.Response, bytes]:
     """POST a body of 100 bytes, send 1, then only read: the server's answer and its body.
 

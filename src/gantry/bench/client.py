@@ -12,6 +12,7 @@ from gantry.bench.datasets import Job, Turn
 from gantry.bench.stats import RequestResult
 from gantry.engines.transport import EngineRequest, EngineTransport
 from gantry.errors import GantryError
+from gantry.protocol import usage_of, usage_of_body
 
 _CHAT = "/v1/chat/completions"
 _COMPLETIONS = "/v1/completions"
@@ -105,7 +106,9 @@ async def _one(
             data = await resp.read()
             now = time.perf_counter()
             res.ttft = res.e2el = now - start
-            _usage(orjson.loads(data).get("usage") or {}, res)
+            u = usage_of_body(data)
+            if u is not None:
+                res.prompt_tokens, res.output_tokens = u.prompt_tokens, u.completion_tokens
             res.chunk_times = [now - t0] * res.output_tokens
             res.ok = True
             return res, ""
@@ -134,9 +137,12 @@ async def _read_stream(
         for ev in events.split(b"\n\n"):
             if not ev.startswith(b"data: {"):
                 continue
-            if b'"choices":[]' in ev:
-                _usage(orjson.loads(ev[6:]).get("usage") or {}, res)
-                continue
+            if b'"usage"' in ev:
+                u = usage_of(orjson.loads(ev[6:]))
+                if u is not None:
+                    res.prompt_tokens, res.output_tokens = u.prompt_tokens, u.completion_tokens
+                if b'"choices":[]' in ev or b'"choices": []' in ev:
+                    continue
             if ev.startswith(b'data: {"error"'):
                 res.error = "stream error"
                 return
@@ -156,11 +162,6 @@ async def _read_stream(
         res.ok = True
         if not res.output_tokens:
             res.output_tokens = tokens  # no usage from the server: count chunks
-
-
-def _usage(u: dict[str, Any], res: RequestResult) -> None:
-    res.prompt_tokens = int(u.get("prompt_tokens") or 0)
-    res.output_tokens = int(u.get("completion_tokens") or 0)
 
 
 def _delta_text(ev: bytes, chat: bool) -> str:

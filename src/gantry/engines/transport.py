@@ -17,12 +17,13 @@ import socket
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
 
-import aiohttp
-
 from gantry.errors import EngineTimeout, RetryableEngineError
+
+if TYPE_CHECKING:  # aiohttp is imported when an engine asks for it (~90 ms at start-up)
+    import aiohttp
 
 
 def describe_os_error(exc: BaseException) -> str:
@@ -126,6 +127,8 @@ class HTTPTransport:
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
+        import aiohttp
+
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(
                 limit=self._limit,
@@ -142,6 +145,8 @@ class HTTPTransport:
         return self._session
 
     async def send(self, request: EngineRequest) -> EngineResponse:
+        import aiohttp
+
         headers = dict(self._auth)
         if request.headers:
             headers.update(request.headers)

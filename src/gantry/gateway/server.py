@@ -104,9 +104,14 @@ class Worker:
                 keepalive_s=cfg.limits.keepalive_timeout_s,
                 on_refused=self._refused,
             )
-            await server.start(
-                host=cfg.host, port=cfg.port, sock=self.sock, ssl_context=_ssl_context(cfg)
-            )
+            try:
+                await server.start(
+                    host=cfg.host, port=cfg.port, sock=self.sock, ssl_context=_ssl_context(cfg)
+                )
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}"
+                ) from None
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._on_signal, sig)
             log.info("gantry gateway worker ready on %s:%d", cfg.host, server.port)
