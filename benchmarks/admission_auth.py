@@ -13,6 +13,7 @@ import time
 import uuid
 
 from gantry.config import GatewayConfig
+from gantry.gateway.auth import API
 from gantry.gateway.security import Security
 from gantry.observability.metrics import GatewayMetrics
 
@@ -36,13 +37,14 @@ async def measure(store: str, n: int) -> tuple[float, float]:
     headers: list[tuple[bytes, bytes]] = []
     t0 = time.perf_counter()
     for _ in range(n):
-        ident = sec.auth.check("/v1/chat/completions", auth)
+        ident = sec.auth.check(API, auth, "/v1/chat/completions")
     t_auth = (time.perf_counter() - t0) / n
     t0 = time.perf_counter()
     for i in range(n):
         headers.clear()
-        adm = await sec.admit(ident, f"r{i}", 200, 64, headers)
-        await sec.settle(adm, f"r{i}", 100)
+        lease = await sec.acquire(ident, f"r{i}", 200, 64, headers)
+        assert lease is not None
+        await sec.settle(lease, 100)
     t_limits = (time.perf_counter() - t0) / n
     await sec.aclose()
     return t_auth, t_limits

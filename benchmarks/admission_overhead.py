@@ -15,7 +15,8 @@ import time
 
 from gantry.config import EngineSpec, GatewayConfig, HealthConfig
 from gantry.engines.pool import EnginePool
-from gantry.gateway.dispatch import Dispatcher
+from gantry.gateway.dispatch import Dispatcher, Outcome
+from gantry.gateway.queue import CapacityQueue
 from gantry.observability.metrics import GatewayMetrics
 from gantry.routing import EngineView, PoolSnapshot, RouteRequest, least_loaded
 
@@ -50,15 +51,16 @@ def fast_path(d: Dispatcher, n: int) -> float:
         d.budget.on_request(now)
         name = d.choose(route, set(), now)
         d.pool.inflight[name] += 1
-        d.done(name, False)
+        d.release(name, Outcome.OK)
     return (time.perf_counter() - t0) / n
 
 
 async def queued_path(d: Dispatcher, n: int) -> float:
-    q = d.admission
+    q = CapacityQueue(max_waiting=100)
+    loop = asyncio.get_running_loop()
 
     async def waiter() -> None:
-        await q.wait_turn("m", 0, 30.0)
+        await q.wait_for_room("m", 0, loop.time() + 30.0, lambda: True)
 
     t0 = time.perf_counter()
     for _ in range(n // 100):

@@ -128,9 +128,7 @@ def _count(n: int, args: argparse.Namespace) -> int:
         "--mode",
         args.mode,
     ] + (["--auth"] if args.auth else [])
-    subprocess.run(
-        cmd, check=True, env={**os.environ, "PYTHONHASHSEED": "0"}, capture_output=True
-    )
+    subprocess.run(cmd, check=True, env={**os.environ, "PYTHONHASHSEED": "0"}, capture_output=True)
     text = Path(out).read_text(errors="replace")
     Path(out).unlink()
     m = re.search(r"^(?:summary|totals): (\d+)", text, re.M)

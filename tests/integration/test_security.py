@@ -452,7 +452,7 @@ def test_ledger_on_postgres_survives_sigterm(tmp_path):
     url = f"postgresql://postgres@127.0.0.1:5432/{dbname}"
     try:
         cfg = tmp_path / "l.yaml"
-        cfg.write_text("ledger:\n  flush_interval_s: 30\n  batch_size: 100000\n")
+        cfg.write_text("ledger:\n  enabled: true\n  flush_interval_s: 30\n  batch_size: 100000\n")
         with (
             sim(tmp_path, "--served-model-name", "m", "--profile", "instant") as e,
             gateway(

@@ -174,6 +174,7 @@ def openapi_document(version: str) -> dict[str, Any]:
             "/health": _get("Liveness"),
             "/readyz": _get("Readiness: every model has a healthy engine"),
             "/metrics": _get("Prometheus metrics", "text/plain"),
+            "/openapi.json": _get("This document"),
             **_admin_paths(),
         },
         "components": {
