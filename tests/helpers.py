@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 
@@ -18,6 +18,18 @@ from gantry.netutil import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
+
+
+def require_redis() -> Any:
+    """The redis module, after checking the local Redis answers (skip the test if not)."""
+    import pytest
+
+    redis = pytest.importorskip("redis")
+    try:
+        redis.Redis(host="127.0.0.1", port=6379).ping()
+    except redis.exceptions.ConnectionError:
+        pytest.skip("Redis is not running")
+    return redis
 
 
 def wait_until(predicate: Callable[[], T], timeout: float = 30.0, what: str = "the condition") -> T:

@@ -10,9 +10,8 @@ import time
 import uuid
 
 import httpx
-import pytest
 
-from tests.helpers import gateway, metric_value, sim, wait_until
+from tests.helpers import gateway, metric_value, require_redis, sim, wait_until
 
 
 def post(url: str, body: dict, **headers: str) -> httpx.Response:
@@ -64,11 +63,7 @@ def test_idempotency_memory_store(tmp_path):
 
 
 def test_idempotency_shared_across_replicas_over_redis(tmp_path):
-    redis = pytest.importorskip("redis")
-    try:
-        redis.Redis(host="127.0.0.1", port=6379).ping()
-    except redis.exceptions.ConnectionError:
-        pytest.skip("Redis is not running")
+    redis = require_redis()
     prefix = f"gantry-test-{uuid.uuid4().hex[:8]}:"
     with sim(tmp_path, "--served-model-name", "m", "--profile", "instant") as e:
         cfg = tmp_path / "r.yaml"

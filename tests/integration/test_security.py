@@ -20,6 +20,7 @@ from tests.helpers import (
     gateway,
     keys,
     new_key,
+    require_redis,
     sim,
     wait_http,
     wait_key_active,
@@ -279,11 +280,7 @@ def test_cli_keys_list_shows_expiry(tmp_path):
 
 
 def test_two_replicas_share_one_limit_over_redis(tmp_path):
-    redis = pytest.importorskip("redis")
-    try:
-        redis.Redis(host="127.0.0.1", port=6379).ping()
-    except redis.exceptions.ConnectionError:
-        pytest.skip("Redis is not running")
+    redis = require_redis()
     db = f"sqlite:///{tmp_path}/r.db"
     prefix = f"gantry-test-{uuid.uuid4().hex[:8]}:"
     cfg = tmp_path / "r.yaml"

@@ -9,9 +9,8 @@ import uuid
 from pathlib import Path
 
 import httpx
-import pytest
 
-from tests.helpers import gantry_cmd, gateway, metric_value, sim, wait_until
+from tests.helpers import gantry_cmd, gateway, metric_value, require_redis, sim, wait_until
 from tests.recording_engine import recording_engine
 
 
@@ -56,11 +55,7 @@ def test_embedded_default_serves_and_stops_its_simulated_engines(tmp_path):
 
 
 def test_workers_share_metrics_and_dead_workers_come_back(tmp_path):
-    redis = pytest.importorskip("redis")
-    try:
-        redis.Redis(host="127.0.0.1", port=6379).ping()
-    except redis.exceptions.ConnectionError:
-        pytest.skip("Redis is not running")
+    require_redis()
     env = {
         "GANTRY_IDEMPOTENCY__STORE": "redis",
         "GANTRY_IDEMPOTENCY__KEY_PREFIX": f"gantry-test-{uuid.uuid4().hex[:8]}-",
