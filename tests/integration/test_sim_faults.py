@@ -214,23 +214,33 @@ def test_kv_events_published_over_zmq(tmp_path):
 
 
 def test_cluster_of_engines(tmp_path):
-    base = free_port()
-    while True:  # need two consecutive free ports
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", base + 1)) != 0:
-                break
-        base = free_port()
+    base = _two_free_ports()
     with run_proc(
         gantry_cmd("sim", "--engines", "2", "--base-port", str(base), "--profile", "instant"),
         base,
         tmp_path,
+        timeout=60,
     ) as p:
-        wait_http(f"http://127.0.0.1:{base + 1}", 20)
+        wait_http(f"http://127.0.0.1:{base + 1}", 60)
         for port in (base, base + 1):
             r = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json={"prompt": "x"})
             assert r.status_code == 200
         p.stop()
         assert p.proc.returncode == 0
+
+
+def _two_free_ports() -> int:
+    """A port whose next one is free too (both bound once to be sure)."""
+    for _ in range(100):
+        base = free_port()
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", base))
+                b.bind(("127.0.0.1", base + 1))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no two consecutive free ports")
 
 
 def test_cli_bad_input_is_one_line(tmp_path):
