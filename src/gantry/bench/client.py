@@ -12,7 +12,7 @@ from gantry.bench.datasets import Job, Turn
 from gantry.bench.stats import RequestResult
 from gantry.engines.transport import EngineRequest, EngineTransport
 from gantry.errors import GantryError
-from gantry.protocol import usage_of, usage_of_body
+from gantry.protocol import SSEDecoder, usage_of, usage_of_body
 
 _CHAT = "/v1/chat/completions"
 _COMPLETIONS = "/v1/completions"
@@ -124,29 +124,24 @@ async def _one(
 async def _read_stream(
     resp: Any, t: Target, res: RequestResult, start: float, t0: float, text: list[str] | None
 ) -> None:
-    buf = b""
+    decoder = SSEDecoder()
     last = 0.0
     tokens = 0
     async for chunk in resp.iter_chunks():
         now = time.perf_counter()
-        buf += chunk
-        cut = buf.rfind(b"\n\n")
-        if cut < 0:
-            continue
-        events, buf = buf[:cut], buf[cut + 2 :]
-        for ev in events.split(b"\n\n"):
-            if not ev.startswith(b"data: {"):
-                continue
-            if b'"usage"' in ev:
-                u = usage_of(orjson.loads(ev[6:]))
+        for data in decoder.feed(chunk):
+            if not data.startswith(b"{"):
+                continue  # [DONE]
+            if b'"usage"' in data:
+                u = usage_of(orjson.loads(data))
                 if u is not None:
                     res.prompt_tokens, res.output_tokens = u.prompt_tokens, u.completion_tokens
-                if b'"choices":[]' in ev or b'"choices": []' in ev:
+                if b'"choices":[]' in data or b'"choices": []' in data:
                     continue
-            if ev.startswith(b'data: {"error"'):
+            if data.startswith(b'{"error"'):
                 res.error = "stream error"
                 return
-            if t.chat and b'"role"' in ev and b'"content":""' in ev:
+            if t.chat and b'"role"' in data and b'"content":""' in data:
                 continue  # the role-only first chunk does not count (as vllm bench)
             if not res.ttft:
                 res.ttft = now - start
@@ -156,7 +151,7 @@ async def _read_stream(
             tokens += 1
             res.chunk_times.append(now - t0)
             if text is not None:
-                text.append(_delta_text(ev, t.chat))
+                text.append(_delta_text(data, t.chat))
     if tokens:
         res.e2el = last - start
         res.ok = True
@@ -164,9 +159,9 @@ async def _read_stream(
             res.output_tokens = tokens  # no usage from the server: count chunks
 
 
-def _delta_text(ev: bytes, chat: bool) -> str:
+def _delta_text(data: bytes, chat: bool) -> str:
     try:
-        choice = orjson.loads(ev[6:])["choices"][0]
+        choice = orjson.loads(data)["choices"][0]
     except (ValueError, KeyError, IndexError):
         return ""
     return (
