@@ -143,11 +143,22 @@ class FakeEngine:
 class MemoryGateway:
     """A gateway over in-memory engines; ``send()`` returns (status, headers, body)."""
 
-    def __init__(self, tmp: Path, engines: list[FakeEngine], **config: Any) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        engines: list[FakeEngine],
+        *,
+        engine_groups: dict[str, str] | None = None,
+        **config: Any,
+    ) -> None:
         self.engines = {e.name: e for e in engines}
         env = {"GANTRY_SECURITY__DATABASE_URL": f"sqlite:///{tmp}/gw.db"}
+        groups = engine_groups or {}
         overrides: dict[str, Any] = {
-            "engines": [{"url": f"http://{e.name}", "name": e.name} for e in engines],
+            "engines": [
+                {"url": f"http://{e.name}", "name": e.name, "group": groups.get(e.name)}
+                for e in engines
+            ],
             "security": {"auth": "off"},
             "health": {"interval_s": 3600},  # tests refresh the pool themselves
         }

@@ -173,6 +173,7 @@ class EnginePool:
                 prefix_hits=m.load.prefix_hits,
                 max_model_len=m.max_model_len,
                 has_metrics=m.has_metrics,
+                group=m.spec.group,
             )
             for m in self._members
         )

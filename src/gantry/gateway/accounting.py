@@ -27,6 +27,7 @@ class Record:
 
     __slots__ = (
         "admitted",
+        "arm",
         "endpoint",
         "engine",
         "error",
@@ -35,6 +36,7 @@ class Record:
         "key_id",
         "model",
         "rid",
+        "split",
         "status",
         "stream",
         "t0",
@@ -57,6 +59,8 @@ class Record:
         self.stream = False
         self.key_id = "-"
         self.tenant = "-"
+        self.split: str | None = None  # a traffic split and its arm
+        self.arm: str | None = None
 
     @property
     def tokens(self) -> int:
@@ -154,6 +158,8 @@ class Accounting:
             m.cached.inc(u.cached_tokens)
         if rec.gone:
             self.metrics.disconnects.labels(rec.model).inc()
+        if rec.split is not None:
+            self._split(rec, status, dur)
         latency_ms = round(dur * 1000, 2)
         if self.ledger is not None and rec.admitted:
             self.ledger.record(
@@ -173,21 +179,30 @@ class Accounting:
             )
         if self.log is None or (not self.log_probes and rec.endpoint in _PROBES and status < 400):
             return
-        self.log.write(
-            {
-                "request_id": rec.rid,
-                "endpoint": rec.endpoint,
-                "model": rec.model,
-                "engine": rec.engine,
-                "key_id": rec.key_id,
-                "status": status,
-                "latency_ms": latency_ms,
-                "ttft_ms": round((rec.first_token_at - rec.t0) * 1000, 2)
-                if rec.first_token_at is not None
-                else None,
-                "prompt_tokens": u.prompt_tokens,
-                "completion_tokens": u.completion_tokens,
-                "cached_tokens": u.cached_tokens,
-                "error": rec.error,
-            }
-        )
+        fields = {
+            "request_id": rec.rid,
+            "endpoint": rec.endpoint,
+            "model": rec.model,
+            "engine": rec.engine,
+            "key_id": rec.key_id,
+            "status": status,
+            "latency_ms": latency_ms,
+            "ttft_ms": round((rec.first_token_at - rec.t0) * 1000, 2)
+            if rec.first_token_at is not None
+            else None,
+            "prompt_tokens": u.prompt_tokens,
+            "completion_tokens": u.completion_tokens,
+            "cached_tokens": u.cached_tokens,
+            "error": rec.error,
+        }
+        if rec.split is not None:
+            fields["split"], fields["arm"] = rec.split, rec.arm
+        self.log.write(fields)
+
+    def _split(self, rec: Record, status: int, dur: float) -> None:
+        m = self.metrics
+        arm = rec.arm or "-"
+        m.split_requests.labels(rec.split, arm, str(status)).inc()
+        m.split_duration.labels(rec.split, arm).observe(dur)
+        if rec.first_token_at is not None:
+            m.split_ttft.labels(rec.split, arm).observe(rec.first_token_at - rec.t0)

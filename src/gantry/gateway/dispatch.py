@@ -143,12 +143,16 @@ class Dispatcher:
         self.on_release: Callable[[str], None] | None = None  # wakes the capacity queue
 
     # -- choosing (no I/O) ------------------------------------------------------------
-    def _usable(self, model: str, exclude: set[str], now: float) -> Sequence[EngineView]:
+    def _usable(
+        self, model: str, exclude: set[str], now: float, group: str | None = None
+    ) -> Sequence[EngineView]:
         healthy = self.pool.snapshot.healthy_for(model)
-        if not (exclude or self.cooldown or self.breakers):
+        if not (exclude or self.cooldown or self.breakers or group):
             return healthy
         out = []
         for e in healthy:
+            if group is not None and e.group != group:
+                continue
             if e.name in exclude or self.cooldown.get(e.name, 0.0) > now:
                 continue
             b = self.breakers.get(e.name)
@@ -158,9 +162,9 @@ class Dispatcher:
         return out
 
     def _candidates(
-        self, model: str, exclude: set[str], now: float
+        self, model: str, exclude: set[str], now: float, group: str | None = None
     ) -> tuple[list[EngineView], Room]:
-        usable = self._usable(model, exclude, now)
+        usable = self._usable(model, exclude, now, group)
         if not usable:
             return [], Room.NO_ENGINE
         inflight, lim = self.pool.inflight, self.limits
@@ -175,20 +179,25 @@ class Dispatcher:
             return [], _why_full(usable, inflight, lim)
         return calm or room, Room.YES
 
-    def room(self, model: str, exclude: set[str] | None = None) -> Room:
-        return self._candidates(model, exclude or set(), time.monotonic())[1]
+    def room(self, model: str, exclude: set[str] | None = None, group: str | None = None) -> Room:
+        return self._candidates(model, exclude or set(), time.monotonic(), group)[1]
 
-    def _room_fn(self, model: str, exclude: set[str]) -> Callable[[], bool]:
-        return lambda: self.room(model, exclude) in (Room.YES, Room.NO_ENGINE)
+    def _room_fn(self, model: str, exclude: set[str], group: str | None) -> Callable[[], bool]:
+        return lambda: self.room(model, exclude, group) in (Room.YES, Room.NO_ENGINE)
 
-    def choose(self, route: RouteRequest, exclude: set[str], now: float) -> str:
-        candidates, why = self._candidates(route.model, exclude, now)
+    def choose(
+        self, route: RouteRequest, exclude: set[str], now: float, group: str | None = None
+    ) -> str:
+        candidates, why = self._candidates(route.model, exclude, now, group)
         if why is Room.NO_ENGINE:
+            where = f" in group '{group}'" if group else ""
             raise NoHealthyEngine(
-                f"No healthy engine can serve model '{route.model}' right now.", retry_after=2
+                f"No healthy engine{where} can serve model '{route.model}' right now.",
+                retry_after=2,
             )
         if why is not Room.YES:
-            raise no_capacity(route.model, why, len(self._usable(route.model, exclude, now)))
+            usable = self._usable(route.model, exclude, now, group)
+            raise no_capacity(route.model, why, len(usable))
         name = self.policy(route, candidates, self.pool.inflight).name
         b = self.breakers.get(name)
         if b is not None:
@@ -274,6 +283,7 @@ class Dispatcher:
     ) -> Opened:
         route = p.route if model == p.model else RouteRequest(model, p.route.session)
         body = p.body if model == p.model else with_model(p.body, model)
+        group = p.group if model == p.model else None
         tried: set[str] = set()
         last: RetryableEngineError | None = None
         attempts = 0
@@ -281,9 +291,9 @@ class Dispatcher:
         while True:
             now = time.monotonic()
             try:
-                name = self._choose_traced(route, tried, now, attempts)
+                name = self._choose_traced(route, tried, now, attempts, group)
             except NoCapacity as full:
-                await wait_for_room(full, model, self._room_fn(model, tried))
+                await wait_for_room(full, model, self._room_fn(model, tried, group))
                 continue
             if last is not None:
                 self.metrics.retries.labels(name, _kind(last)).inc()
@@ -304,7 +314,7 @@ class Dispatcher:
                 raise
             attempts += 1
             now = time.monotonic()
-            if not self._usable(model, tried, now):
+            if not self._usable(model, tried, now, group):
                 raise last  # every engine of the model failed this request
             if not retry_allowed(attempts, self.cfg.retry.attempts, now, deadline, self.budget):
                 raise last
@@ -312,11 +322,13 @@ class Dispatcher:
             delay = backoff(attempts - 1, r.backoff_base_s, r.backoff_max_s, self._rng)
             await asyncio.sleep(min(delay, max(0.0, deadline - now)))
 
-    def _choose_traced(self, route: RouteRequest, tried: set[str], now: float, n: int) -> str:
+    def _choose_traced(
+        self, route: RouteRequest, tried: set[str], now: float, n: int, group: str | None
+    ) -> str:
         if self.tracer is not None and self.tracer.enabled:
             with self.tracer.span("routing", policy=self.policy_name, attempt=n):
-                return self.choose(route, tried, now)
-        return self.choose(route, tried, now)
+                return self.choose(route, tried, now, group)
+        return self.choose(route, tried, now, group)
 
     def _count_failure(self, name: str, exc: RetryableEngineError) -> None:
         self.metrics.upstream_errors.labels(name, _kind(exc)).inc()
@@ -365,7 +377,7 @@ class Dispatcher:
                     name, model, resp.status, resp.headers, await _read_all(resp, name, deadline)
                 )
             state = StreamState(pass_usage=p.include_usage)
-            if p.requested != model and model == p.model:  # an alias (not a fallback)
+            if p.requested != model and model == p.model:  # alias or split (not a fallback)
                 state.rename = renamer(model, p.requested)
             first = await first_token(
                 resp.next_chunk,

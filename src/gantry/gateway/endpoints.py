@@ -84,6 +84,10 @@ class Endpoints:
         for alias, target in sorted(self.cfg.aliases.items()):
             if target in snap.by_model and (ident.may_use(alias) or ident.may_use(target)):
                 cards.append(_card(alias, now, target, target, None))
+        for name, split in sorted(self.cfg.splits.items()):
+            served = [t.model for t in split.targets if t.model in snap.by_model]
+            if served and ident.may_use(name):
+                cards.append(_card(name, now, name, None, None))
         rec.status = 200
         x.reply(200, orjson.dumps({"object": "list", "data": cards}))
 

@@ -43,6 +43,7 @@ from gantry.gateway.idempotent import check_key, fingerprint, make_store, run_on
 from gantry.gateway.prepare import FORWARD, Prepared, PrepareSettings, prepare
 from gantry.gateway.routes import match, route_table
 from gantry.gateway.security import Security
+from gantry.gateway.shadow import Shadower
 from gantry.observability import GatewayMetrics, RequestLog, Tracer
 from gantry.protocol import encode_comment
 from gantry.routing import make_policy
@@ -95,6 +96,7 @@ class Gateway:
         )
         admin = AdminAPI(cfg, keys=self.security.keys, auth=self.auth, ledger=self.security.ledger)
         self.endpoints = Endpoints(cfg, self.pool, self.metrics, admin)
+        self.shadower = Shadower(cfg.shadow, self.dispatcher, self.metrics)
         self.idem_store = make_store(cfg.idempotency) if cfg.idempotency.enabled else None
         self.routes = route_table(cfg)
         self.settings = PrepareSettings.of(cfg)
@@ -131,6 +133,7 @@ class Gateway:
                 stack.push_async_callback(self.idem_store.aclose)
             if self.accounting.log is not None:
                 stack.callback(self.accounting.log.flush)
+            stack.push_async_callback(self.shadower.aclose)
             self._stack = stack.pop_all()
         return self
 
@@ -224,6 +227,9 @@ class Gateway:
     ) -> None:
         rec.model = p.model
         rec.stream = p.stream
+        if p.split is not None:
+            rec.split, rec.arm = p.split, p.arm
+            x.response_headers.append((b"x-gantry-arm", (p.arm or "").encode()))
         if p.redactions:
             self.metrics.redactions.inc(p.redactions)
         deadline = time.monotonic() + p.timeout_s
@@ -255,6 +261,8 @@ class Gateway:
         active = self.accounting.children(p.model, rec.endpoint).active
         async with self.admission.enter(p, ident, rec, x.response_headers, deadline) as ticket:
             rec.admitted = True
+            if self.shadower.rules:
+                self.shadower.maybe_mirror(p, rec.rid)
             active.inc()
             try:
                 opened = await self.dispatcher.open(p, deadline, keepalive, ticket.wait_for_room)

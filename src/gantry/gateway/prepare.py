@@ -9,17 +9,18 @@ admission priority. Every refusal is a ``ClientError`` subclass with its status.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from gantry.config import GatewayConfig, RedactionConfig, TierLimits
+from gantry.config import GatewayConfig, RedactionConfig, Split, SplitTarget, TierLimits
 from gantry.errors import ClientError, ModelNotFound, PermissionDenied
 from gantry.gateway.auth import Identity
 from gantry.gateway.redact import redact_body
-from gantry.protocol import RequestShapeError, inspect_request
+from gantry.protocol import RequestInfo, RequestShapeError, inspect_request
 from gantry.routing import PoolSnapshot, RouteRequest
 
 # Request headers passed on to engines (besides content-type and the request id).
@@ -31,6 +32,7 @@ class PrepareSettings:
     """The configuration ``prepare`` reads, cut once from ``GatewayConfig``."""
 
     aliases: Mapping[str, str]
+    splits: Mapping[str, Split]
     redaction: RedactionConfig
     tiers: Mapping[str, TierLimits]
     total_s: float
@@ -44,6 +46,7 @@ class PrepareSettings:
     def of(cls, cfg: GatewayConfig) -> PrepareSettings:
         return cls(
             dict(cfg.aliases),
+            dict(cfg.splits),
             cfg.redaction,
             dict(cfg.tiers),
             cfg.timeouts.total_s,
@@ -69,6 +72,9 @@ class Prepared:  # built per request: not frozen (frozen dataclasses cost ~1 us 
     priority: int  # lower is served first
     max_tokens: int | None
     redactions: int  # PII items masked
+    group: str | None = None  # only engines of this group (a split's arm)
+    split: str | None = None  # the split the request went through, and its arm
+    arm: str | None = None
 
 
 def prepare(
@@ -94,7 +100,13 @@ def prepare(
         if endpoint.startswith("/v1") or len(snap.by_model) != 1:
             raise ClientError("You must provide a model parameter.", param="model")
         requested = next(iter(snap.by_model))
-    model = s.aliases.get(requested, requested)
+    split = s.splits.get(requested)
+    target = None
+    if split is not None:
+        target = pick_arm(requested, split, _sticky_id(split, ident, headers, info, s, rid))
+        model = target.model
+    else:
+        model = s.aliases.get(requested, requested)
     if model not in snap.by_model:
         raise ModelNotFound(f"The model '{requested}' does not exist.", param="model")
     if ident.models and not (ident.may_use(requested) or ident.may_use(model)):
@@ -133,7 +145,42 @@ def prepare(
         priority_of(headers.get(s.priority_header), ident, s),
         info.max_tokens if info else None,
         redactions,
+        target.group if target else None,
+        requested if target else None,
+        target.arm if target else None,
     )
+
+
+def pick_arm(name: str, split: Split, sticky: str) -> SplitTarget:
+    """The split's target for a sticky id: the same id always gets the same arm while the
+    weights stay the same (a point on [0, 1) from a hash, against cumulative weights)."""
+    h = hashlib.blake2b(f"{name}\0{sticky}".encode(), digest_size=8).digest()
+    point = int.from_bytes(h, "big") / 2**64 * sum(t.weight for t in split.targets)
+    for t in split.targets:
+        point -= t.weight
+        if point < 0:
+            return t
+    return split.targets[-1]
+
+
+def _sticky_id(
+    split: Split,
+    ident: Identity,
+    headers: Mapping[bytes, str],
+    info: RequestInfo | None,
+    s: PrepareSettings,
+    rid: str,
+) -> str:
+    """Who the split keeps on one arm; without one, the request id (a fresh draw)."""
+    if split.sticky == "key" and ident.key_id != "-":
+        return ident.key_id
+    if split.sticky == "tenant" and ident.tenant != "-":
+        return ident.tenant
+    if split.sticky != "none":
+        session = headers.get(s.session_header) or (info.user if info else None)
+        if session:
+            return session
+    return rid
 
 
 def timeout_of(raw: str | None, stream: bool, s: PrepareSettings) -> float:

@@ -169,6 +169,53 @@ class GatewayMetrics:
             registry=reg,
         )
 
+        self.split_requests = Counter(
+            "gantry_split_requests",
+            "Requests through a traffic split, by split, arm and status.",
+            ["split", "arm", "status"],
+            registry=reg,
+        )
+        self.split_duration = Histogram(
+            "gantry_split_request_duration_seconds",
+            "Request duration through a traffic split, by arm.",
+            ["split", "arm"],
+            buckets=LATENCY,
+            registry=reg,
+        )
+        self.split_ttft = Histogram(
+            "gantry_split_time_to_first_token_seconds",
+            "Time to first token through a traffic split, by arm.",
+            ["split", "arm"],
+            buckets=TTFT,
+            registry=reg,
+        )
+        self.shadow_requests = Counter(
+            "gantry_shadow_requests",
+            "Mirrored requests (answers discarded), by model, shadow target and status.",
+            ["model", "target", "status"],
+            registry=reg,
+        )
+        self.shadow_duration = Histogram(
+            "gantry_shadow_request_duration_seconds",
+            "Duration of mirrored requests, by model and shadow target.",
+            ["model", "target"],
+            buckets=LATENCY,
+            registry=reg,
+        )
+        self.shadow_ttft = Histogram(
+            "gantry_shadow_time_to_first_token_seconds",
+            "Time to first token of mirrored streams, by model and shadow target.",
+            ["model", "target"],
+            buckets=TTFT,
+            registry=reg,
+        )
+        self.shadow_skipped = Counter(
+            "gantry_shadow_skipped",
+            "Requests not mirrored because max_inflight mirrors were already running.",
+            ["model"],
+            registry=reg,
+        )
+
     def on_snapshot(self, snap: PoolSnapshot) -> None:
         for e in snap.engines:
             self.engine_up.labels(e.name).set(1 if e.healthy else 0)

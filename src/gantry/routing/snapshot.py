@@ -21,6 +21,7 @@ class EngineView:
     prefix_hits: float | None = None
     max_model_len: int | None = None
     has_metrics: bool = False
+    group: str | None = None  # the engine's group (traffic splits)
 
 
 @dataclass(frozen=True, slots=True)
