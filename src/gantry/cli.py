@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from gantry.config import GatewayConfig, load_config, masked
+from gantry.config import ConfigSource, GatewayConfig, load_config, masked
 from gantry.console import fail
 from gantry.errors import ConfigError, GantryError
 
@@ -319,12 +319,26 @@ def serve(
     except ConfigError as exc:
         fail(f"config: {exc}")
     try:
-        run_gateway(cfg)
+        # what SIGHUP and POST /admin/reload read: the same file, variables and flags
+        loader = ConfigSource(
+            str(config) if config else None,
+            _overrides(
+                engine=engine,
+                host=host,
+                port=port,
+                workers=workers,
+                policy=policy,
+                ssl_certfile=ssl_certfile,
+                ssl_keyfile=ssl_keyfile,
+                request_logs=request_logs,
+            ),
+        )
+        run_gateway(cfg, loader=loader)
     except GantryError as exc:
         fail(str(exc))
 
 
-def _load(path: Path | None, **flags: object) -> GatewayConfig:
+def _overrides(**flags: object) -> dict[str, object]:
     overrides: dict[str, object] = {
         k: v
         for k, v in flags.items()
@@ -336,8 +350,12 @@ def _load(path: Path | None, **flags: object) -> GatewayConfig:
         overrides["routing"] = {"policy": flags["policy"]}
     if flags.get("request_logs") is not None:
         overrides["logging"] = {"requests": flags["request_logs"]}
+    return overrides
+
+
+def _load(path: Path | None, **flags: object) -> GatewayConfig:
     try:
-        return load_config(path, overrides=overrides)
+        return load_config(path, overrides=_overrides(**flags))
     except ConfigError as exc:
         fail(f"config: {exc}")
 

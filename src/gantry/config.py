@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -490,6 +491,9 @@ def _one_line(exc: ValidationError) -> str:
     return f"{loc}: {err['msg']}{shown}{extra}"
 
 
+one_line_error = _one_line  # the one-line form of a validation error
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     try:
@@ -523,6 +527,24 @@ def load_config(
         return GatewayConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_one_line(exc)) from None
+
+
+@dataclass(frozen=True)
+class ConfigSource:
+    """Where a running gateway's configuration comes from, to read it again (SIGHUP,
+    ``POST /admin/reload``): the same file, ``GANTRY_*`` variables and flags. Picklable,
+    so worker processes get it too. ``engines``: engines started by the gateway itself
+    (the embedded default), kept when the file configures none."""
+
+    path: str | None = None
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    engines: tuple[EngineSpec, ...] = ()
+
+    def __call__(self) -> GatewayConfig:
+        cfg = load_config(self.path, overrides=self.overrides)
+        if cfg.is_embedded and self.engines:
+            return cfg.model_copy(update={"engines": self.engines})
+        return cfg
 
 
 def masked(cfg: GatewayConfig) -> dict[str, Any]:

@@ -46,6 +46,10 @@ class Admission:
         dispatcher.on_release = self._released
         dispatcher.pool.listeners.append(lambda _snap: self.queue.wake_all())
 
+    def reconfigure(self, cfg: AdmissionConfig) -> None:
+        self.cfg = cfg
+        self.queue.max_waiting = cfg.max_waiting_per_model
+
     def _released(self, engine: str) -> None:
         for model in self.dispatcher.pool.models_of(engine):
             self.queue.wake(model)

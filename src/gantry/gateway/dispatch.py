@@ -142,6 +142,23 @@ class Dispatcher:
         self._routed_children: dict[str, Any] = {}
         self.on_release: Callable[[str], None] | None = None  # wakes the capacity queue
 
+    def reconfigure(self, cfg: GatewayConfig) -> None:
+        """Take new settings (breaker states, cool-downs and the budget's tokens stay)."""
+        self.cfg = cfg
+        a, b, r = cfg.admission, cfg.breaker, cfg.retry
+        self.limits = CapacityLimits(
+            a.max_inflight_per_engine, a.max_engine_waiting, a.kv_warn, a.kv_shed
+        )
+        self.breaker_cfg = BreakerConfig(
+            b.failure_threshold,
+            b.failure_rate,
+            b.window,
+            b.min_calls,
+            b.cooldown_s,
+            b.half_open_max,
+        )
+        self.budget.ratio, self.budget.min_per_s = r.budget_ratio, r.budget_min_per_s
+
     # -- choosing (no I/O) ------------------------------------------------------------
     def _usable(
         self, model: str, exclude: set[str], now: float, group: str | None = None

@@ -13,6 +13,7 @@ from gantry.config import GatewayConfig
 from gantry.engines.pool import EnginePool
 from gantry.gateway.accounting import Record
 from gantry.gateway.admin import MAX_BODY
+from gantry.gateway.admin_routing import RoutingAdmin, handles
 from gantry.gateway.auth import Identity
 from gantry.gateway.http import TEXT, Exchange
 from gantry.gateway.openapi import openapi_document
@@ -37,6 +38,7 @@ class Endpoints:
         self.pool = pool
         self.metrics = metrics
         self.admin_api = admin
+        self.routing_admin: RoutingAdmin | None = None
         self.draining = False
         self._openapi = orjson.dumps(openapi_document(__version__))
 
@@ -93,9 +95,12 @@ class Endpoints:
 
     async def admin(self, x: Exchange, ident: Identity, rec: Record) -> None:
         body = b""
-        if x.method == "POST":
+        if x.method in ("POST", "PUT"):
             body = await x.read_body(MAX_BODY, self.cfg.security.body_timeout_s)
-        status, data = await self.admin_api.handle(x.method, x.path, body, x.query, ident)
+        if self.routing_admin is not None and handles(x.path):
+            status, data = await self.routing_admin.handle(x.method, x.path, body, ident)
+        else:
+            status, data = await self.admin_api.handle(x.method, x.path, body, x.query, ident)
         rec.status = status
         x.reply(status, orjson.dumps(data))
 

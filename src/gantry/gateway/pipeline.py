@@ -23,7 +23,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import orjson
@@ -34,6 +34,7 @@ from gantry.errors import ClientError, MethodNotAllowed, NotFound, UnsupportedMe
 from gantry.gateway import failures, respond
 from gantry.gateway.accounting import Accounting, Record
 from gantry.gateway.admin import AdminAPI
+from gantry.gateway.admin_routing import RoutingAdmin
 from gantry.gateway.admission import Admission
 from gantry.gateway.auth import Identity
 from gantry.gateway.dispatch import Dispatcher, Outcome
@@ -41,6 +42,7 @@ from gantry.gateway.endpoints import Endpoints
 from gantry.gateway.http import Exchange
 from gantry.gateway.idempotent import check_key, fingerprint, make_store, run_once
 from gantry.gateway.prepare import FORWARD, Prepared, PrepareSettings, prepare
+from gantry.gateway.reconfigure import Plan, plan
 from gantry.gateway.routes import match, route_table
 from gantry.gateway.security import Security
 from gantry.gateway.shadow import Shadower
@@ -96,6 +98,8 @@ class Gateway:
         )
         admin = AdminAPI(cfg, keys=self.security.keys, auth=self.auth, ledger=self.security.ledger)
         self.endpoints = Endpoints(cfg, self.pool, self.metrics, admin)
+        self.loader: Callable[[], GatewayConfig] | None = None  # where a reload reads from
+        self.endpoints.routing_admin = RoutingAdmin(self, self.security.keys)
         self.shadower = Shadower(cfg.shadow, self.dispatcher, self.metrics)
         self.idem_store = make_store(cfg.idempotency) if cfg.idempotency.enabled else None
         self.routes = route_table(cfg)
@@ -122,6 +126,7 @@ class Gateway:
             "generate": self.generate,
         }
         self._stack: contextlib.AsyncExitStack | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()  # engine removals draining
 
     # -- lifecycle ----------------------------------------------------------------------
     async def __aenter__(self) -> Gateway:
@@ -142,6 +147,35 @@ class Gateway:
         if self._stack is not None:
             stack, self._stack = self._stack, None
             await stack.aclose()
+
+    async def reconfigure(self, new: GatewayConfig) -> Plan:
+        """Apply a new configuration (see ``gateway.reconfigure``); ``ConfigError`` if it
+        holds a change that needs a restart, and then nothing changes."""
+        running = {name: self.pool.spec_of(name) for name in self.pool.names()}
+        change = plan(self.cfg, new, running)
+        self.cfg = new
+        self.settings = PrepareSettings.of(new)
+        self.routes = route_table(new)
+        self.endpoints.cfg = new
+        self.security.cfg = new
+        self.dispatcher.reconfigure(new)
+        self.admission.reconfigure(new.admission)
+        self.shadower.rules = dict(new.shadow)
+        if not new.logging.requests:
+            self.accounting.log = None
+        elif self.accounting.log is None:
+            self.accounting.log = RequestLog()
+        self.accounting.log_probes = new.logging.probe_requests
+        for name in change.removed:
+            self._background(self.pool.remove(name, drain=True, grace_s=new.shutdown.grace_s))
+        for spec in change.added:
+            await self.pool.add(spec)
+        return change
+
+    def _background(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def start_drain(self) -> None:
         """Readiness turns 503 and new generation requests are refused (503)."""

@@ -42,10 +42,17 @@ ROUTES: dict[str, Route] = {
     "/admin/keys": _r("/admin/keys", ADMIN, "GET POST", "admin"),
     "/admin/audit": _r("/admin/audit", ADMIN, "GET", "admin"),
     "/admin/usage": _r("/admin/usage", ADMIN, "GET", "admin"),
+    "/admin/routing": _r("/admin/routing", ADMIN, "GET", "admin"),
+    "/admin/reload": _r("/admin/reload", ADMIN, "POST", "admin"),
+    "/admin/engines": _r("/admin/engines", ADMIN, "POST", "admin"),
 }
 # Paths with an id in them: prefix -> route.
 PREFIXES: tuple[tuple[str, Route], ...] = (
     ("/admin/keys/", _r("/admin/keys/{id}/{action}", ADMIN, "POST", "admin")),
+    ("/admin/splits/", _r("/admin/splits/{name}", ADMIN, "PUT DELETE", "admin")),
+    ("/admin/aliases/", _r("/admin/aliases/{name}", ADMIN, "PUT DELETE", "admin")),
+    ("/admin/tiers/", _r("/admin/tiers/{name}", ADMIN, "PUT", "admin")),
+    ("/admin/engines/", _r("/admin/engines/{name}/{action}", ADMIN, "POST DELETE", "admin")),
 )
 
 

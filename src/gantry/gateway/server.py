@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import signal
 import ssl
 import time
+from collections.abc import Callable
 from typing import Any
 
-from gantry.config import GatewayConfig
+from gantry.config import ConfigSource, GatewayConfig
 from gantry.errors import ConfigError
 from gantry.gateway.accounting import Record
 from gantry.gateway.embedded import EmbeddedEngines
@@ -65,15 +67,20 @@ def _ssl_context(cfg: GatewayConfig) -> ssl.SSLContext | None:
     return ctx
 
 
-class Worker:
-    """One gateway process: the pipeline, the HTTP front, signals and the drain."""
+Loader = Callable[[], GatewayConfig]  # usually a ConfigSource
 
-    def __init__(self, cfg: GatewayConfig, sock: Any = None) -> None:
+
+class Worker:
+    """One gateway process: the pipeline, the HTTP front, signals, reloads and the drain."""
+
+    def __init__(self, cfg: GatewayConfig, sock: Any = None, loader: Loader | None = None) -> None:
         self.cfg = cfg
         self.sock = sock
         self.gateway = Gateway(cfg)
+        self.gateway.loader = loader
         self.server: HttpServer | None = None
         self._signal = asyncio.Event()
+        self._reloads: set[asyncio.Task[None]] = set()
         self._interactive = False
         self._signals = 0
 
@@ -83,6 +90,33 @@ class Worker:
         if self._signals == 1:
             self.gateway.endpoints.draining = True  # readiness 503 at once
         self._signal.set()
+
+    def _on_reload(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.reload())
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def reload(self) -> None:
+        """SIGHUP: read the configuration again; an invalid one changes nothing."""
+        if self.gateway.loader is None:
+            log.warning("SIGHUP: no configuration source to reload from")
+            return
+        try:
+            plan = await self.gateway.reconfigure(self.gateway.loader())
+        except ConfigError as exc:
+            log.error("config reload refused, the running configuration stays: %s", exc)
+            return
+        log.warning(
+            "config reloaded: %s",
+            ", ".join(
+                [
+                    *plan.sections,
+                    *(f"+engine {s.name or s.url}" for s in plan.added),
+                    *(f"-engine {n}" for n in plan.removed),
+                ]
+            )
+            or "no change",
+        )
 
     def _refused(self, status: int, message: str) -> None:
         rec = Record("-", "other", time.perf_counter())
@@ -114,6 +148,7 @@ class Worker:
                 ) from None
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._on_signal, sig)
+            loop.add_signal_handler(signal.SIGHUP, self._on_reload)
             log.info("gantry gateway worker ready on %s:%d", cfg.host, server.port)
             _tune_gc()
             await self._signal.wait()
@@ -156,24 +191,28 @@ async def _either(a: Any, b: Any) -> None:
             t.cancel()
 
 
-def run_worker(cfg: GatewayConfig, sock: Any = None) -> None:
+def run_worker(cfg: GatewayConfig, sock: Any = None, loader: Loader | None = None) -> None:
     """Run one worker until it has drained (in this process)."""
     import uvloop
 
-    uvloop.run(Worker(cfg, sock).run())
+    uvloop.run(Worker(cfg, sock, loader).run())
 
 
-def serve(cfg: GatewayConfig) -> None:
+def serve(cfg: GatewayConfig, loader: Loader | None = None) -> None:
     setup_logging(cfg.logging.level, json_format=cfg.logging.json_format)
     check_workers(cfg)
     embedded = None
     # Signals that arrive while engines start or after the worker exits must not skip
     # the cleanup below.
-    previous = {s: signal.signal(s, _note_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = {
+        s: signal.signal(s, _note_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    }
     try:
         if cfg.is_embedded:
             embedded = EmbeddedEngines(cfg.embedded)
             cfg = cfg.model_copy(update={"engines": embedded.start()})
+            if isinstance(loader, ConfigSource):  # a reloaded file has no engines: keep these
+                loader = dataclasses.replace(loader, engines=cfg.engines)
         log.info(
             "gantry gateway listening on http://%s:%d (%d engine(s), %d worker(s))",
             cfg.host,
@@ -184,9 +223,9 @@ def serve(cfg: GatewayConfig) -> None:
         if cfg.workers > 1:
             from gantry.gateway.workers import supervise
 
-            supervise(cfg)
+            supervise(cfg, loader)
         else:
-            run_worker(cfg)
+            run_worker(cfg, loader=loader)
     finally:
         if embedded is not None:
             embedded.stop()

@@ -38,7 +38,7 @@ def _bind(cfg: GatewayConfig) -> socket.socket:
     return sock
 
 
-def _worker_main(cfg_json: str, sock: socket.socket) -> None:
+def _worker_main(cfg_json: str, sock: socket.socket, loader: Any = None) -> None:
     from gantry.gateway.server import run_worker
     from gantry.observability import setup_logging
 
@@ -46,7 +46,7 @@ def _worker_main(cfg_json: str, sock: socket.socket) -> None:
     setup_logging(cfg.logging.level, json_format=cfg.logging.json_format)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent forwards signals
     try:
-        run_worker(cfg, sock)
+        run_worker(cfg, sock, loader)
     except Exception:
         log.exception("worker %d failed", os.getpid())
         raise SystemExit(1) from None
@@ -67,7 +67,7 @@ class _Slot:
         self.restart_at = 0.0
 
 
-def supervise(cfg: GatewayConfig) -> None:
+def supervise(cfg: GatewayConfig, loader: Any = None) -> None:
     _prepare_databases(cfg)
     mpdir = tempfile.mkdtemp(prefix="gantry-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = mpdir  # before any worker imports metrics
@@ -78,7 +78,7 @@ def supervise(cfg: GatewayConfig) -> None:
     stopping = False
 
     def start(slot: _Slot) -> None:
-        slot.proc = ctx.Process(target=_worker_main, args=(cfg_json, sock), daemon=False)
+        slot.proc = ctx.Process(target=_worker_main, args=(cfg_json, sock, loader), daemon=False)
         slot.proc.start()
         slot.started = time.monotonic()
 
@@ -89,8 +89,14 @@ def supervise(cfg: GatewayConfig) -> None:
             if s.proc is not None and s.proc.is_alive() and s.proc.pid:
                 os.kill(s.proc.pid, signum)
 
+    def reload(signum: int, _frame: object) -> None:
+        for s in slots:
+            if s.proc is not None and s.proc.is_alive() and s.proc.pid:
+                os.kill(s.proc.pid, signum)  # each worker reads the configuration again
+
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, reload)
     for s in slots:
         start(s)
     try:
