@@ -4,11 +4,8 @@ Background probing builds a new ``PoolSnapshot`` and swaps it in whole; routing 
 whichever snapshot is current and never sees a half-updated one. In-flight counts are
 the only live, per-request numbers (a plain dict, one entry per engine).
 
-An engine's model list is read from ``/v1/models`` at its first good probe, again at
-the first good probe after any failure (a restarted engine may serve another model),
-and every ``health.models_refresh_s`` (a restart quicker than a probe interval).
-
-Health reasons reach clients (``/readyz``), so they name no engine address.
+One engine's probe (health, ``/v1/models``, ``/metrics``) is ``engines.probe``; this
+module owns the members, the probe loop and the snapshot.
 
 Membership changes at run time without dropping a request:
 
@@ -39,21 +36,12 @@ import enum
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from urllib.parse import urlsplit
-
-import orjson
 
 from gantry.config import EngineSpec, HealthConfig
 from gantry.engines.h1 import H1Transport
-from gantry.engines.health import HealthState, mark_down, observe
-from gantry.engines.scrape import EngineLoad, parse_metrics
-from gantry.engines.transport import (
-    EngineRequest,
-    EngineTransport,
-    HTTPTransport,
-    describe_os_error,
-)
+from gantry.engines.health import mark_down
+from gantry.engines.probe import Member, Prober, scrub
+from gantry.engines.transport import EngineTransport, HTTPTransport
 from gantry.errors import GantryError
 from gantry.routing.snapshot import EngineView, PoolSnapshot
 
@@ -64,22 +52,6 @@ class PoolState(enum.Enum):
     NEW = "new"
     RUNNING = "running"
     CLOSED = "closed"
-
-
-@dataclass(slots=True)
-class _Member:
-    spec: EngineSpec
-    name: str
-    transport: EngineTransport
-    health: HealthState = HealthState()
-    load: EngineLoad = EngineLoad()
-    models: tuple[str, ...] = ()
-    max_model_len: int | None = None
-    has_metrics: bool = True
-    discovered: bool = False  # /v1/models has been read at least once
-    models_due: float = 0.0  # clock time to read /v1/models again; 0: at the next good probe
-    draining: bool = False  # no new requests; still probed and listed
-    removers: int = 0  # remove() calls under way: undrain() may not bring it back
 
 
 # Called with the engine's spec, ``name`` filled in (``engine-<i>`` when not configured).
@@ -106,9 +78,9 @@ class EnginePool:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._cfg = health
-        self._clock = clock
+        self._prober = Prober(health, clock)
         self._factory = transport_factory
-        self._members: dict[str, _Member] = {}
+        self._members: dict[str, Member] = {}
         self._adding: set[str] = set()  # names reserved by add() calls still probing
         self._leaving: dict[str, EngineTransport] = {}  # removed, requests still in flight
         self._next_index = len(specs)  # for engine-<n> names given by add()
@@ -127,10 +99,10 @@ class EnginePool:
         self.state = PoolState.NEW
         self.listeners: list[Callable[[PoolSnapshot], None]] = []
 
-    def _new_member(self, spec: EngineSpec, name: str) -> _Member:
+    def _new_member(self, spec: EngineSpec, name: str) -> Member:
         if spec.name is None:
             spec = spec.model_copy(update={"name": name})
-        return _Member(spec, name, self._factory(spec), models=tuple(spec.models))
+        return Member(spec, name, self._factory(spec), models=tuple(spec.models))
 
     async def __aenter__(self) -> EnginePool:
         await self.refresh()
@@ -183,7 +155,7 @@ class EnginePool:
         m = self._new_member(spec, name)
         self._adding.add(name)
         try:
-            await self._probe(m)
+            await self._prober.probe(m)
             if self.state is PoolState.CLOSED:
                 raise GantryError(f"engine {name} not added: the engine pool closed meanwhile")
         except BaseException:
@@ -249,7 +221,7 @@ class EnginePool:
         async with self._round:  # not while a probe round may be using it
             await self._reap()
 
-    async def _wait_idle(self, m: _Member, grace_s: float) -> None:
+    async def _wait_idle(self, m: Member, grace_s: float) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, grace_s)
         while (
@@ -298,7 +270,7 @@ class EnginePool:
         m.models_due = 0.0  # it may come back serving another model
         if not m.health.healthy:
             return
-        m.health = mark_down(m.health, _scrub(m, reason))
+        m.health = mark_down(m.health, scrub(m, reason))
         log.warning("engine %s (%s) marked down: %s", name, m.spec.url, reason)
         self._publish()
 
@@ -314,7 +286,7 @@ class EnginePool:
         async with self._round:
             await self._reap()
             members = tuple(self._members.values())
-            await asyncio.gather(*(self._probe(m) for m in members))
+            await asyncio.gather(*(self._prober.probe(m) for m in members))
         self._publish()
 
     def _publish(self) -> None:
@@ -343,77 +315,6 @@ class EnginePool:
             for m in self._members.values()
         )
 
-    async def _get(self, m: _Member, path: str) -> tuple[int, bytes]:
-        t = self._cfg.timeout_s
-        resp = await m.transport.send(EngineRequest("GET", path, connect_timeout=t, read_timeout=t))
-        body = await asyncio.wait_for(resp.read(), t)
-        return resp.status, body
-
-    async def _probe(self, m: _Member) -> None:
-        before = m.health.healthy
-        ok, reason = False, ""
-        try:
-            status, _ = await self._get(m, "/health")
-            ok = status == 200
-            reason = "" if ok else f"/health returned {status}"
-            if ok and self._clock() >= m.models_due:
-                ok, reason = await self._discover(m)
-        except (GantryError, TimeoutError, OSError) as exc:
-            reason = _reason(m, exc)
-        if not ok:
-            m.models_due = 0.0  # it may come back serving another model
-        m.health = observe(
-            m.health,
-            ok,
-            failure_threshold=self._cfg.failure_threshold,
-            success_threshold=self._cfg.success_threshold,
-            reason=reason,
-        )
-        if ok and self._cfg.scrape_metrics and m.has_metrics:
-            await self._scrape(m)
-        if before != m.health.healthy:
-            log.warning(
-                "engine %s (%s) is now %s%s",
-                m.name,
-                m.spec.url,
-                "healthy" if m.health.healthy else "unhealthy",
-                f" ({m.health.reason})" if m.health.reason else "",
-            )
-
-    async def _discover(self, m: _Member) -> tuple[bool, str]:
-        """Read /v1/models; note and log a change of models or max_model_len."""
-        status, body = await self._get(m, "/v1/models")
-        served = _parse_models(body) if status == 200 else None
-        if served is None:
-            if m.spec.models:  # configured names: discovery only fills max_model_len
-                m.models_due = self._clock() + self._cfg.models_refresh_s
-                return True, ""
-            if status != 200:
-                return False, f"/v1/models returned {status}"
-            return False, "/v1/models answered something unreadable"
-        models = m.spec.models or served[0]
-        now, was = (models, served[1]), (m.models, m.max_model_len)
-        if not m.discovered:
-            log.info("engine %s serves %s", m.name, _show(*now))
-        elif now != was:
-            log.warning("engine %s now serves %s (was %s)", m.name, _show(*now), _show(*was))
-        m.models, m.max_model_len = now
-        m.discovered = True
-        m.models_due = self._clock() + self._cfg.models_refresh_s
-        return True, ""
-
-    async def _scrape(self, m: _Member) -> None:
-        try:
-            status, body = await self._get(m, "/metrics")
-        except (GantryError, TimeoutError, OSError):
-            return
-        if status == 404:
-            m.has_metrics = False  # not vLLM, or metrics disabled: route without them
-            log.info("engine %s has no /metrics; routing on gateway counts only", m.name)
-            return
-        if status == 200:
-            m.load = parse_metrics(body.decode("utf-8", "replace"))
-
     def __repr__(self) -> str:
         engines = self.snapshot.engines
         healthy = sum(1 for e in engines if e.healthy)
@@ -424,41 +325,9 @@ class EnginePool:
         )
 
 
-def _parse_models(body: bytes) -> tuple[tuple[str, ...], int | None] | None:
-    """Model ids and the first max_model_len of a /v1/models answer; None if unreadable."""
-    try:
-        data = orjson.loads(body)["data"]
-        served = tuple(str(c["id"]) for c in data)
-        lens = [c.get("max_model_len") for c in data if c.get("max_model_len")]
-        return served, int(lens[0]) if lens else None
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return None
-
-
 def _draining_reason(health_reason: str) -> str:
     return f"draining ({health_reason})" if health_reason else "draining"
 
 
-def _state_of(m: _Member) -> str:
+def _state_of(m: Member) -> str:
     return "healthy" if m.health.healthy else f"unhealthy ({m.health.reason})"
-
-
-def _show(models: tuple[str, ...], max_model_len: int | None) -> str:
-    listed = f"[{', '.join(models)}]"
-    return f"{listed}, max_model_len {max_model_len}" if max_model_len else listed
-
-
-def _scrub(m: _Member, text: str) -> str:
-    """A reason fit for clients: without the engine's address or a repeat of its name."""
-    text = text.removeprefix(f"engine {m.name} ")
-    for address in (m.spec.url, urlsplit(m.spec.url).netloc):
-        text = text.replace(address, m.name)
-    return text
-
-
-def _reason(m: _Member, exc: BaseException) -> str:
-    if isinstance(exc, GantryError):
-        return _scrub(m, str(exc) or type(exc).__name__)
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    return _scrub(m, f"unreachable: {describe_os_error(exc)}")
