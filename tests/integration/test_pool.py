@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 
 from gantry.config import EngineSpec, HealthConfig
-from gantry.engines import EnginePool, EngineRequest, H1Transport, HTTPTransport
+from gantry.engines import (
+    EnginePool,
+    EngineRequest,
+    EngineResponse,
+    H1Transport,
+    HTTPTransport,
+)
 from gantry.errors import EngineError, EngineTimeout, RetryableEngineError
-from tests.helpers import free_port, gateway, sim
+from gantry.routing import RouteRequest, least_loaded
+from tests.helpers import Proc, free_port, gateway, sim
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 TRANSPORTS = [H1Transport, HTTPTransport]
@@ -146,3 +155,122 @@ def test_gateway_follows_an_engine_restarted_with_another_model(tmp_path):
                 timeout=30,
             )
             assert r.status_code == 200, r.text
+
+
+# -- membership at run time, against simulator processes ----------------------------------
+
+FAST = HealthConfig(interval_s=0.1, timeout_s=2.0)
+
+
+@pytest.fixture(scope="module")
+def two_sims(module_tmp: Path) -> Iterator[tuple[Proc, Proc]]:
+    args = ("--served-model-name", "m", "--speedup", "4")
+    with sim(module_tmp, *args) as a, sim(module_tmp, *args) as b:
+        yield a, b
+
+
+def _sim_metric(engine: Proc, prefix: str) -> float:
+    text = httpx.get(engine.url + "/metrics", timeout=5).text
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix)
+    )
+
+
+def completed(engine: Proc) -> float:
+    """Requests the simulator has finished, from its own /metrics."""
+    return _sim_metric(engine, "vllm:request_success_total{")
+
+
+def running(engine: Proc) -> float:
+    return _sim_metric(engine, "vllm:num_requests_running{")
+
+
+async def until(predicate: Callable[[], object]) -> None:
+    async with asyncio.timeout(30):  # a bound for a slow machine, not a pace
+        while not predicate():  # noqa: ASYNC110 (plain counts and snapshots: nothing signals)
+            await asyncio.sleep(0.005)
+
+
+def completion(max_tokens: int, *, stream: bool = False) -> EngineRequest:
+    body = {"model": "m", "prompt": "hi", "max_tokens": max_tokens, "ignore_eos": True}
+    return EngineRequest(
+        "POST",
+        "/v1/completions",
+        orjson.dumps({**body, "stream": stream}),
+        {"content-type": "application/json"},
+        read_timeout=30.0,
+    )
+
+
+async def open_on(pool: EnginePool, request: EngineRequest) -> tuple[str, EngineResponse]:
+    """One request routed as the gateway's dispatcher does: choose from the current
+    snapshot, count it in flight, send. The caller releases ``inflight`` when done."""
+    name = least_loaded(RouteRequest("m"), pool.snapshot.healthy_for("m"), pool.inflight).name
+    pool.inflight[name] += 1
+    try:
+        resp = await pool.transport(name).send(request)
+    except BaseException:
+        pool.inflight[name] -= 1
+        raise
+    return name, resp
+
+
+async def short_request(pool: EnginePool) -> str:
+    name, resp = await open_on(pool, completion(2))
+    try:
+        assert resp.status == 200 and orjson.loads(await resp.read())["choices"]
+    finally:
+        pool.inflight[name] -= 1
+    return name
+
+
+async def rest_of(resp: EngineResponse) -> bytes:
+    parts = []
+    while (piece := await resp.next_chunk()) is not None:
+        parts.append(piece)
+    resp.close()
+    return b"".join(parts)
+
+
+async def test_an_engine_added_to_a_running_pool_takes_requests(two_sims):
+    a, b = two_sims
+    done_b = completed(b)
+    async with EnginePool((EngineSpec(url=a.url, name="a"),), FAST) as pool:
+        assert await pool.add(EngineSpec(url=b.url, name="b")) == "b"
+        assert [e.name for e in pool.snapshot.healthy_for("m")] == ["a", "b"]
+        first, s1 = await open_on(pool, completion(20, stream=True))
+        second, s2 = await open_on(pool, completion(20, stream=True))  # the less loaded one
+        assert {first, second} == {"a", "b"}
+        for name, resp in ((first, s1), (second, s2)):
+            assert (await rest_of(resp)).endswith(b"data: [DONE]\n\n")
+            pool.inflight[name] -= 1
+    assert completed(b) == done_b + 1
+
+
+@pytest.mark.parametrize("transport", ["h1", "aiohttp"])
+@pytest.mark.parametrize("drain", [True, False])
+async def test_removing_an_engine_lets_its_stream_finish(two_sims, drain, transport):
+    a, b = two_sims
+    done_a, done_b = completed(a), completed(b)
+    specs = (
+        EngineSpec(url=a.url, name="a", transport=transport),
+        EngineSpec(url=b.url, name="b", transport=transport),
+    )
+    async with EnginePool(specs, FAST) as pool:
+        pool.inflight["a"] += 1  # the long stream goes to a
+        resp = await pool.transport("a").send(completion(200, stream=True))
+        first = await resp.next_chunk()
+        assert resp.status == 200 and first
+        removing = asyncio.create_task(pool.remove("a", drain=drain))
+        await until(lambda: [e.name for e in pool.snapshot.healthy_for("m")] == ["b"])
+        assert running(a) == 1  # out of routing while its stream is still being generated
+        assert [await short_request(pool) for _ in range(3)] == ["b", "b", "b"]
+        assert removing.done() is not drain  # drain: waits for the stream
+        rest = await rest_of(resp)
+        assert rest.endswith(b"data: [DONE]\n\n") and rest.count(b"data: ") > 100
+        pool.inflight["a"] -= 1  # as the dispatcher releases it
+        await removing
+        await until(lambda: "a" not in pool.inflight)  # tombstone reaped (drain=False)
+        assert pool.names() == ("b",)
+    assert completed(a) == done_a + 1  # the stream only: nothing new went to a
+    assert completed(b) == done_b + 3

@@ -1,23 +1,34 @@
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
 
 import orjson
 import pytest
 
-from gantry.config import EngineSpec, HealthConfig
+from gantry.config import EngineSpec, GatewayConfig, HealthConfig
 from gantry.engines import (
     EnginePool,
     EngineRequest,
     EngineResponse,
+    EngineTransport,
+    EngineView,
     HealthState,
+    MemoryResponse,
+    MemoryTransport,
+    PoolSnapshot,
     mark_down,
     observe,
     parse_metrics,
 )
-from gantry.errors import RetryableEngineError
+from gantry.errors import GantryError, RetryableEngineError
+from gantry.gateway.dispatch import Dispatcher, Outcome
+from gantry.observability import GatewayMetrics
+from gantry.routing import RouteRequest, least_loaded
 
 KW = dict(failure_threshold=2, success_threshold=2)
 
@@ -212,3 +223,297 @@ def test_unnamed_engines_get_their_pool_name_in_the_transport():
     pool = EnginePool(specs, CFG)
     names = [pool.transport(n).name for n in ("engine-0", "engine-1")]
     assert names == ["engine-0", "engine-1"]
+
+
+# -- membership at run time ---------------------------------------------------------------
+
+
+class Engine(MemoryTransport):
+    """An in-memory engine for membership tests: serves ``models``, can be held or down,
+    and records whether the pool closed it."""
+
+    def __init__(self, *models: str) -> None:
+        super().__init__(self._answer)
+        self.models = models
+        self.up = True
+        self.hold: asyncio.Event | None = None  # set: /health waits for it
+        self.closed = False
+
+    async def _answer(self, request: EngineRequest) -> MemoryResponse:
+        if request.path == "/health" and self.hold is not None:
+            await self.hold.wait()
+        await asyncio.sleep(0)  # a real probe yields to the loop
+        if not self.up:
+            raise RetryableEngineError("engine unreachable: connection refused")
+        if request.path == "/health":
+            return MemoryResponse(200)
+        if request.path == "/v1/models":
+            return MemoryResponse.json({"object": "list", "data": [{"id": m} for m in self.models]})
+        return MemoryResponse(404)
+
+    def probes(self) -> int:
+        return sum(1 for r in self.requests if r.path == "/health")
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+class Fleet:
+    """Engines by URL, and the transport factory that hands them to the pool."""
+
+    def __init__(self) -> None:
+        self.engines: dict[str, Engine] = {}
+
+    def engine(self, name: str, *models: str) -> EngineSpec:
+        spec = EngineSpec(url=f"http://{name}.internal:8000", name=name)
+        self.engines[name] = Engine(*(models or ("m",)))
+        return spec
+
+    def __getitem__(self, name: str) -> Engine:
+        return self.engines[name]
+
+    def factory(self, spec: EngineSpec) -> EngineTransport:
+        return self.engines[spec.url.removeprefix("http://").split(".")[0]]
+
+
+def fleet_pool(fleet: Fleet, *names: str, **health: Any) -> EnginePool:
+    specs = tuple(fleet.engine(n) for n in names)
+    return EnginePool(specs, CFG.model_copy(update=health), transport_factory=fleet.factory)
+
+
+async def until(predicate: Callable[[], object]) -> None:
+    """Yield to the loop until ``predicate()`` holds (the bound is for a slow machine)."""
+    async with asyncio.timeout(10):
+        while not predicate():  # noqa: ASYNC110 (plain counts and snapshots: nothing signals)
+            await asyncio.sleep(0.001)
+
+
+def routable(pool: EnginePool, model: str = "m") -> list[str]:
+    return [e.name for e in pool.snapshot.healthy_for(model)]
+
+
+def test_snapshot_keeps_draining_engines_listed_but_not_routable():
+    views = (
+        EngineView("a", "u", ("m",), True),
+        EngineView("b", "u", ("m",), True, draining=True),
+        EngineView("c", "u", ("m",), False),
+    )
+    snap = PoolSnapshot.build(1, views)
+    assert [e.name for e in snap.healthy_for("m")] == ["a"]
+    assert [e.name for e in snap.by_model["m"]] == ["a", "b", "c"]
+    assert snap.models() == ["m"]
+
+
+async def test_add_probes_the_engine_before_it_enters_a_snapshot():
+    fleet = Fleet()
+    pool = fleet_pool(fleet, "a")
+    await pool.refresh()
+    spec = fleet.engine("b", "m", "n")
+    fleet["b"].hold = asyncio.Event()
+    adding = asyncio.create_task(pool.add(spec))
+    await until(lambda: fleet["b"].requests)  # its first probe is under way
+    assert "b" not in pool.names() and "b" not in [e.name for e in pool.snapshot.engines]
+    before = pool.snapshot.version
+    fleet["b"].hold.set()
+    assert await adding == "b"
+    assert pool.snapshot.version == before + 1
+    assert routable(pool) == ["a", "b"] and routable(pool, "n") == ["b"]
+    assert pool.names() == ("a", "b") and pool.inflight == {"a": 0, "b": 0}
+    assert pool.spec_of("b") == spec and pool.models_of("b") == ("m", "n")
+    assert [r.path for r in fleet["b"].requests] == ["/health", "/v1/models"]
+    await pool.aclose()
+
+
+async def test_added_engines_get_fresh_names_and_duplicates_are_refused():
+    fleet = Fleet()
+    fleet.engines["x"] = Engine("m")
+    fleet.engines["y"] = Engine("m")
+    pool = EnginePool(
+        (EngineSpec(url="http://x.internal:8000"), fleet.engine("engine-2")),
+        CFG,
+        transport_factory=fleet.factory,
+    )
+    assert pool.names() == ("engine-0", "engine-2")
+    unnamed = EngineSpec(url="http://y.internal:8000")
+    assert await pool.add(unnamed) == "engine-3"  # engine-2 is taken
+    assert pool.spec_of("engine-3").name == "engine-3"
+    assert pool.transport("engine-3") is fleet["y"]
+    with pytest.raises(GantryError, match="duplicate engine name 'engine-2'"):
+        await pool.add(fleet.engine("engine-2"))
+    with pytest.raises(KeyError):
+        pool.spec_of("nope")
+    await pool.aclose()
+    with pytest.raises(GantryError, match="closed"):
+        await pool.add(unnamed)
+
+
+async def test_an_unreachable_engine_joins_unhealthy_and_heals():
+    fleet = Fleet()
+    pool = fleet_pool(fleet, "a")
+    await pool.refresh()
+    spec = fleet.engine("b")
+    fleet["b"].up = False
+    await pool.add(spec)
+    view = pool.snapshot.engines[1]
+    assert view.name == "b" and not view.healthy and "connection refused" in view.reason
+    assert routable(pool) == ["a"]
+    fleet["b"].up = True
+    await pool.refresh()
+    assert routable(pool) == ["a", "b"]
+    await pool.aclose()
+
+
+async def test_drain_stops_new_requests_and_undrain_restores_them():
+    fleet = Fleet()
+    pool = fleet_pool(fleet, "a", "b")
+    await pool.refresh()
+    version = pool.snapshot.version
+    pool.drain("a")
+    pool.drain("a")  # again: no change, no new snapshot
+    assert pool.snapshot.version == version + 1
+    assert routable(pool) == ["b"]
+    view = pool.snapshot.engines[0]
+    assert view.draining and view.healthy and view.reason == "draining"
+    assert [e.name for e in pool.snapshot.by_model["m"]] == ["a", "b"]  # /v1/models unchanged
+    assert pool.names() == ("a", "b") and "draining=1" in repr(pool)
+    probes = fleet["a"].probes()
+    await pool.refresh()
+    assert fleet["a"].probes() == probes + 1  # still probed
+    fleet["a"].up = False
+    await pool.refresh()
+    reason = pool.snapshot.engines[0].reason
+    assert reason.startswith("draining (") and "connection refused" in reason
+    fleet["a"].up = True
+    await pool.refresh()
+    pool.undrain("a")
+    assert routable(pool) == ["a", "b"] and not pool.snapshot.engines[0].draining
+    with pytest.raises(KeyError):
+        pool.drain("nope")
+    with pytest.raises(KeyError):
+        pool.undrain("nope")
+    await pool.aclose()
+
+
+async def test_remove_waits_for_requests_in_flight_then_closes():
+    fleet = Fleet()
+    pool = fleet_pool(fleet, "a", "b")
+    await pool.refresh()
+    pool.inflight["a"] += 1  # a request in flight, as the dispatcher counts it
+    removing = asyncio.create_task(pool.remove("a"))
+    await until(lambda: routable(pool) == ["b"])  # no new requests at once
+    assert pool.names() == ("a", "b") and pool.snapshot.engines[0].draining
+    with pytest.raises(GantryError, match="being removed"):
+        pool.undrain("a")
+    assert not removing.done() and not fleet["a"].closed
+    pool.inflight["a"] -= 1  # the request ends
+    await removing
+    assert pool.names() == ("b",) and pool.inflight == {"b": 0}
+    assert [e.name for e in pool.snapshot.engines] == ["b"] and fleet["a"].closed
+    with pytest.raises(KeyError):
+        await pool.remove("a")
+    with pytest.raises(KeyError):
+        pool.transport("a")
+    await pool.aclose()
+
+
+@pytest.mark.parametrize("kw", [{"drain": False}, {"grace_s": 0.01}])
+async def test_a_request_outliving_its_engines_removal_is_released_later(kw):
+    fleet = Fleet()
+    pool = fleet_pool(fleet, "a", "b")
+    await pool.refresh()
+    pool.inflight["a"] += 2
+    await pool.remove("a", **kw)
+    assert pool.names() == ("b",) and routable(pool) == ["b"]
+    assert pool.inflight == {"a": 2, "b": 0}  # a tombstone, for the dispatcher's release
+    assert not fleet["a"].closed  # its open connections keep working
+    assert pool.models_of("a") == () and "leaving=1" in repr(pool)
+    pool.report_down("a", "refused")  # the data path may still report it: ignored
+    again = pool.spec_of("b").model_copy(update={"name": "a"})
+    with pytest.raises(GantryError, match="'a' is still in use by a removed engine with 2 request"):
+        await pool.add(again)
+    pool.inflight["a"] -= 1
+    await pool.refresh()
+    assert not fleet["a"].closed
+    pool.inflight["a"] -= 1
+    await pool.refresh()  # the next round closes it and drops the tombstone
+    assert fleet["a"].closed and pool.inflight == {"b": 0} and "leaving=0" in repr(pool)
+    assert await pool.add(fleet.engine("a")) == "a"  # the name is free again
+    assert pool.transport("a") is fleet["a"] and not fleet["a"].closed
+    await pool.aclose()
+
+
+async def test_the_real_dispatcher_releases_an_attempt_after_removal():
+    fleet = Fleet()
+    pool = fleet_pool(fleet, "a")
+    await pool.refresh()
+    d = Dispatcher(pool, least_loaded, "least_loaded", GatewayMetrics(), GatewayConfig())
+    route = RouteRequest("m")
+    name = d.choose(route, set(), time.monotonic())
+    pool.inflight[name] += 1  # as Dispatcher.open does right after choosing
+    await pool.add(fleet.engine("b"))
+    await pool.remove("a", drain=False)
+    d.release(name, Outcome.OK)
+    assert d.choose(route, set(), time.monotonic()) == "b"
+    await pool.refresh()
+    assert pool.inflight == {"b": 0} and fleet["a"].closed
+    await pool.aclose()
+
+
+async def test_a_cancelled_remove_leaves_the_engine_draining():
+    fleet = Fleet()
+    pool = fleet_pool(fleet, "a", "b")
+    await pool.refresh()
+    pool.inflight["a"] += 1
+    removing = asyncio.create_task(pool.remove("a"))
+    await until(lambda: routable(pool) == ["b"])
+    removing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await removing
+    assert pool.names() == ("a", "b") and not fleet["a"].closed
+    pool.undrain("a")
+    assert routable(pool) == ["a", "b"]
+    await pool.aclose()
+
+
+async def test_membership_changes_during_a_probe_round_are_kept():
+    fleet = Fleet()
+    pool = fleet_pool(fleet, "a", "b", "c")
+    await pool.refresh()
+    fleet["a"].hold = asyncio.Event()
+    round_ = asyncio.create_task(pool.refresh())
+    await until(lambda: fleet["a"].probes() == 2)  # the round waits on a
+    pool.drain("b")
+    removing = asyncio.create_task(pool.remove("c", drain=False))
+    await until(lambda: "c" not in pool.names())
+    await pool.add(fleet.engine("d"))
+    assert not fleet["c"].closed  # not while the round may still be probing it
+    fleet["a"].hold.set()
+    await round_
+    await removing
+    assert fleet["c"].closed
+    snap = pool.snapshot
+    assert [e.name for e in snap.engines] == ["a", "b", "d"]  # c not brought back
+    assert routable(pool) == ["a", "d"] and snap.engines[1].draining  # the drain not lost
+    await pool.aclose()
+
+
+async def test_the_probe_loop_runs_through_constant_membership_changes(caplog):
+    fleet = Fleet()
+    pool = fleet_pool(fleet, "a", interval_s=0.001)
+    with caplog.at_level(logging.ERROR, "gantry.pool"):
+        async with pool:
+            probes = fleet["a"].probes()
+            for i in range(200):
+                spec = fleet.engine(f"x{i % 3}")
+                name = await pool.add(spec)
+                pool.inflight[name] += i % 2  # every other one has a request in flight
+                pool.drain(name)
+                await pool.remove(name, drain=False)
+                if i % 2:
+                    pool.inflight[name] -= 1
+                await until(lambda n=name: n not in pool.inflight)  # reaped by the loop
+            await until(lambda: fleet["a"].probes() > probes + 5)
+            assert pool.names() == ("a",) and pool.inflight == {"a": 0}
+            assert "leaving=0" in repr(pool)
+            assert all(e.closed for n, e in fleet.engines.items() if n != "a")
+    assert "probe round failed" not in caplog.text

@@ -22,6 +22,7 @@ class EngineView:
     max_model_len: int | None = None
     has_metrics: bool = False
     group: str | None = None  # the engine's group (traffic splits)
+    draining: bool = False  # taken out of routing by an operator: probed and listed still
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,10 +43,14 @@ class PoolSnapshot:
             for m in e.models:
                 idx.setdefault(m, []).append(e)
         by_model = {k: tuple(v) for k, v in idx.items()}
-        healthy = {k: tuple(e for e in v if e.healthy) for k, v in by_model.items()}
+        healthy = {
+            k: tuple(e for e in v if e.healthy and not e.draining) for k, v in by_model.items()
+        }
         return cls(version, engines, MappingProxyType(by_model), MappingProxyType(healthy))
 
     def healthy_for(self, model: str) -> tuple[EngineView, ...]:
+        """The engines that may take a new request for ``model``: healthy, not draining.
+        ``by_model`` lists every engine serving it."""
         return self.healthy.get(model, ())
 
     def models(self) -> list[str]:
