@@ -277,6 +277,7 @@ class H1Transport:
         self._fixed = b"host: " + host_hdr + b"\r\n" + auth
         self._idle: list[_Conn] = []
         self._max_idle = max_idle
+        self._closed = False
 
     async def _connect(self, connect_s: float) -> _Conn:
         loop = asyncio.get_running_loop()
@@ -309,7 +310,7 @@ class H1Transport:
         return None
 
     def _release(self, conn: _Conn) -> None:
-        if conn.reusable() and len(self._idle) < self._max_idle:
+        if not self._closed and conn.reusable() and len(self._idle) < self._max_idle:
             conn.idle_since = time.monotonic()
             self._idle.append(conn)
         else:
@@ -365,6 +366,8 @@ class H1Transport:
         return _Response(conn, self)
 
     async def aclose(self) -> None:
+        """Close the idle connections; answers still being read close theirs when done."""
+        self._closed = True
         for conn in self._idle:
             conn.close()
         self._idle.clear()

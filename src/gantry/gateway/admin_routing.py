@@ -37,6 +37,7 @@ from gantry.gateway.auth import Identity
 from gantry.gateway.reconfigure import Plan
 from gantry.state.keys import KeyStore
 
+_ONE = {"splits": "split", "aliases": "alias", "tiers": "tier", "engines": "engine"}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@-]{0,199}")
 PATHS = (
     "/admin/routing",
@@ -95,7 +96,7 @@ class RoutingAdmin:
         if method == "DELETE":
             url = self._url_of(name) if kind == "engines" else None
             return 200, await self._change(
-                actor, f"{kind[:-1]}.delete", name, lambda d: _delete(d, kind, name, url)
+                actor, f"{_ONE[kind]}.delete", name, lambda d: _delete(d, kind, name, url)
             )
         value = _json(body)
         if kind == "aliases":
@@ -104,7 +105,7 @@ class RoutingAdmin:
                 raise ClientError('The body must be {"target": "<model>"}.', param="target")
             value = target
         return 200, await self._change(
-            actor, f"{kind[:-1]}.put", name, lambda d: d[kind].__setitem__(name, value)
+            actor, f"{_ONE[kind]}.put", name, lambda d: d[kind].__setitem__(name, value)
         )
 
     def state(self) -> dict[str, Any]:
@@ -237,5 +238,5 @@ def _delete(data: dict[str, Any], kind: str, name: str, url: str | None = None) 
             raise NotFound(f"No engine {name} in the configuration.", param="name")
         return
     if name not in data[kind]:
-        raise NotFound(f"No {kind[:-1]} {name}.", param="name")
+        raise NotFound(f"No {_ONE[kind]} {name}.", param="name")
     del data[kind][name]

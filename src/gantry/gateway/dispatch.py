@@ -51,7 +51,7 @@ from gantry.gateway.relay import Parts, StreamState, first_token, renamer
 from gantry.gateway.retry import RetryBudget, backoff, parse_retry_after, retry_allowed
 from gantry.observability.metrics import GatewayMetrics
 from gantry.observability.tracing import Tracer
-from gantry.routing import EngineView, Policy, RouteRequest
+from gantry.routing import EngineView, Policy, PoolSnapshot, RouteRequest
 from gantry.routing.capacity import CapacityLimits, has_capacity, kv_pressured
 
 log = logging.getLogger("gantry.dispatch")
@@ -141,6 +141,15 @@ class Dispatcher:
         self._rng = random.Random()
         self._routed_children: dict[str, Any] = {}
         self.on_release: Callable[[str], None] | None = None  # wakes the capacity queue
+        pool.listeners.append(self._forget_departed)
+
+    def _forget_departed(self, snap: PoolSnapshot) -> None:
+        """Engines that left the pool take their breaker, cool-down and counters along
+        (bounded by the pool, not by every engine ever added)."""
+        names = {e.name for e in snap.engines}
+        for table in (self.breakers, self.cooldown, self._routed_children):
+            for name in [n for n in table if n not in names]:
+                del table[name]
 
     def reconfigure(self, cfg: GatewayConfig) -> None:
         """Take new settings (breaker states, cool-downs and the budget's tokens stay)."""

@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from gantry.config import EngineSpec, Split, TierLimits
 from gantry.gateway.admin_schema import CreateKey, ListKeysQuery, NoBody, UsageQuery
 
 _ERROR = {
@@ -116,11 +117,66 @@ def _admin_paths() -> dict[str, Any]:
         "/admin/keys/{key_id}/rotate": keyed("rotateKey", "Replace a key: new secret, same rest"),
         "/admin/audit": {"get": _admin_op("auditLog", "The audit log (newest first)")},
         "/admin/usage": {"get": _admin_op("usage", "Usage totals with cost", query=UsageQuery)},
+        **_routing_paths(),
+    }
+
+
+_NAME = {
+    "name": "name",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._:@-]{0,199}$"},
+}
+
+
+def _routing_paths() -> dict[str, Any]:
+    """Live routing changes (gantry.gateway.admin_routing)."""
+
+    def named(**ops: dict[str, Any]) -> dict[str, Any]:
+        return {"parameters": [_NAME], **ops}
+
+    return {
+        "/admin/routing": {"get": _admin_op("routingState", "Policies, splits, engines")},
+        "/admin/reload": {"post": _admin_op("reload", "Read the configuration file again")},
+        "/admin/splits/{name}": named(
+            put=_admin_op("putSplit", "Create or change a traffic split", body="Split"),
+            delete=_admin_op("deleteSplit", "Remove a traffic split"),
+        ),
+        "/admin/aliases/{name}": named(
+            put=_admin_op("putAlias", "Create or change a model alias", body="AliasTarget"),
+            delete=_admin_op("deleteAlias", "Remove a model alias"),
+        ),
+        "/admin/tiers/{name}": named(
+            put=_admin_op("putTier", "Create or change a limits tier", body="TierLimits"),
+        ),
+        "/admin/engines": {
+            "post": _admin_op("addEngine", "Add an engine (probed first)", 201, "EngineSpec")
+        },
+        "/admin/engines/{name}": named(
+            delete=_admin_op("removeEngine", "Drain an engine, then remove it")
+        ),
+        "/admin/engines/{name}/drain": named(
+            post=_admin_op("drainEngine", "Stop sending new requests to an engine")
+        ),
+        "/admin/engines/{name}/undrain": named(
+            post=_admin_op("undrainEngine", "Send requests to a drained engine again")
+        ),
     }
 
 
 def _not_null(schema: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in schema.items() if k != "nullable" and (k, v) != ("default", None)}
+
+
+def _components(*models: type[BaseModel]) -> dict[str, Any]:
+    """Schemas of config models for components, nested models hoisted beside them."""
+    out: dict[str, Any] = {}
+    for m in models:
+        schema = m.model_json_schema(ref_template="#/components/schemas/{model}")
+        for name, sub in schema.pop("$defs", {}).items():
+            out[name] = _oas30(sub)
+        out[m.__name__] = _oas30(schema)
+    return out
 
 
 def _oas30(node: Any) -> Any:
@@ -187,6 +243,13 @@ def openapi_document(version: str) -> dict[str, Any]:
             },
             "schemas": {
                 "CreateKey": _oas30(CreateKey.model_json_schema()),
+                **_components(Split, TierLimits, EngineSpec),
+                "AliasTarget": {
+                    "type": "object",
+                    "required": ["target"],
+                    "additionalProperties": False,
+                    "properties": {"target": {"type": "string", "minLength": 1}},
+                },
                 "NoBody": _oas30(NoBody.model_json_schema()),
                 "Error": {
                     "type": "object",

@@ -32,6 +32,7 @@ def multiprocess_dir() -> str | None:
 class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = reg = CollectorRegistry(auto_describe=True)
+        self._engines: set[str] = set()  # engines with gauge series
         self._multiproc = multiprocess_dir() is not None
         self.requests = Counter(
             "gantry_requests",
@@ -217,6 +218,14 @@ class GatewayMetrics:
         )
 
     def on_snapshot(self, snap: PoolSnapshot) -> None:
+        names = {e.name for e in snap.engines}
+        for gone in self._engines - names:  # an engine left the pool: so do its series
+            for g in (self.engine_up, self.engine_running, self.engine_waiting, self.engine_kv):
+                try:
+                    g.remove(gone)
+                except KeyError:
+                    pass
+        self._engines = names
         for e in snap.engines:
             self.engine_up.labels(e.name).set(1 if e.healthy else 0)
             self.engine_running.labels(e.name).set(e.running)
