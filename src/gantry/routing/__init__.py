@@ -1,5 +1,6 @@
 """Routing: pure policies that pick an engine from a pool snapshot."""
 
+from gantry.routing.blocks import BlockIndex, text_chain
 from gantry.routing.policies import (
     Policy,
     RoundRobin,
@@ -12,6 +13,7 @@ from gantry.routing.policies import (
 from gantry.routing.snapshot import EngineView, PoolSnapshot
 
 __all__ = [
+    "BlockIndex",
     "EngineView",
     "Policy",
     "PoolSnapshot",
@@ -21,4 +23,5 @@ __all__ = [
     "least_loaded",
     "load_of",
     "make_policy",
+    "text_chain",
 ]
