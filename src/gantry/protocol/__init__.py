@@ -1,4 +1,5 @@
-"""OpenAI and vLLM wire formats: SSE framing, error bodies, request inspection.
+"""OpenAI and vLLM wire formats: SSE framing, error bodies, request inspection, vLLM's
+prefix-cache block hashes.
 
 No I/O and no imports from the rest of gantry: the simulator, the gateway and the
 benchmark all build on this package.
@@ -21,6 +22,13 @@ from gantry.protocol._asgi import (
     respond,
     start_stream,
     stream_chunk,
+)
+from gantry.protocol._blockhash import (
+    NONE_HASH,
+    BlockHasher,
+    block_hashes,
+    event_hash,
+    hash_block,
 )
 from gantry.protocol._errors import error_body, error_bytes, flat_error_message
 from gantry.protocol._request import (
@@ -47,9 +55,11 @@ __all__ = [
     "ENDPOINT_COMPLETIONS",
     "ENDPOINT_EMBEDDINGS",
     "JSON",
+    "NONE_HASH",
     "SSE",
     "TEXT",
     "ASGIApp",
+    "BlockHasher",
     "BodyTooLarge",
     "ClientGone",
     "Message",
@@ -60,6 +70,7 @@ __all__ = [
     "Scope",
     "Send",
     "Usage",
+    "block_hashes",
     "encode_comment",
     "encode_data",
     "encode_done",
@@ -67,7 +78,9 @@ __all__ = [
     "error_body",
     "error_bytes",
     "event_data",
+    "event_hash",
     "flat_error_message",
+    "hash_block",
     "header",
     "inspect_request",
     "read_body",

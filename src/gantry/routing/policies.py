@@ -1,9 +1,7 @@
 """Routing policies: pure choices over (request, snapshot, in-flight counts).
 
-A policy is any callable ``(RouteRequest, candidates, inflight) -> EngineView``. The
-candidates are the healthy engines for the request's model, from one immutable
-snapshot; ``inflight`` is the gateway's own live count per engine. Cache-aware
-policies plug in with the same signature (the request carries its prompt key).
+The calling convention and the shared load helpers are in ``base``; the cache-aware
+policies in ``cache_aware``. ``make_policy`` builds any of them by name.
 """
 
 from __future__ import annotations
@@ -11,32 +9,38 @@ from __future__ import annotations
 import bisect
 import hashlib
 import itertools
+import random
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from typing import Any
 
+from gantry.routing.base import (
+    Policy,
+    RouteRequest,
+    least_loaded,
+    load_cap,
+    load_key,
+    load_of,
+    record_choice,
+)
+from gantry.routing.blocks import BlockIndex
+from gantry.routing.cache_aware import KVAware, PrefixAware
 from gantry.routing.snapshot import EngineView
 
-
-@dataclass(slots=True)
-class RouteRequest:  # built per request: not frozen (frozen dataclasses build ~2x slower)
-    model: str
-    session: str | None = None
-    prompt_key: bytes | None = None  # for prefix/KV-aware policies
-
-
-Policy = Callable[[RouteRequest, Sequence[EngineView], Mapping[str, int]], EngineView]
-
-
-def load_of(e: EngineView, inflight: Mapping[str, int]) -> float:
-    """Gateway in-flight plus the engine's own queue (running + waiting)."""
-    return inflight.get(e.name, 0) + e.running + e.waiting
-
-
-def least_loaded(
-    req: RouteRequest, candidates: Sequence[EngineView], inflight: Mapping[str, int]
-) -> EngineView:
-    # Ties break on in-flight only, then on name, so the choice is deterministic.
-    return min(candidates, key=lambda e: (load_of(e, inflight), inflight.get(e.name, 0), e.name))
+__all__ = [  # the base names stay importable from here
+    "DEFAULT_APPROX_BLOCKS",
+    "Policy",
+    "PowerOfTwo",
+    "RoundRobin",
+    "RouteRequest",
+    "SessionAffinity",
+    "StickyLeastLoaded",
+    "least_loaded",
+    "load_of",
+    "make_policy",
+    "record_choice",
+]
 
 
 class RoundRobin:
@@ -88,8 +92,7 @@ class SessionAffinity:
             return least_loaded(req, candidates, inflight)
         by_name = {e.name: e for e in candidates}
         keys, owners = self._ring(tuple(sorted(by_name)))
-        total = sum(load_of(e, inflight) for e in candidates)
-        cap = self.load_factor * (total + 1) / len(candidates) + 1
+        cap = load_cap(candidates, inflight, self.load_factor)
         start = bisect.bisect(keys, _h(req.session)) % len(keys)
         tried: set[str] = set()
         for i in range(len(keys)):
@@ -105,11 +108,134 @@ class SessionAffinity:
         return least_loaded(req, candidates, inflight)
 
 
-def make_policy(name: str, *, load_factor: float = 1.25) -> Policy:
+class PowerOfTwo:
+    """The less loaded of two distinct random candidates (Mitzenmacher's two choices):
+    close to least-loaded without every gateway worker herding onto the same engine."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+
+    def __call__(
+        self, req: RouteRequest, candidates: Sequence[EngineView], inflight: Mapping[str, int]
+    ) -> EngineView:
+        if len(candidates) < 2:
+            return candidates[0]
+        i, j = self.rng.sample(range(len(candidates)), 2)
+        return min(candidates[i], candidates[j], key=lambda e: load_key(e, inflight))
+
+
+class StickyLeastLoaded:
+    """A session keeps its engine while that engine is a candidate and its load is below
+    ``load_factor`` x the average (+1); a new, expired or displaced session goes to the
+    least-loaded engine and stays there.
+
+    Sessions live in an LRU of at most ``max_sessions``, each forgotten ``ttl_s`` after
+    its last request (vllm-router's ``sticky_least_loaded`` expires idle sessions after
+    2 h). The session's engine is recorded by ``chosen``.
+    """
+
+    def __init__(
+        self,
+        max_sessions: int = 100_000,
+        ttl_s: float = 7200.0,
+        load_factor: float = 1.25,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_sessions = max_sessions
+        self.ttl_s = ttl_s
+        self.load_factor = load_factor
+        self.clock = clock
+        self._sessions: OrderedDict[str, tuple[str, float]] = OrderedDict()  # -> engine, seen
+
+    def __call__(
+        self, req: RouteRequest, candidates: Sequence[EngineView], inflight: Mapping[str, int]
+    ) -> EngineView:
+        held = self._sessions.get(req.session) if req.session else None
+        if held is not None and self.clock() - held[1] <= self.ttl_s:
+            cap = load_cap(candidates, inflight, self.load_factor)
+            for e in candidates:
+                if e.name == held[0] and load_of(e, inflight) < cap:
+                    return e
+        return least_loaded(req, candidates, inflight)
+
+    def chosen(self, req: RouteRequest, engine: str) -> None:
+        if not req.session:
+            return
+        now = self.clock()
+        sessions = self._sessions
+        sessions[req.session] = (engine, now)
+        sessions.move_to_end(req.session)
+        while sessions:  # oldest first: drop the expired and anything over the bound
+            _, (_, seen) = next(iter(sessions.items()))
+            if len(sessions) <= self.max_sessions and now - seen <= self.ttl_s:
+                break
+            sessions.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def __repr__(self) -> str:
+        return f"<StickyLeastLoaded sessions={len(self)}/{self.max_sessions} ttl={self.ttl_s}s>"
+
+
+# The approximate index's default bound: llm-d's per-engine LRU (31,250 blocks of 16
+# tokens ~ 500k tokens, the KV cache an 8B model leaves on an H100).
+DEFAULT_APPROX_BLOCKS = 31_250
+
+
+def make_policy(
+    name: str,
+    *,
+    load_factor: float = 1.25,
+    prefix_index: BlockIndex | None = None,
+    kv_index: BlockIndex | None = None,
+    degraded: Callable[[str], bool] | None = None,
+    rng: random.Random | None = None,
+    **params: Any,
+) -> Policy:
+    """A policy by name, with its state injected.
+
+    ``load_factor`` bounds ``session_affinity`` and ``sticky_least_loaded`` (ignored by the
+    others). ``prefix_index`` is the approximate index of ``prefix`` and ``kv_aware``
+    (a fresh one of ``DEFAULT_APPROX_BLOCKS`` per engine if not given); ``kv_index`` is
+    the KV-event index ``kv_aware`` needs, ``degraded`` its test for engines whose events
+    are missing; ``rng`` drives ``power_of_two``. ``params`` go to the policy's
+    constructor (``cache_threshold=``, ``weights=``, ``ttl_s=``, ...).
+    """
+    try:
+        return _build(name, load_factor, prefix_index, kv_index, degraded, rng, params)
+    except TypeError as exc:  # an unknown or ill-typed parameter for this policy
+        raise ValueError(f"routing policy {name!r}: {exc}") from exc
+
+
+def _build(
+    name: str,
+    load_factor: float,
+    prefix_index: BlockIndex | None,
+    kv_index: BlockIndex | None,
+    degraded: Callable[[str], bool] | None,
+    rng: random.Random | None,
+    params: dict[str, Any],
+) -> Policy:
+    simple = {"round_robin", "least_loaded", "session_affinity", "power_of_two"}
+    if name in simple and params:
+        raise TypeError(f"unexpected parameters {sorted(params)}")
     if name == "round_robin":
         return RoundRobin()
-    if name == "session_affinity":
-        return SessionAffinity(load_factor)
     if name == "least_loaded":
         return least_loaded
+    if name == "session_affinity":
+        return SessionAffinity(load_factor)
+    if name == "power_of_two":
+        return PowerOfTwo(rng or random.Random())
+    if name == "sticky_least_loaded":
+        return StickyLeastLoaded(load_factor=load_factor, **params)
+    approx = prefix_index if prefix_index is not None else BlockIndex(DEFAULT_APPROX_BLOCKS)
+    if name == "prefix":
+        return PrefixAware(approx, **params)
+    if name == "kv_aware":
+        if kv_index is None:
+            raise ValueError("routing policy 'kv_aware' needs kv_index (fed by KV events)")
+        return KVAware(kv_index, approx, degraded=degraded or (lambda _: False), **params)
     raise ValueError(f"unknown routing policy {name!r}")

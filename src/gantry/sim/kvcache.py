@@ -2,7 +2,8 @@
 
 * Blocks hold ``block_size`` tokens; block 0 is the permanent null block.
 * A full block's hash chains on its parent's: ``H((parent, tuple(tokens), extra))``
-  with ``H = sha256(pickle(...))`` (vLLM's default ``sha256`` algorithm).
+  with ``H = sha256(pickle(...))`` (vLLM's default ``sha256`` algorithm; the hashing
+  itself is ``gantry.protocol.block_hashes``).
 * Freed blocks go to the tail of an LRU free queue but keep their hash, so a later
   request can reuse them; a cached block is evicted (``BlockRemoved``) only when the
   queue hands it out again.
@@ -13,39 +14,15 @@ Pure data structure: no I/O, no clock. Events are collected for the caller to pu
 
 from __future__ import annotations
 
-import hashlib
-import pickle
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
 
-NONE_HASH = hashlib.sha256(pickle.dumps("vllm-none-hash", pickle.HIGHEST_PROTOCOL)).digest()
-_MASK64 = (1 << 64) - 1
-
-
-def hash_block(parent: bytes, tokens: tuple[int, ...], extra: tuple[Any, ...] | None) -> bytes:
-    return hashlib.sha256(pickle.dumps((parent, tokens, extra), pickle.HIGHEST_PROTOCOL)).digest()
-
-
-def event_hash(digest: bytes) -> int:
-    """The hash as vLLM publishes it in KV events: the low 64 bits, big-endian."""
-    return int.from_bytes(digest, "big") & _MASK64
-
-
-def block_hashes(
-    tokens: list[int],
-    block_size: int,
-    extra: tuple[Any, ...] | None = None,
-    start: list[bytes] | None = None,
-) -> list[bytes]:
-    """Chained hashes of every full block of ``tokens`` (continuing ``start``)."""
-    out = list(start or [])
-    parent = out[-1] if out else NONE_HASH
-    for i in range(len(out), len(tokens) // block_size):
-        chunk = tuple(tokens[i * block_size : (i + 1) * block_size])
-        parent = hash_block(parent, chunk, extra if i == 0 else None)
-        out.append(parent)
-    return out
+# The hashing lives in ``gantry.protocol`` (the gateway hashes prompts the same way);
+# re-exported here for the simulator's callers.
+from gantry.protocol import NONE_HASH as NONE_HASH
+from gantry.protocol import block_hashes as block_hashes
+from gantry.protocol import event_hash
+from gantry.protocol import hash_block as hash_block
 
 
 @dataclass(frozen=True, slots=True)

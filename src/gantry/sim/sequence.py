@@ -8,6 +8,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from gantry.protocol import block_hashes
 from gantry.sim.tokenizer import Tokenizer
 
 # Words the simulated model "writes": common English, so output looks like text.
@@ -244,8 +245,6 @@ class SimRequest:
         return self.prompt_token_ids + self.output_token_ids
 
     def update_hashes(self, block_size: int) -> None:
-        from gantry.sim.kvcache import block_hashes
-
         if self.num_tokens // block_size > len(self.hashes):
             extra = (("cache_salt", self.cache_salt),) if self.cache_salt else None
             self.hashes = block_hashes(self.all_token_ids(), block_size, extra, self.hashes)
