@@ -18,7 +18,7 @@ from gantry.engines.pool import EnginePool
 from gantry.gateway.dispatch import Dispatcher, Outcome
 from gantry.gateway.queue import CapacityQueue
 from gantry.observability.metrics import GatewayMetrics
-from gantry.routing import EngineView, PoolSnapshot, RouteRequest, least_loaded
+from gantry.routing import EngineView, PoolSnapshot, RouteRequest
 
 
 class _NoTransport:
@@ -40,7 +40,7 @@ def setup() -> Dispatcher:
         for i, s in enumerate(specs)
     )
     pool.snapshot = PoolSnapshot.build(1, views)
-    return Dispatcher(pool, least_loaded, "least_loaded", GatewayMetrics(), GatewayConfig())
+    return Dispatcher(pool, GatewayMetrics(), GatewayConfig())
 
 
 def fast_path(d: Dispatcher, n: int) -> float:

@@ -28,7 +28,7 @@ from gantry.engines import (
 from gantry.errors import GantryError, RetryableEngineError
 from gantry.gateway.dispatch import Dispatcher, Outcome
 from gantry.observability import GatewayMetrics
-from gantry.routing import RouteRequest, least_loaded
+from gantry.routing import RouteRequest
 
 KW = dict(failure_threshold=2, success_threshold=2)
 
@@ -446,7 +446,7 @@ async def test_the_real_dispatcher_releases_an_attempt_after_removal():
     fleet = Fleet()
     pool = fleet_pool(fleet, "a")
     await pool.refresh()
-    d = Dispatcher(pool, least_loaded, "least_loaded", GatewayMetrics(), GatewayConfig())
+    d = Dispatcher(pool, GatewayMetrics(), GatewayConfig())
     route = RouteRequest("m")
     name = d.choose(route, set(), time.monotonic())
     pool.inflight[name] += 1  # as Dispatcher.open does right after choosing

@@ -46,12 +46,13 @@ from gantry.errors import (
     NoHealthyEngine,
     RetryableEngineError,
 )
+from gantry.gateway.policies import Policies
 from gantry.gateway.prepare import Prepared, with_model
 from gantry.gateway.relay import Parts, StreamState, first_token, renamer
 from gantry.gateway.retry import RetryBudget, backoff, parse_retry_after, retry_allowed
 from gantry.observability.metrics import GatewayMetrics
 from gantry.observability.tracing import Tracer
-from gantry.routing import EngineView, Policy, PoolSnapshot, RouteRequest
+from gantry.routing import EngineView, PoolSnapshot, RouteRequest, record_choice
 from gantry.routing.capacity import CapacityLimits, has_capacity, kv_pressured
 
 log = logging.getLogger("gantry.dispatch")
@@ -111,15 +112,14 @@ class Dispatcher:
     def __init__(
         self,
         pool: EnginePool,
-        policy: Policy,
-        policy_name: str,
         metrics: GatewayMetrics,
         cfg: GatewayConfig,
         tracer: Tracer | None = None,
+        *,
+        degraded: Callable[[str], bool] | None = None,
     ) -> None:
         self.pool = pool
-        self.policy = policy
-        self.policy_name = policy_name
+        self.policies = Policies(cfg.routing, degraded or _no_events)
         self.metrics = metrics
         self.cfg = cfg
         self.tracer = tracer
@@ -141,12 +141,16 @@ class Dispatcher:
         self._rng = random.Random()
         self._routed_children: dict[str, Any] = {}
         self.on_release: Callable[[str], None] | None = None  # wakes the capacity queue
+        self._known: set[str] = set()
         pool.listeners.append(self._forget_departed)
 
     def _forget_departed(self, snap: PoolSnapshot) -> None:
-        """Engines that left the pool take their breaker, cool-down and counters along
-        (bounded by the pool, not by every engine ever added)."""
+        """Engines that left the pool take their breaker, cool-down, counters and index
+        entries along (bounded by the pool, not by every engine ever added)."""
         names = {e.name for e in snap.engines}
+        for gone in self._known - names:
+            self.policies.forget(gone)
+        self._known = names
         for table in (self.breakers, self.cooldown, self._routed_children):
             for name in [n for n in table if n not in names]:
                 del table[name]
@@ -167,6 +171,9 @@ class Dispatcher:
             b.half_open_max,
         )
         self.budget.ratio, self.budget.min_per_s = r.budget_ratio, r.budget_min_per_s
+        if hasattr(self, "policies"):
+            self.policies.reconfigure(cfg.routing)
+            self._routed_children.clear()  # the policy label may have changed
 
     # -- choosing (no I/O) ------------------------------------------------------------
     def _usable(
@@ -224,7 +231,9 @@ class Dispatcher:
         if why is not Room.YES:
             usable = self._usable(route.model, exclude, now, group)
             raise no_capacity(route.model, why, len(usable))
-        name = self.policy(route, candidates, self.pool.inflight).name
+        policy = self.policies.for_model(route.model)[1]
+        name = policy(route, candidates, self.pool.inflight).name
+        record_choice(policy, route, name)
         b = self.breakers.get(name)
         if b is not None:
             _, self.breakers[name] = allow(b, self.breaker_cfg, now)
@@ -269,10 +278,11 @@ class Dispatcher:
             self.metrics.breaker_state.labels(name).set(int(after.state))
             self.metrics.breaker_transitions.labels(name, after.state.name.lower()).inc()
 
-    def _routed(self, name: str) -> Any:
+    def _routed(self, name: str, model: str) -> Any:
         c = self._routed_children.get(name)
         if c is None:  # one per engine: bounded by the pool
-            c = self._routed_children[name] = self.metrics.routed.labels(name, self.policy_name)
+            policy = self.policies.for_model(model)[0]
+            c = self._routed_children[name] = self.metrics.routed.labels(name, policy)
         return c
 
     # -- the attempt loop -----------------------------------------------------------------
@@ -324,7 +334,7 @@ class Dispatcher:
             if last is not None:
                 self.metrics.retries.labels(name, _kind(last)).inc()
             tried.add(name)
-            self._routed(name).inc()
+            self._routed(name, model).inc()
             self.pool.inflight[name] += 1
             try:
                 return await self._attempt(name, model, p, body, deadline, keepalive)
@@ -352,7 +362,8 @@ class Dispatcher:
         self, route: RouteRequest, tried: set[str], now: float, n: int, group: str | None
     ) -> str:
         if self.tracer is not None and self.tracer.enabled:
-            with self.tracer.span("routing", policy=self.policy_name, attempt=n):
+            policy = self.policies.for_model(route.model)[0]
+            with self.tracer.span("routing", policy=policy, attempt=n):
                 return self.choose(route, tried, now, group)
         return self.choose(route, tried, now, group)
 
@@ -419,6 +430,10 @@ class Dispatcher:
         except BaseException:
             resp.close()
             raise
+
+
+def _no_events(engine: str) -> bool:
+    return True  # no KV events at all: kv_aware scores every engine by the prefix index
 
 
 def no_capacity(model: str, why: Room, engines: int) -> NoCapacity:

@@ -29,6 +29,7 @@ from typing import Any
 import orjson
 
 from gantry.config import GatewayConfig
+from gantry.engines.kv_events import KVEventHub
 from gantry.engines.pool import EnginePool, TransportFactory
 from gantry.errors import ClientError, MethodNotAllowed, NotFound, UnsupportedMediaType
 from gantry.gateway import failures, respond
@@ -48,7 +49,7 @@ from gantry.gateway.security import Security
 from gantry.gateway.shadow import Shadower
 from gantry.observability import GatewayMetrics, RequestLog, Tracer
 from gantry.protocol import encode_comment
-from gantry.routing import make_policy
+from gantry.routing import PoolSnapshot
 
 log = logging.getLogger("gantry.gateway")
 _KEEPALIVE = encode_comment("keep-alive")
@@ -83,9 +84,14 @@ class Gateway:
         self.tracer = Tracer(cfg.tracing)
         self.security = Security(cfg, self.metrics)
         self.auth = self.security.auth
-        policy = make_policy(cfg.routing.policy, load_factor=cfg.routing.affinity_load_factor)
         self.dispatcher = Dispatcher(
-            self.pool, policy, cfg.routing.policy, self.metrics, cfg, self.tracer
+            self.pool, self.metrics, cfg, self.tracer, degraded=self._kv_degraded
+        )
+        self.pool.listeners.append(self._observe_routing)
+        self.kv_events = KVEventHub(
+            self.dispatcher.policies.kv,
+            recovery_s=cfg.routing.kv_aware.recovery_s,
+            on_event=self._kv_event,
         )
         self.admission = Admission(cfg.admission, self.security, self.dispatcher, self.metrics)
         if request_log is None and cfg.logging.requests:
@@ -134,6 +140,11 @@ class Gateway:
             stack.push_async_callback(self.security.aclose)  # closes what start() opened
             await self.security.start()
             await stack.enter_async_context(self.pool)
+            await stack.enter_async_context(self.kv_events)
+            for name in self.pool.names():
+                spec = self.pool.spec_of(name)
+                if spec.kv_events:
+                    await self.kv_events.add_engine(name, spec.kv_events, topic=spec.kv_topic)
             if self.idem_store is not None:
                 stack.push_async_callback(self.idem_store.aclose)
             if self.accounting.log is not None:
@@ -167,10 +178,32 @@ class Gateway:
             self.accounting.log = RequestLog()
         self.accounting.log_probes = new.logging.probe_requests
         for name in change.removed:
-            self._background(self.pool.remove(name, drain=True, grace_s=new.shutdown.grace_s))
+            self._background(self._remove_engine(name, new.shutdown.grace_s))
         for spec in change.added:
-            await self.pool.add(spec)
+            name = await self.pool.add(spec)
+            if spec.kv_events:
+                await self.kv_events.add_engine(name, spec.kv_events, topic=spec.kv_topic)
         return change
+
+    async def _remove_engine(self, name: str, grace_s: float) -> None:
+        await self.kv_events.remove_engine(name)
+        await self.pool.remove(name, drain=True, grace_s=grace_s)
+
+    def _observe_routing(self, snap: PoolSnapshot) -> None:
+        """Routing gauges, refreshed with every pool snapshot (every health round)."""
+        m, policies = self.metrics, self.dispatcher.policies
+        for index, name in ((policies.prefix, "prefix"), (policies.kv, "kv")):
+            m.index_blocks.labels(name).set(index.blocks())
+            m.index_bytes.labels(name).set(index.memory_bytes())
+        for e in snap.engines:
+            if self.kv_events.subscriber(e.name) is not None:
+                m.kv_degraded.labels(e.name).set(1 if self.kv_events.degraded(e.name) else 0)
+
+    def _kv_degraded(self, engine: str) -> bool:
+        return self.kv_events.degraded(engine)
+
+    def _kv_event(self, engine: str, kind: str) -> None:
+        self.metrics.kv_events.labels(engine, kind).inc()
 
     def _background(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -232,7 +265,15 @@ class Gateway:
         p = prepare(
             rec.endpoint, raw, body, ident, x.headers, rec.rid, self.settings, self.pool.snapshot
         )
+        if self.dispatcher.policies.wants_chains(p.model):
+            await self._fill_chains(p, body)
         await self._admit_and_serve(x, p, ident, rec, raw)
+
+    async def _fill_chains(self, p: Prepared, body: Any) -> None:
+        """Prefix chains for cache-aware routing (kv_aware may ask an engine to tokenize)."""
+        healthy = self.pool.snapshot.healthy_for(p.model)
+        engine = self.pool.transport(healthy[0].name) if healthy else None
+        await self.dispatcher.policies.fill_chains(p.route, body, engine)
 
     async def _traced(
         self, x: Exchange, raw: bytes, body: Any, ident: Identity, rec: Record
@@ -252,6 +293,8 @@ class Gateway:
                     self.settings,
                     self.pool.snapshot,
                 )
+            if self.dispatcher.policies.wants_chains(p.model):
+                await self._fill_chains(p, body)
             with self.tracer.span("dispatch", model=p.model):
                 self.tracer.inject(p.engine_headers)  # engines continue this trace
                 await self._admit_and_serve(x, p, ident, rec, raw)

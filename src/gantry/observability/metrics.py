@@ -217,10 +217,45 @@ class GatewayMetrics:
             registry=reg,
         )
 
+        self.kv_events = Counter(
+            "gantry_kv_events",
+            "KV events from engines, by kind: stored, removed, cleared, and the troubles "
+            "(gap, restart, malformed, down) after which an engine is scored by prefix.",
+            ["engine", "kind"],
+            registry=reg,
+        )
+        self.kv_degraded = Gauge(
+            "gantry_kv_events_degraded",
+            "1 while an engine's KV events cannot be trusted (prefix scoring instead).",
+            ["engine"],
+            registry=reg,
+            multiprocess_mode="max",
+        )
+        self.index_blocks = Gauge(
+            "gantry_routing_index_blocks",
+            "Blocks held by a routing index (prefix: approximate; kv: from KV events).",
+            ["index"],
+            registry=reg,
+            multiprocess_mode="max",
+        )
+        self.index_bytes = Gauge(
+            "gantry_routing_index_bytes",
+            "Estimated memory of a routing index.",
+            ["index"],
+            registry=reg,
+            multiprocess_mode="max",
+        )
+
     def on_snapshot(self, snap: PoolSnapshot) -> None:
         names = {e.name for e in snap.engines}
         for gone in self._engines - names:  # an engine left the pool: so do its series
-            for g in (self.engine_up, self.engine_running, self.engine_waiting, self.engine_kv):
+            for g in (
+                self.engine_up,
+                self.engine_running,
+                self.engine_waiting,
+                self.engine_kv,
+                self.kv_degraded,
+            ):
                 try:
                     g.remove(gone)
                 except KeyError:
