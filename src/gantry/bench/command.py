@@ -253,26 +253,72 @@ def bench(
 
 @bench_app.command("compare")
 def compare_cmd(
-    a: Annotated[Path, typer.Argument(metavar="A", hidden=True)],
-    b: Annotated[Path, typer.Argument(metavar="B", hidden=True)],
+    a: Annotated[Path | None, typer.Argument(metavar="A", hidden=True)] = None,
+    b: Annotated[Path | None, typer.Argument(metavar="B", hidden=True)] = None,
     slo: Slo = None,
     strict: Annotated[bool, typer.Option(help="Exit 1 if B fails an SLO.")] = False,
+    gateway: Annotated[
+        str | None,
+        typer.Option(metavar="URL", help="Compare arms from this gateway's /metrics."),
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option(metavar="NAME", help="With --gateway: the split's arms.")
+    ] = None,
+    shadow: Annotated[
+        str | None,
+        typer.Option(metavar="MODEL", help="With --gateway: a model and its shadow."),
+    ] = None,
+    api_key: Annotated[
+        str | None, typer.Option(metavar="KEY", help="With --gateway: a key for /metrics.")
+    ] = None,
 ) -> None:
-    """Compare two results, A and B, side by side.
+    """Compare two results side by side, or two arms.
 
     A and B are JSON files written by `gantry bench --output`; the table shows ratios
-    and SLO verdicts.
+    and SLO verdicts. With --gateway URL and --split NAME (or --shadow MODEL) the two
+    arms come from the gateway's metrics instead (percentiles from its histograms).
     """
     from gantry.bench.compare import compare, load_result
     from gantry.bench.slo import SLOError, parse_slo
 
     try:
-        ra, rb, slo_ms = load_result(a), load_result(b), parse_slo(slo)
+        slo_ms = parse_slo(slo)
+        if gateway is not None:
+            (na, ra), (nb, rb) = _gateway_arms(gateway, split, shadow, api_key)
+        elif a is not None and b is not None:
+            ra, rb, na, nb = load_result(a), load_result(b), a.stem, b.stem
+        else:
+            fail("give two result files A B, or --gateway URL with --split or --shadow")
     except (DatasetError, SLOError) as exc:
         fail(str(exc))
-    failures = compare(ra, rb, slo_ms, (a.stem, b.stem))
+    failures = compare(ra, rb, slo_ms, (na, nb))
     if strict and failures:
         raise typer.Exit(1)
+
+
+def _gateway_arms(
+    url: str, split: str | None, shadow: str | None, api_key: str | None
+) -> list[tuple[str, dict[str, Any]]]:
+    import urllib.error
+    import urllib.request
+
+    from gantry.bench.arms import shadow_arms, split_arms
+
+    if (split is None) == (shadow is None):
+        raise DatasetError("with --gateway, give one of --split NAME or --shadow MODEL")
+    req = urllib.request.Request(url.rstrip("/").removesuffix("/v1") + "/metrics")
+    if api_key:
+        req.add_header("Authorization", f"Bearer {api_key}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            text = r.read().decode()
+    except (urllib.error.URLError, OSError) as exc:
+        raise DatasetError(f"cannot read {req.full_url}: {exc}") from None
+    arms = split_arms(text, split) if split is not None else shadow_arms(text, str(shadow))
+    if len(arms) < 2:
+        what = f"split {split!r}" if split is not None else f"shadow of {shadow!r}"
+        raise DatasetError(f"{what}: {len(arms)} arm(s) with traffic in the metrics, need 2")
+    return list(arms.items())[:2]
 
 
 @bench_app.command("sweep")
