@@ -272,7 +272,9 @@ def serve(
     policy: Annotated[
         str | None,
         typer.Option(
-            metavar="POLICY", help="Routing: least_loaded, round_robin or session_affinity."
+            metavar="POLICY",
+            help="Routing: least_loaded, kv_aware, prefix, round_robin, power_of_two, "
+            "session_affinity or sticky_least_loaded.",
         ),
     ] = None,
     ssl_certfile: Annotated[
