@@ -131,7 +131,7 @@ def parse_vllm_args(argv: Sequence[str]) -> UserArgs:
         if key in values and values[key] < 1:
             flag = "--" + key.replace("_", "-")
             raise ConfigError(f"argument {flag}: must be at least 1")
-    if values.get("max_model_len", 1) < 16:
+    if values.get("max_model_len", 16) < 16:
         raise ConfigError("argument --max-model-len: must be at least 16 tokens")
     return UserArgs(values, tuple(rest))
 
