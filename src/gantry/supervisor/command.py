@@ -37,7 +37,7 @@ GpuInfo = Annotated[
 ]
 GpuType = Annotated[
     str | None,
-    typer.Option(metavar="GPU", help="GPU to simulate: T4, L4, A10G, A100-40GB, H100, ..."),
+    typer.Option(metavar="GPU", help="GPU to simulate (T4, L4, A10G, A100-40GB, H100-80GB)."),
 ]
 
 
@@ -88,7 +88,7 @@ def engine(
     no_warmup: Annotated[bool, typer.Option("--no-warmup", help="Ready without warm-up.")] = False,
     log_level: Annotated[str, typer.Option(metavar="LEVEL", help="debug, info, warning.")] = "info",
 ) -> None:
-    """Start and supervise vLLM engines: one per --tp GPUs.
+    """Start and supervise vLLM engines, one per --tp GPUs.
 
     Arguments are derived from the GPUs and the model's config.json; vLLM flags
     given after the options (e.g. --max-model-len 4096) are kept as given. With no
@@ -134,7 +134,8 @@ def _first_error(exc: ValueError) -> str:
     errors = getattr(exc, "errors", None)
     if callable(errors):
         e = errors()[0]
-        return f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+        msg, loc = str(e["msg"]).removeprefix("Value error, "), ".".join(map(str, e["loc"]))
+        return f"{loc}: {msg}" if loc else msg
     return str(exc)
 
 
@@ -186,8 +187,10 @@ def gpus(
     gpu_info: GpuInfo = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON (replayable: --gpu-info).")] = False,
 ) -> None:
-    """List the GPUs found (NVML) and, with --model, the arguments gantry engine
-    would choose."""
+    """List the GPUs found (NVML).
+
+    With --model, also the vLLM arguments gantry engine would choose.
+    """
     from gantry.supervisor.config import LaunchSpec
     from gantry.supervisor.gpus import detect, parse_gpu_list
     from gantry.supervisor.supervisor import prepare
