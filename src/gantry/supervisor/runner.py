@@ -282,8 +282,8 @@ class EngineRunner:
             )
         self._crash_loop = self._crash_loop or d.crash_loop
         state = EngineState.DEGRADED if self._crash_loop else EngineState.STARTING
-        self._set(state, f"{failure}; restarting in {d.delay_s:.1f} s")
-        log.warning("%s: %s; restarting in %.1f s", self.plan.name, failure, d.delay_s)
+        self._set(state, f"{failure}; restarting in {d.delay_s:g} s")
+        log.warning("%s: %s; restarting in %g s", self.plan.name, failure, d.delay_s)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), d.delay_s)
 
