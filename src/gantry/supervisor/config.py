@@ -1,13 +1,14 @@
 """What to launch: ``LaunchSpec``, one entry of ``engines: launch:`` in gantry.yaml and
-what ``gantry engine``'s flags build. Frozen, validated once at the edge."""
+what ``gantry engine``'s flags build. Frozen, validated once at the edge.
+
+This module imports nothing from gantry, so ``gantry.config`` can take these models in
+as they are (``config`` may depend on ``errors`` only)."""
 
 from __future__ import annotations
 
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-from gantry.supervisor.policy import OomBounds, RestartConfig
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
@@ -22,15 +23,6 @@ class RestartSettings(BaseModel):
     crash_loop_window_s: float = Field(default=300.0, gt=0)
     stable_after_s: float = Field(default=120.0, gt=0)
 
-    def policy(self) -> RestartConfig:
-        return RestartConfig(
-            backoff_initial_s=self.backoff_initial_s,
-            backoff_max_s=self.backoff_max_s,
-            crash_loop_restarts=self.crash_loop_restarts,
-            crash_loop_window_s=self.crash_loop_window_s,
-            stable_after_s=self.stable_after_s,
-        )
-
 
 class OomSettings(BaseModel):
     """How far an out-of-memory restart may lower the arguments."""
@@ -39,9 +31,6 @@ class OomSettings(BaseModel):
     utilization_step: float = Field(default=0.05, gt=0, lt=0.5)
     utilization_floor: float = Field(default=0.5, gt=0, le=1)
     seqs_floor: int = Field(default=8, ge=1)
-
-    def bounds(self) -> OomBounds:
-        return OomBounds(self.utilization_step, self.utilization_floor, self.seqs_floor)
 
 
 class WarmupSettings(BaseModel):

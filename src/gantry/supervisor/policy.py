@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from enum import Enum
 
 from gantry.supervisor.args import EngineArgs
+from gantry.supervisor.config import OomSettings, RestartSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +135,20 @@ def after_oom(
 _LOWERED = ("gpu_memory_utilization", "max_num_seqs", "max_num_batched_tokens", "max_model_len")
 
 
+def restart_config(s: RestartSettings) -> RestartConfig:
+    return RestartConfig(
+        backoff_initial_s=s.backoff_initial_s,
+        backoff_max_s=s.backoff_max_s,
+        crash_loop_restarts=s.crash_loop_restarts,
+        crash_loop_window_s=s.crash_loop_window_s,
+        stable_after_s=s.stable_after_s,
+    )
+
+
+def oom_bounds(s: OomSettings) -> OomBounds:
+    return OomBounds(s.utilization_step, s.utilization_floor, s.seqs_floor)
+
+
 def _fmt(v: object) -> str:
     return f"{v:.2f}" if isinstance(v, float) else str(v)
 
@@ -149,4 +164,6 @@ __all__ = [
     "after_oom",
     "classify_line",
     "on_failure",
+    "oom_bounds",
+    "restart_config",
 ]

@@ -28,7 +28,13 @@ from gantry.supervisor.config import LaunchSpec
 from gantry.supervisor.gpus import GpuSource
 from gantry.supervisor.launch import EnginePlan
 from gantry.supervisor.memory import wait_for_free_memory
-from gantry.supervisor.policy import RestartState, after_oom, on_failure
+from gantry.supervisor.policy import (
+    RestartState,
+    after_oom,
+    on_failure,
+    oom_bounds,
+    restart_config,
+)
 from gantry.supervisor.process import EngineProcess
 from gantry.supervisor.warmup import WarmupResult, warm_up, warmup_sizes
 
@@ -259,7 +265,7 @@ class EngineRunner:
         oom = proc.oom if proc else None
         if oom is not None:
             decision = after_oom(
-                self.plan.args, oom, self.plan.derivation.pinned, self.spec.oom.bounds()
+                self.plan.args, oom, self.plan.derivation.pinned, oom_bounds(self.spec.oom)
             )
             if decision.args is not None:
                 self.plan = self.plan.with_args(decision.args)
@@ -269,7 +275,7 @@ class EngineRunner:
                 log.error("%s: out of GPU memory: %s", self.plan.name, decision.message)
             failure = f"{failure}; {decision.message}"
         self._restart, d = on_failure(
-            self._restart, self.spec.restart.policy(), now=self._clock(), ran_for=ran_for
+            self._restart, restart_config(self.spec.restart), now=self._clock(), ran_for=ran_for
         )
         self.restarts += 1
         if d.crash_loop and not self._crash_loop:
