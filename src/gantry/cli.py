@@ -38,6 +38,18 @@ def _mount_bench() -> None:
 _mount_bench()
 
 
+def _mount_supervisor() -> None:
+    from gantry.supervisor.command import engine, gpus
+
+    # vLLM's own flags follow gantry engine's options and reach vllm serve
+    passthrough = {"allow_extra_args": True, "ignore_unknown_options": True}
+    app.command(context_settings=passthrough)(engine)
+    app.command()(gpus)
+
+
+_mount_supervisor()
+
+
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", metavar="PATH", help="YAML config file.")
 ]

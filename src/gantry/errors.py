@@ -24,6 +24,9 @@ OpenAI error JSON through ``GantryError.response()`` (built with
     │   │                            out, KV cache or engine queue saturated)
     │   └── LimitStoreUnavailable    the rate-limit store cannot be reached (fail closed)
     ├── ConfigError                  a setting that cannot work (CLI: one line, exit 2)
+    │   └── DoesNotFit               a model that does not fit the GPUs (the message advises)
+    ├── LaunchError                  engines the supervisor starts do not become ready
+    │   └── GpuUnavailable           no NVML, no driver or no GPU (the simulator is used)
     └── EngineError                  talking to an engine went wrong
         ├── RetryableEngineError     502/503/504: connect failure, timeout, engine 5xx/429
         │   ├── EngineTimeout        504
@@ -162,6 +165,18 @@ class ConfigError(GantryError):
     """Invalid configuration; shown as one line at start-up."""
 
 
+class DoesNotFit(ConfigError):
+    """The model's weights (or one full sequence) do not fit; the message says what would."""
+
+
+class LaunchError(GantryError):
+    """Supervised engines could not be started or did not become ready."""
+
+
+class GpuUnavailable(LaunchError):
+    """NVML cannot be used here (not installed, no driver, no GPU); the message says why."""
+
+
 class EngineError(GantryError):
     status = 502
     type = "upstream_error"
@@ -200,15 +215,18 @@ __all__ = [
     "AuthenticationError",
     "ClientError",
     "ConfigError",
+    "DoesNotFit",
     "Draining",
     "EngineError",
     "EngineRejected",
     "EngineTimeout",
     "FailedBeforeFirstToken",
     "GantryError",
+    "GpuUnavailable",
     "HeadersTooLarge",
     "IdempotencyConflict",
     "IdempotencyInProgress",
+    "LaunchError",
     "LimitStoreUnavailable",
     "MethodNotAllowed",
     "ModelNotFound",

@@ -25,8 +25,20 @@ ALLOWED = {
         "observability",
         "state",
         "netutil",
+        "supervisor",  # engines: launch: (the gateway owns a supervisor)
     },
     "bench": {"protocol", "errors", "engines", "config", "routing", "console", "netutil"},
+    # launch/watch engines; only the CLI and the gateway may use it
+    "supervisor": {
+        "protocol",
+        "errors",
+        "config",
+        "engines",
+        "observability",
+        "sim",
+        "console",
+        "netutil",
+    },
     "errors": {"protocol"},
     "config": {"errors"},
     "console": set(),
@@ -43,6 +55,7 @@ ALLOWED = {
         "gateway",
         "bench",
         "sim",
+        "supervisor",
         "console",
         "netutil",
     },
@@ -82,6 +95,16 @@ def test_every_module_has_a_rule():
     names = {p.name.removesuffix(".py") for p in SRC.iterdir() if p.name != "__pycache__"}
     names -= {"__init__", "py.typed"}
     assert names <= set(ALLOWED), names - set(ALLOWED)
+
+
+def test_only_cli_and_gateway_import_the_supervisor():
+    bad = [
+        str(py.relative_to(SRC))
+        for py in SRC.rglob("*.py")
+        if py.relative_to(SRC).parts[0].removesuffix(".py") not in ("cli", "gateway", "supervisor")
+        and "supervisor" in _imports(py)
+    ]
+    assert not bad, bad
 
 
 def test_nothing_imports_the_cli():

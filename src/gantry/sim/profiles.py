@@ -22,26 +22,36 @@ class GPUProfile:
     peak_flops: float  # dense bf16/fp16 tensor FLOP/s
     hbm_bandwidth: float  # bytes/s
     fp8: bool = False  # native FP8 tensor cores (Ada/Hopper)
+    compute_capability: tuple[int, int] = (8, 0)  # CUDA SM version
 
     @property
     def memory_gib(self) -> float:
         return self.memory_bytes / GiB
 
+    @property
+    def bf16(self) -> bool:
+        """bfloat16 needs SM 8.0 (Ampere) or later; a T4 (SM 7.5) has only float16."""
+        return self.compute_capability >= (8, 0)
+
+    @property
+    def sm(self) -> str:
+        return f"{self.compute_capability[0]}.{self.compute_capability[1]}"
+
 
 # Spec sheets: NVIDIA T4, L4, A10G (AWS), RTX A4000, A40, A100 (40/80 GB SXM),
-# H100 SXM5 80GB, H200 SXM 141GB.
+# H100 SXM5 80GB, H200 SXM 141GB; compute capabilities from NVIDIA's CUDA GPU list.
 GPUS: dict[str, GPUProfile] = {
     g.name: g
     for g in (
-        GPUProfile("T4", 16 * GiB, 65e12, 320e9),
-        GPUProfile("L4", 24 * GiB, 121e12, 300e9, fp8=True),
-        GPUProfile("A10G", 24 * GiB, 125e12, 600e9),
-        GPUProfile("A4000", 16 * GiB, 76.7e12, 448e9),
-        GPUProfile("A40", 48 * GiB, 149.7e12, 696e9),
-        GPUProfile("A100-40GB", 40 * GiB, 312e12, 1555e9),
-        GPUProfile("A100-80GB", 80 * GiB, 312e12, 2039e9),
-        GPUProfile("H100-80GB", 80 * GiB, 989e12, 3350e9, fp8=True),
-        GPUProfile("H200", 141 * GiB, 989e12, 4800e9, fp8=True),
+        GPUProfile("T4", 16 * GiB, 65e12, 320e9, compute_capability=(7, 5)),
+        GPUProfile("L4", 24 * GiB, 121e12, 300e9, fp8=True, compute_capability=(8, 9)),
+        GPUProfile("A10G", 24 * GiB, 125e12, 600e9, compute_capability=(8, 6)),
+        GPUProfile("A4000", 16 * GiB, 76.7e12, 448e9, compute_capability=(8, 6)),
+        GPUProfile("A40", 48 * GiB, 149.7e12, 696e9, compute_capability=(8, 6)),
+        GPUProfile("A100-40GB", 40 * GiB, 312e12, 1555e9, compute_capability=(8, 0)),
+        GPUProfile("A100-80GB", 80 * GiB, 312e12, 2039e9, compute_capability=(8, 0)),
+        GPUProfile("H100-80GB", 80 * GiB, 989e12, 3350e9, fp8=True, compute_capability=(9, 0)),
+        GPUProfile("H200", 141 * GiB, 989e12, 4800e9, fp8=True, compute_capability=(9, 0)),
     )
 }
 
@@ -72,6 +82,8 @@ class ModelProfile:
     tied_embeddings: bool = False
     num_experts: int = 0
     experts_per_token: int = 0
+    dtype: str = "bfloat16"  # config.json torch_dtype: what the weights are stored in
+    quantization: str | None = None  # quantization_config.quant_method (awq, gptq, fp8)
 
     @property
     def params(self) -> float:
@@ -137,6 +149,8 @@ MODELS: dict[str, ModelProfile] = {
             max_model_len=32768,
             tied_embeddings=True,
             weight_bytes_per_param=0.56,
+            dtype="float16",
+            quantization="awq",
         ),
         _model(
             "qwen3-4b",
@@ -225,11 +239,16 @@ def model_from_config(path: str | Path, name: str | None = None) -> ModelProfile
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"model config {p} lacks {exc}") from exc
     quant = cfg.get("quantization_config") or {}
+    if not isinstance(quant, dict):
+        quant = {}
     bits = quant.get("bits") or quant.get("w_bit")
+    method = quant.get("quant_method")
     dtype = str(cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16")
     wbytes = 4.0 if dtype == "float32" else 2.0
     if bits:
         wbytes = float(bits) / 8 + 0.06  # group scales and zeros
+    elif method == "fp8":
+        wbytes = 1.0
     return ModelProfile(
         name=name or p.parent.name or "model",
         hf_id=name or str(p.parent),
@@ -245,4 +264,6 @@ def model_from_config(path: str | Path, name: str | None = None) -> ModelProfile
         tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         num_experts=int(cfg.get("num_local_experts") or cfg.get("num_experts") or 0),
         experts_per_token=int(cfg.get("num_experts_per_tok") or 0),
+        dtype=dtype,
+        quantization=str(method) if method else None,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 
@@ -47,6 +48,8 @@ class SimSettings:
     faults: FaultConfig = field(default_factory=FaultConfig)
     slow_start_s: float = 0.0
     max_body_bytes: int = 64 * 1024 * 1024
+    dtype: str = "auto"  # vLLM's --dtype: auto, half, float16, bfloat16, float, float32
+    quantization: str | None = None  # vLLM's --quantization: awq, gptq, fp8 (and *_marlin)
 
     def resolve(self) -> ResolvedSim:
         try:
@@ -97,7 +100,62 @@ def activation_reserve(model: ModelProfile, batched_tokens: int) -> float:
     return 1.0 * GiB + batched_tokens * per_token
 
 
+_DTYPES = {
+    "auto": "auto",
+    "half": "float16",
+    "float16": "float16",
+    "bfloat16": "bfloat16",
+    "float": "float32",
+    "float32": "float32",
+}
+_QUANT = {"awq": "awq", "awq_marlin": "awq", "gptq": "gptq", "gptq_marlin": "gptq", "fp8": "fp8"}
+
+
+def resolve_dtype(requested: str, model: ModelProfile, gpu: GPUProfile) -> str:
+    """vLLM's dtype choice: ``auto`` keeps the checkpoint's dtype, downcasts float32 and
+    falls back to float16 where the GPU has no bfloat16; an explicit bfloat16 on such a
+    GPU is refused with vLLM's message."""
+    dtype = _DTYPES.get(requested)
+    if dtype is None:
+        raise SimConfigError(f"unknown --dtype {requested!r}; choose from {', '.join(_DTYPES)}")
+    if dtype == "auto":
+        dtype = model.dtype if model.dtype in ("float16", "bfloat16") else "bfloat16"
+        return dtype if gpu.bf16 or dtype == "float16" else "float16"
+    if dtype == "bfloat16" and not gpu.bf16:
+        raise SimConfigError(
+            "Bfloat16 is only supported on GPUs with compute capability of at least 8.0. "
+            f"Your {gpu.name} GPU has compute capability {gpu.sm}. You can use float16 "
+            "instead by explicitly setting the `dtype` flag in CLI, for example: --dtype=half."
+        )
+    return dtype
+
+
+def with_weights(s: SimSettings, model: ModelProfile, dtype: str) -> ModelProfile:
+    """The model as this engine loads it: ``--quantization`` and ``--dtype`` change the
+    bytes per parameter of unquantized checkpoints."""
+    method = _QUANT.get(s.quantization) if s.quantization else None
+    if s.quantization and method is None:
+        raise SimConfigError(f"unknown --quantization {s.quantization!r}")
+    if model.quantization:
+        if method and method != _QUANT.get(model.quantization, model.quantization):
+            raise SimConfigError(
+                "Quantization method specified in the model config "
+                f"({model.quantization}) does not match the quantization method specified "
+                f"in the `quantization` argument ({s.quantization})."
+            )
+        return model
+    if method in ("awq", "gptq"):
+        raise SimConfigError(
+            f"--quantization {s.quantization} needs a {method.upper()} checkpoint; "
+            f"{model.name} is not quantized"
+        )
+    per_param = 1.0 if method == "fp8" else (4.0 if dtype == "float32" else 2.0)
+    return dataclasses.replace(model, weight_bytes_per_param=per_param)
+
+
 def resolve(s: SimSettings, gpu: GPUProfile, model: ModelProfile) -> ResolvedSim:
+    dtype = resolve_dtype(s.dtype, model, gpu)
+    model = with_weights(s, model, dtype)
     if s.tensor_parallel_size < 1:
         raise SimConfigError("--tensor-parallel-size must be at least 1")
     if not 0 < s.gpu_memory_utilization <= 1:
@@ -105,7 +163,7 @@ def resolve(s: SimSettings, gpu: GPUProfile, model: ModelProfile) -> ResolvedSim
     if s.speedup <= 0:
         raise SimConfigError("--speedup must be positive")
     kv_bytes = {
-        "auto": 2.0,
+        "auto": 4.0 if dtype == "float32" else 2.0,
         "bfloat16": 2.0,
         "float16": 2.0,
         "fp8": 1.0,
@@ -116,7 +174,7 @@ def resolve(s: SimSettings, gpu: GPUProfile, model: ModelProfile) -> ResolvedSim
         raise SimConfigError(f"unknown --kv-cache-dtype {s.kv_cache_dtype!r}")
     seqs, batched = batch_defaults(gpu)
     max_num_seqs = s.max_num_seqs or seqs
-    max_len = s.max_model_len or model.max_model_len
+    max_len = s.max_model_len or model.max_model_len  # -1: the largest that fits (below)
     max_batched = s.max_num_batched_tokens or batched
     if not s.enable_chunked_prefill:
         max_batched = max(max_batched, max_len)
@@ -141,6 +199,8 @@ def resolve(s: SimSettings, gpu: GPUProfile, model: ModelProfile) -> ResolvedSim
             f"{gpu.name} at gpu_memory_utilization={s.gpu_memory_utilization}"
         )
     capacity = (blocks - 1) * s.block_size
+    if max_len == -1:
+        max_len = min(model.max_model_len, capacity)
     if capacity < max_len:
         raise SimConfigError(
             f"To serve at least one request with the model's max seq len ({max_len}), "
