@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 
+from gantry.netutil import free_port
 from tests.helpers import gantry_cmd, gateway, metric_value, require_redis, sim, wait_until
 from tests.recording_engine import recording_engine
 
@@ -172,3 +173,32 @@ def test_engine_without_metrics_and_nonvllm_errors(tmp_path):
         )
         assert r.status_code == 200
         assert httpx.get(gw.url + "/readyz").status_code == 200
+
+
+def test_gateway_launches_its_own_engines(tmp_path):
+    """`engines: launch:` — one command serves a model behind the gateway (simulated
+    here: no GPU); the engines stop with the gateway."""
+    port = free_port()
+    cfg = tmp_path / "launch.yaml"
+    cfg.write_text(
+        "engines:\n  launch:\n"
+        f"    - {{model: qwen2.5-1.5b-instruct, mode: simulate, gpu_type: L4, gpus: [0],\n"
+        f"       port: {port}, name: gpu, sim_args: ['--profile', 'instant'],\n"
+        "       warmup: {enabled: false}}\n"
+    )
+    with gateway(tmp_path, "-c", str(cfg), timeout=120) as gw:
+        r = httpx.post(
+            gw.url + "/v1/completions",
+            json={"model": "qwen2.5-1.5b-instruct", "prompt": "x", "max_tokens": 2},
+            timeout=30,
+        )
+        assert r.status_code == 200, r.text
+        assert httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
+    wait_until(lambda: not _listening(port), what="the launched engine to stop")
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0

@@ -5,6 +5,7 @@ variables (``__`` separates nesting: ``GANTRY_ROUTING__POLICY=round_robin``) < C
 flags. Validation happens once; every error is reported as one line.
 """
 
+from gantry.config._launch import LaunchSpec, OomSettings, RestartSettings, WarmupSettings
 from gantry.config._load import (
     MASK,
     ConfigSource,
@@ -64,15 +65,18 @@ __all__ = [
     "JWTConfig",
     "KVRouting",
     "KVWeights",
+    "LaunchSpec",
     "LedgerConfig",
     "LimitsConfig",
     "LoggingConfig",
     "ModelRouting",
+    "OomSettings",
     "PolicyName",
     "PrefixRouting",
     "Price",
     "RateLimitConfig",
     "RedactionConfig",
+    "RestartSettings",
     "RetryConfig",
     "RoutingConfig",
     "SecurityConfig",
@@ -84,6 +88,7 @@ __all__ = [
     "TierLimits",
     "TimeoutConfig",
     "TracingConfig",
+    "WarmupSettings",
     "is_secret_name",
     "load_config",
     "mask_secrets",

@@ -139,7 +139,7 @@ class ConfigSource:
     """Where a running gateway's configuration comes from, to read it again (SIGHUP,
     ``POST /admin/reload``): the same file, ``GANTRY_*`` variables and flags. Picklable,
     so worker processes get it too. ``engines``: engines started by the gateway itself
-    (the embedded default), kept when the file configures none."""
+    (the embedded default, or ``engines.launch``), kept with the file's own."""
 
     path: str | None = None
     overrides: Mapping[str, Any] = field(default_factory=dict)
@@ -147,8 +147,8 @@ class ConfigSource:
 
     def __call__(self) -> GatewayConfig:
         cfg = load_config(self.path, overrides=self.overrides)
-        if cfg.is_embedded and self.engines:
-            return cfg.model_copy(update={"engines": self.engines})
+        if self.engines and (cfg.is_embedded or cfg.launch):
+            return cfg.model_copy(update={"engines": (*cfg.engines, *self.engines)})
         return cfg
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gantry.config._launch import LaunchSpec
 from gantry.config._routing import RoutingConfig, Shadow, Split
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
@@ -250,7 +251,8 @@ class GatewayConfig(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
-    engines: tuple[EngineSpec, ...] = ()
+    engines: tuple[EngineSpec, ...] = ()  # or {static: [...], launch: [...]} in YAML
+    launch: tuple[LaunchSpec, ...] = ()  # engines gantry starts itself (gantry engine)
     aliases: dict[str, str] = Field(default_factory=dict)
     fallbacks: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     splits: dict[str, Split] = Field(default_factory=dict)  # public name -> weighted targets
@@ -277,6 +279,20 @@ class GatewayConfig(BaseModel):
     embedded: EmbeddedConfig = EmbeddedConfig()
     tracing: TracingConfig = TracingConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _engines_mapping(cls, data: Any) -> Any:
+        """``engines: {static: [...], launch: [...]}`` as well as ``engines: [...]``."""
+        if isinstance(data, dict) and isinstance(data.get("engines"), dict):
+            section = dict(data["engines"])
+            data = {k: v for k, v in data.items() if k != "engines"}
+            data["engines"] = section.pop("static", ())
+            if "launch" in section:
+                data["launch"] = section.pop("launch")
+            if section:
+                raise ValueError(f"engines: unknown entries {sorted(section)} (static, launch)")
+        return data
+
     @model_validator(mode="after")
     def _names(self) -> GatewayConfig:
         clash = set(self.splits) & set(self.aliases)
@@ -285,11 +301,14 @@ class GatewayConfig(BaseModel):
         names = [e.name for e in self.engines if e.name]
         if len(set(names)) != len(names):
             raise ValueError("engine names must be unique")
+        launched = [ls.name for ls in self.launch]
+        if len(set(launched)) != len(launched):
+            raise ValueError("engines.launch: each entry needs its own name")
         return self
 
     @property
     def is_embedded(self) -> bool:
-        return not self.engines
+        return not self.engines and not self.launch
 
     @property
     def ledger_on(self) -> bool:

@@ -34,6 +34,7 @@ RESTART = (
     "embedded",
     "limits",
     "health",
+    "launch",
 )
 
 

@@ -207,12 +207,22 @@ def serve(cfg: GatewayConfig, loader: Loader | None = None) -> None:
     previous = {
         s: signal.signal(s, _note_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
     }
+    launched: list[Any] = []
     try:
+        started: tuple[Any, ...] = ()
+        for spec in cfg.launch:  # engines gantry starts itself, on GPUs or simulated
+            from gantry.supervisor import SupervisorThread
+
+            thread = SupervisorThread(spec)
+            launched.append(thread)
+            started = (*started, *thread.start(ready_timeout_s=spec.load_timeout_s))
         if cfg.is_embedded:
             embedded = EmbeddedEngines(cfg.embedded)
-            cfg = cfg.model_copy(update={"engines": embedded.start()})
-            if isinstance(loader, ConfigSource):  # a reloaded file has no engines: keep these
-                loader = dataclasses.replace(loader, engines=cfg.engines)
+            started = embedded.start()
+        if started:
+            cfg = cfg.model_copy(update={"engines": (*cfg.engines, *started)})
+            if isinstance(loader, ConfigSource):  # a reloaded file holds none of these
+                loader = dataclasses.replace(loader, engines=started)
         log.info(
             "gantry gateway listening on http://%s:%d (%d engine(s), %d worker(s))",
             cfg.host,
@@ -229,6 +239,8 @@ def serve(cfg: GatewayConfig, loader: Loader | None = None) -> None:
     finally:
         if embedded is not None:
             embedded.stop()
+        for thread in launched:
+            thread.stop()
         for s, h in previous.items():
             signal.signal(s, h)
 
