@@ -5,6 +5,12 @@ variables (``__`` separates nesting: ``GANTRY_ROUTING__POLICY=round_robin``) < C
 flags. Validation happens once; every error is reported as one line.
 """
 
+from gantry.config._discovery import (
+    DiscoveredEngine,
+    DiscoveryConfig,
+    DnsDiscovery,
+    KubernetesDiscovery,
+)
 from gantry.config._launch import LaunchSpec, OomSettings, RestartSettings, WarmupSettings
 from gantry.config._load import (
     MASK,
@@ -57,6 +63,9 @@ __all__ = [
     "AdmissionConfig",
     "BreakerSettings",
     "ConfigSource",
+    "DiscoveredEngine",
+    "DiscoveryConfig",
+    "DnsDiscovery",
     "EmbeddedConfig",
     "EngineSpec",
     "GatewayConfig",
@@ -65,6 +74,7 @@ __all__ = [
     "JWTConfig",
     "KVRouting",
     "KVWeights",
+    "KubernetesDiscovery",
     "LaunchSpec",
     "LedgerConfig",
     "LimitsConfig",

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gantry.config._discovery import DiscoveryConfig
 from gantry.config._launch import LaunchSpec
 from gantry.config._routing import RoutingConfig, Shadow, Split
 
@@ -253,6 +254,7 @@ class GatewayConfig(BaseModel):
     workers: int = Field(default=1, ge=1, le=64)
     engines: tuple[EngineSpec, ...] = ()  # or {static: [...], launch: [...]} in YAML
     launch: tuple[LaunchSpec, ...] = ()  # engines gantry starts itself (gantry engine)
+    discovery: DiscoveryConfig = DiscoveryConfig()  # engines found at run time (k8s, DNS)
     aliases: dict[str, str] = Field(default_factory=dict)
     fallbacks: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     splits: dict[str, Split] = Field(default_factory=dict)  # public name -> weighted targets
@@ -282,15 +284,19 @@ class GatewayConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _engines_mapping(cls, data: Any) -> Any:
-        """``engines: {static: [...], launch: [...]}`` as well as ``engines: [...]``."""
+        """``engines: {static: [...], launch: [...], discovery: {...}}`` as well as
+        ``engines: [...]``."""
         if isinstance(data, dict) and isinstance(data.get("engines"), dict):
             section = dict(data["engines"])
             data = {k: v for k, v in data.items() if k != "engines"}
             data["engines"] = section.pop("static", ())
-            if "launch" in section:
-                data["launch"] = section.pop("launch")
+            for key in ("launch", "discovery"):
+                if key in section:
+                    data[key] = section.pop(key)
             if section:
-                raise ValueError(f"engines: unknown entries {sorted(section)} (static, launch)")
+                raise ValueError(
+                    f"engines: unknown entries {sorted(section)} (static, launch, discovery)"
+                )
         return data
 
     @model_validator(mode="after")
@@ -308,7 +314,7 @@ class GatewayConfig(BaseModel):
 
     @property
     def is_embedded(self) -> bool:
-        return not self.engines and not self.launch
+        return not self.engines and not self.launch and not self.discovery.enabled
 
     @property
     def ledger_on(self) -> bool:

@@ -29,6 +29,7 @@ from typing import Any
 import orjson
 
 from gantry.config import GatewayConfig
+from gantry.engines.discovery import Discovery, make_sources
 from gantry.engines.kv_events import KVEventHub
 from gantry.engines.pool import EnginePool, TransportFactory
 from gantry.errors import ClientError, MethodNotAllowed, NotFound, UnsupportedMediaType
@@ -81,6 +82,10 @@ class Gateway:
         self.pool = pool
         self.metrics = metrics or GatewayMetrics()
         self.pool.listeners.append(self.metrics.on_snapshot)
+        self.discovery: Discovery | None = None  # engines found at run time (k8s, DNS)
+        if cfg.discovery.enabled:
+            sources = make_sources(cfg.discovery, self._discovery_event)
+            self.discovery = Discovery(self.pool, sources, on_event=self._discovery_event)
         self.tracer = Tracer(cfg.tracing)
         self.security = Security(cfg, self.metrics)
         self.auth = self.security.auth
@@ -140,6 +145,8 @@ class Gateway:
             stack.push_async_callback(self.security.aclose)  # closes what start() opened
             await self.security.start()
             await stack.enter_async_context(self.pool)
+            if self.discovery is not None:
+                await stack.enter_async_context(self.discovery)
             await stack.enter_async_context(self.kv_events)
             for name in self.pool.names():
                 spec = self.pool.spec_of(name)
@@ -162,7 +169,8 @@ class Gateway:
     async def reconfigure(self, new: GatewayConfig) -> Plan:
         """Apply a new configuration (see ``gateway.reconfigure``); ``ConfigError`` if it
         holds a change that needs a restart, and then nothing changes."""
-        running = {name: self.pool.spec_of(name) for name in self.pool.names()}
+        found = self.discovery.owned if self.discovery is not None else {}
+        running = {name: self.pool.spec_of(name) for name in self.pool.names() if name not in found}
         change = plan(self.cfg, new, running)
         self.cfg = new
         self.settings = PrepareSettings.of(new)
@@ -198,6 +206,13 @@ class Gateway:
         for e in snap.engines:
             if self.kv_events.subscriber(e.name) is not None:
                 m.kv_degraded.labels(e.name).set(1 if self.kv_events.degraded(e.name) else 0)
+
+    def _discovery_event(self, source: str, event: str) -> None:
+        self.metrics.discovery_events.labels(source, event).inc()
+        if self.discovery is not None:
+            for s in self.discovery.statuses():
+                self.metrics.discovery_up.labels(s.source).set(1 if s.up else 0)
+                self.metrics.discovery_engines.labels(s.source).set(s.engines)
 
     def _kv_degraded(self, engine: str) -> bool:
         return self.kv_events.degraded(engine)
