@@ -51,7 +51,9 @@ async def test_list_watch_bookmark_and_gone(gone):
             assert api.requests[0][0] == "list" and list_rv["labelSelector"] == SEL
             await until(lambda: api.count("watch") == 1)
             watch = api.requests[-1][1]
-            assert watch["resourceVersion"] == "102" and watch["allowWatchBookmarks"].lower() == "true"
+            assert (
+                watch["resourceVersion"] == "102" and watch["allowWatchBookmarks"].lower() == "true"
+            )
             assert int(watch["timeoutSeconds"]) > 0
             # watch events: a pod joins, another slice comes, a pod terminates
             api.put(

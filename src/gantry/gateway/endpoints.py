@@ -11,6 +11,7 @@ import orjson
 from gantry import __version__
 from gantry.config import GatewayConfig
 from gantry.engines.pool import EnginePool
+from gantry.gateway import admin_status
 from gantry.gateway.accounting import Record
 from gantry.gateway.admin import MAX_BODY
 from gantry.gateway.admin_routing import RoutingAdmin, handles
@@ -39,6 +40,7 @@ class Endpoints:
         self.metrics = metrics
         self.admin_api = admin
         self.routing_admin: RoutingAdmin | None = None
+        self.status_page: admin_status.Observed | None = None
         self.draining = False
         self._openapi = orjson.dumps(openapi_document(__version__))
 
@@ -97,7 +99,9 @@ class Endpoints:
         body = b""
         if x.method in ("POST", "PUT"):
             body = await x.read_body(MAX_BODY, self.cfg.security.body_timeout_s)
-        if self.routing_admin is not None and handles(x.path):
+        if self.status_page is not None and x.path == admin_status.PATH:
+            status, data = await admin_status.handle(self.status_page, x.method, x.path)
+        elif self.routing_admin is not None and handles(x.path):
             status, data = await self.routing_admin.handle(x.method, x.path, body, ident)
         else:
             status, data = await self.admin_api.handle(x.method, x.path, body, x.query, ident)

@@ -137,6 +137,9 @@ def _routing_paths() -> dict[str, Any]:
 
     return {
         "/admin/routing": {"get": _admin_op("routingState", "Policies, splits, engines")},
+        "/admin/status": {
+            "get": _admin_op("status", "Engines, queues, splits, limit store, ledger and discovery")
+        },
         "/admin/reload": {"post": _admin_op("reload", "Read the configuration file again")},
         "/admin/splits/{name}": named(
             put=_admin_op("putSplit", "Create or change a traffic split", body="Split"),

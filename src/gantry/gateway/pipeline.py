@@ -29,6 +29,7 @@ from typing import Any
 import orjson
 
 from gantry.config import GatewayConfig
+from gantry.engines.breaker import BreakerState
 from gantry.engines.discovery import Discovery, make_sources
 from gantry.engines.kv_events import KVEventHub
 from gantry.engines.pool import EnginePool, TransportFactory
@@ -51,6 +52,8 @@ from gantry.gateway.shadow import Shadower
 from gantry.observability import GatewayMetrics, RequestLog, Tracer
 from gantry.protocol import encode_comment
 from gantry.routing import PoolSnapshot
+from gantry.state.ledger import UsageLedger
+from gantry.state.limits import LimitStore
 
 log = logging.getLogger("gantry.gateway")
 _KEEPALIVE = encode_comment("keep-alive")
@@ -111,6 +114,8 @@ class Gateway:
         self.endpoints = Endpoints(cfg, self.pool, self.metrics, admin)
         self.loader: Callable[[], GatewayConfig] | None = None  # where a reload reads from
         self.endpoints.routing_admin = RoutingAdmin(self, self.security.keys)
+        self.endpoints.status_page = self
+        self.started_at = time.monotonic()
         self.shadower = Shadower(cfg.shadow, self.dispatcher, self.metrics)
         self.idem_store = make_store(cfg.idempotency) if cfg.idempotency.enabled else None
         self.routes = route_table(cfg)
@@ -224,6 +229,22 @@ class Gateway:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    # -- what GET /admin/status reads (gateway.admin_status) -----------------------------
+    def breakers(self) -> dict[str, BreakerState]:
+        return self.dispatcher.breakers
+
+    def queued(self, model: str) -> int:
+        return self.admission.queue.waiting(model)
+
+    def limit_store(self) -> LimitStore:
+        return self.security.limits
+
+    def ledger(self) -> UsageLedger | None:
+        return self.security.ledger
+
+    def readiness(self) -> tuple[bool, list[str]]:
+        return self.endpoints.readiness()
 
     def start_drain(self) -> None:
         """Readiness turns 503 and new generation requests are refused (503)."""

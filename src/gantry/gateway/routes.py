@@ -45,6 +45,7 @@ ROUTES: dict[str, Route] = {
     "/admin/routing": _r("/admin/routing", ADMIN, "GET", "admin"),
     "/admin/reload": _r("/admin/reload", ADMIN, "POST", "admin"),
     "/admin/engines": _r("/admin/engines", ADMIN, "POST", "admin"),
+    "/admin/status": _r("/admin/status", ADMIN, "GET", "admin"),
 }
 # Paths with an id in them: prefix -> route.
 PREFIXES: tuple[tuple[str, Route], ...] = (
