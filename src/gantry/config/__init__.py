@@ -19,6 +19,7 @@ from gantry.config._load import (
 )
 from gantry.config._models import (
     AdmissionConfig,
+    BatchesConfig,
     BreakerSettings,
     EmbeddedConfig,
     EngineSpec,
@@ -55,6 +56,7 @@ from gantry.config._routing import (
 __all__ = [
     "MASK",
     "AdmissionConfig",
+    "BatchesConfig",
     "BreakerSettings",
     "ConfigSource",
     "EmbeddedConfig",
