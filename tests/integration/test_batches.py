@@ -269,7 +269,7 @@ def _restart_case(tmp_path: Path, sig: int) -> tuple[list[str], float, int]:
         GANTRY_BATCHES__LEASE_S="2",
         GANTRY_SHUTDOWN__GRACE_S="30",
     )
-    with sim(tmp_path, "--served-model-name", "m", "--speedup", "1") as e:
+    with sim(tmp_path, "--served-model-name", "m", "--gpu", "H100", "--model", "llama-3.1-8b") as e:
         with gateway(tmp_path, "--engine", e.url, secure=True, env=env, health="/health") as gw:
             wait_http(gw.url, 30, path="/readyz", headers=bearer(key))
             c = client(gw.url, key)
