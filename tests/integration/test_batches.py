@@ -4,6 +4,7 @@ one PostgreSQL, bad input, and the ``gantry batches`` CLI."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -25,8 +26,6 @@ from tests.helpers import (
     wait_http,
     wait_until,
 )
-
-PG = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 def jsonl(n: int, model: str = "m", max_tokens: int = 8) -> bytes:
@@ -57,9 +56,11 @@ def engine_requests(engine_url: str) -> float:
 
 def run_to_end(c: openai.OpenAI, batch_id: str, timeout: float = 90.0) -> Any:
     return wait_until(
-        lambda: (b := c.batches.retrieve(batch_id)).status
-        in ("completed", "failed", "expired", "cancelled")
-        and b,
+        lambda: (
+            (b := c.batches.retrieve(batch_id)).status
+            in ("completed", "failed", "expired", "cancelled")
+            and b
+        ),
         timeout,
         "the batch to finish",
     )
@@ -211,9 +212,7 @@ def test_batch_usage_goes_to_the_keys_tenant(setup):
     run_to_end(c, b.id)
 
     def tenant_requests() -> int:
-        r = httpx.get(
-            gw.url + "/admin/usage?by=tenant", headers=bearer(k["admin"])
-        ).json()
+        r = httpx.get(gw.url + "/admin/usage?by=tenant", headers=bearer(k["admin"])).json()
         return sum(x["requests"] for x in r["data"] if x["group"] == "other")
 
     wait_until(lambda: tenant_requests() >= 2, 30, "the ledger rows of the batch")
@@ -311,16 +310,42 @@ def test_hard_kill_mid_job_loses_nothing(tmp_path):
 
 
 def test_two_replicas_share_one_postgres_without_double_execution(tmp_path):
-    pytest.importorskip("asyncpg")
-    schema = f"b_{uuid.uuid4().hex[:8]}"
+    asyncpg = pytest.importorskip("asyncpg")
+    dbname = f"gantry_{uuid.uuid4().hex[:10]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(host="127.0.0.1", port=5432, user="postgres", database="test")
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
     try:
-        subprocess.run(
-            ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-c", f"CREATE SCHEMA {schema}"],
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
-    except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"PostgreSQL not reachable: {exc}")
-    db = f"{PG}?options=-csearch_path%3D{schema}"
-    ...
+        asyncio.run(admin(f"CREATE DATABASE {dbname}"))
+    except (OSError, asyncpg.PostgresError) as exc:
+        pytest.skip(f"PostgreSQL not available: {exc}")
+    db = f"postgresql://postgres@127.0.0.1:5432/{dbname}"
+    try:
+        key, _ = new_key(db, "--tenant", "acme")
+        env = batch_env(tmp_path, db, GANTRY_BATCHES__CONCURRENCY="3")  # one shared directory
+        with (
+            sim(
+                tmp_path, "--served-model-name", "m", "--gpu", "H100", "--model", "llama-3.1-8b"
+            ) as e,
+            gateway(tmp_path, "--engine", e.url, secure=True, env=env, health="/health") as a,
+            gateway(tmp_path, "--engine", e.url, secure=True, env=env, health="/health") as b,
+        ):
+            for gw in (a, b):
+                wait_http(gw.url, 30, path="/readyz", headers=bearer(key))
+            ca, cb = client(a.url, key), client(b.url, key)
+            f = ca.files.create(file=("in.jsonl", jsonl(30, max_tokens=16)), purpose="batch")
+            batch = cb.batches.create(
+                input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"
+            )
+            done = run_to_end(ca, batch.id, 120)
+            assert done.status == "completed" and done.request_counts.completed == 30
+            ids = [x["custom_id"] for x in lines_of(cb, done.output_file_id)]
+            assert sorted(ids) == sorted(f"req-{i}" for i in range(30))
+            assert engine_requests(e.url) == 30  # no line ran on both replicas
+    finally:
+        asyncio.run(admin(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)"))
