@@ -575,7 +575,7 @@ def usage(
 
 
 batches_app = typer.Typer(
-    help="Batch jobs on a gateway (/v1/batches): list, status, cancel, download.",
+    help="Batch jobs on a gateway: list, status, cancel, download.",
     no_args_is_help=True,
 )
 app.add_typer(batches_app, name="batches")
@@ -633,7 +633,7 @@ def batches_list(
     api_key: ApiKeyOpt = None,
     limit: Annotated[int, typer.Option(metavar="N", help="At most this many.")] = 20,
 ) -> None:
-    """The newest batches: id, status, lines done/total, failed, endpoint."""
+    """The newest batches, one a line."""
     import json
 
     for b in json.loads(_call(url, api_key, "GET", f"/v1/batches?limit={limit}"))["data"]:
@@ -652,7 +652,7 @@ def batches_status(batch_id: BatchId, url: UrlOpt = _GW, api_key: ApiKeyOpt = No
 
 @batches_app.command("cancel")
 def batches_cancel(batch_id: BatchId, url: UrlOpt = _GW, api_key: ApiKeyOpt = None) -> None:
-    """Cancel a batch: lines not started do not run; the output keeps what ran."""
+    """Cancel a batch (lines not started do not run)."""
     import json
 
     b = json.loads(_call(url, api_key, "POST", f"/v1/batches/{batch_id}/cancel"))
