@@ -574,6 +574,122 @@ def usage(
         )
 
 
+batches_app = typer.Typer(
+    help="Batch jobs on a gateway: list, status, cancel, download.",
+    no_args_is_help=True,
+)
+app.add_typer(batches_app, name="batches")
+UrlOpt = Annotated[
+    str,
+    typer.Option("--url", envvar="GANTRY_URL", metavar="URL", help="The gateway (env GANTRY_URL)."),
+]
+ApiKeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        envvar="GANTRY_API_KEY",
+        metavar="KEY",
+        help="A user key (its tenant's batches) or an admin key (all); env GANTRY_API_KEY.",
+    ),
+]
+BatchId = Annotated[str, typer.Argument(metavar="BATCH_ID", hidden=True)]
+_GW = "http://127.0.0.1:8080"
+
+
+def _call(url: str, key: str | None, method: str, path: str) -> bytes:
+    """One request to the gateway; an error answer or no answer ends the command."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url.rstrip("/") + path, method=method)
+    if key:
+        req.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return bytes(r.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read())["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = exc.reason
+        fail(f"{exc.code}: {message}", 1)
+    except (urllib.error.URLError, OSError) as exc:
+        fail(f"cannot reach the gateway at {url}: {getattr(exc, 'reason', exc)}", 1)
+
+
+def _batch_line(b: dict[str, Any]) -> str:
+    c = b["request_counts"]
+    done = c["completed"] + c["failed"]
+    return (
+        f"{b['id']:<40} {b['status']:<12} {done}/{c['total']:<7} "
+        f"failed={c['failed']:<6} {b['endpoint']}"
+    )
+
+
+@batches_app.command("list")
+def batches_list(
+    url: UrlOpt = _GW,
+    api_key: ApiKeyOpt = None,
+    limit: Annotated[int, typer.Option(metavar="N", help="At most this many.")] = 20,
+) -> None:
+    """The newest batches, one a line."""
+    import json
+
+    for b in json.loads(_call(url, api_key, "GET", f"/v1/batches?limit={limit}"))["data"]:
+        typer.echo(_batch_line(b))
+
+
+@batches_app.command("status")
+def batches_status(batch_id: BatchId, url: UrlOpt = _GW, api_key: ApiKeyOpt = None) -> None:
+    """One batch: a summary line, then the whole batch object (JSON)."""
+    import json
+
+    b = json.loads(_call(url, api_key, "GET", f"/v1/batches/{batch_id}"))
+    typer.echo(_batch_line(b))
+    typer.echo(json.dumps(b, indent=2))
+
+
+@batches_app.command("cancel")
+def batches_cancel(batch_id: BatchId, url: UrlOpt = _GW, api_key: ApiKeyOpt = None) -> None:
+    """Cancel a batch (lines not started do not run)."""
+    import json
+
+    b = json.loads(_call(url, api_key, "POST", f"/v1/batches/{batch_id}/cancel"))
+    typer.echo(_batch_line(b))
+
+
+@batches_app.command("download")
+def batches_download(
+    batch_id: BatchId,
+    url: UrlOpt = _GW,
+    api_key: ApiKeyOpt = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", metavar="PATH", help="Default: stdout.")
+    ] = None,
+    errors: Annotated[
+        bool, typer.Option("--errors", help="The error file instead of the output file.")
+    ] = False,
+) -> None:
+    """Write a finished batch's output file (or its error file) as JSONL."""
+    import json
+
+    b = json.loads(_call(url, api_key, "GET", f"/v1/batches/{batch_id}"))
+    fid = b["error_file_id" if errors else "output_file_id"]
+    if fid is None:
+        what = "error" if errors else "output"
+        fail(f"batch {batch_id} is {b['status']} and has no {what} file", 1)
+    data = _call(url, api_key, "GET", f"/v1/files/{fid}/content")
+    if output is None:
+        sys.stdout.buffer.write(data)
+        return
+    try:
+        output.write_bytes(data)
+    except OSError as exc:
+        fail(f"cannot write {output}: {exc.strerror or exc}", 1)
+    typer.echo(f"{len(data)} bytes to {output}", err=True)
+
+
 def main() -> None:
     try:
         app()

@@ -25,6 +25,7 @@ from gantry.config._load import (
 )
 from gantry.config._models import (
     AdmissionConfig,
+    BatchesConfig,
     BreakerSettings,
     EmbeddedConfig,
     EngineSpec,
@@ -61,6 +62,7 @@ from gantry.config._routing import (
 __all__ = [
     "MASK",
     "AdmissionConfig",
+    "BatchesConfig",
     "BreakerSettings",
     "ConfigSource",
     "DiscoveredEngine",

@@ -226,6 +226,26 @@ class LedgerConfig(BaseModel):
     max_queue: int = Field(default=100_000, ge=1)
 
 
+class BatchesConfig(BaseModel):
+    """``/v1/files`` and ``/v1/batches``: offline jobs run on spare capacity."""
+
+    model_config = _FROZEN
+    # auto: on when security.auth is required (the SQL store is then in use anyway)
+    enabled: bool | Literal["auto"] = "auto"
+    database_url: str | None = None  # default: security.database_url
+    storage_dir: str = "gantry-files"  # file contents (created on first upload)
+    max_file_bytes: int = Field(default=200 * 1024 * 1024, gt=0)  # upload limit (413 above)
+    max_lines: int = Field(default=50_000, ge=1)  # requests in one input file
+    max_line_bytes: int = Field(default=1024 * 1024, ge=1)
+    concurrency: int = Field(default=16, ge=1)  # lines in flight per replica, at most
+    share: float = Field(default=0.5, gt=0, le=1)  # of the engines' in-flight capacity
+    priority: int = 1000  # admission priority of batch lines (lower is served first)
+    lease_s: float = Field(default=60.0, gt=0)  # a dead replica's lines are free after this
+    poll_interval_s: float = Field(default=1.0, gt=0)  # looking for new work
+    retry_after_s: float = Field(default=2.0, gt=0)  # a line refused for capacity waits
+    max_window_s: float = Field(default=7 * 86400.0, gt=0)  # longest completion window
+
+
 class Price(BaseModel):
     model_config = _FROZEN
     prompt_per_1m: float = 0.0
@@ -272,6 +292,7 @@ class GatewayConfig(BaseModel):
     tenants: dict[str, TenantConfig] = Field(default_factory=dict)
     ratelimit: RateLimitConfig = RateLimitConfig()
     ledger: LedgerConfig = LedgerConfig()
+    batches: BatchesConfig = BatchesConfig()
     prices: dict[str, Price] = Field(default_factory=dict)
     redaction: RedactionConfig = RedactionConfig()
     ssl_certfile: str | None = None
@@ -315,6 +336,11 @@ class GatewayConfig(BaseModel):
     @property
     def is_embedded(self) -> bool:
         return not self.engines and not self.launch and not self.discovery.enabled
+
+    @property
+    def batches_on(self) -> bool:
+        e = self.batches.enabled
+        return e is True or (e == "auto" and self.security.auth == "required")
 
     @property
     def ledger_on(self) -> bool:

@@ -40,9 +40,11 @@ from gantry.gateway.admin import AdminAPI
 from gantry.gateway.admin_routing import RoutingAdmin
 from gantry.gateway.admission import Admission
 from gantry.gateway.auth import Identity
+from gantry.gateway.batch_api import upload_limit
+from gantry.gateway.batches import BatchService
 from gantry.gateway.dispatch import Dispatcher, Outcome
 from gantry.gateway.endpoints import Endpoints
-from gantry.gateway.http import Exchange
+from gantry.gateway.http import Exchange, MemoryConnection
 from gantry.gateway.idempotent import check_key, fingerprint, make_store, run_once
 from gantry.gateway.prepare import FORWARD, Prepared, PrepareSettings, prepare
 from gantry.gateway.reconfigure import Plan, plan
@@ -141,6 +143,20 @@ class Gateway:
             "admin": self.endpoints.admin,
             "generate": self.generate,
         }
+        self.batches: BatchService | None = None
+        self.body_limits: dict[str, int] = {}  # path -> body limit, for the HTTP front
+        if cfg.batches_on:
+            self.batches = BatchService(
+                cfg,
+                self.security.sql,
+                self.auth,
+                self.internal,
+                capacity=self._capacity,
+                interactive_waiting=self.admission.queue.total_waiting,
+            )
+            self._endpoints["files"] = self.batches.api.handle_files
+            self._endpoints["batches"] = self.batches.api.handle_batches
+            self.body_limits["/v1/files"] = upload_limit(cfg)
         self._stack: contextlib.AsyncExitStack | None = None
         self._tasks: set[asyncio.Task[Any]] = set()  # engine removals draining
 
@@ -162,6 +178,9 @@ class Gateway:
             if self.accounting.log is not None:
                 stack.callback(self.accounting.log.flush)
             stack.push_async_callback(self.shadower.aclose)
+            if self.batches is not None:  # closed first: its lines finish on the engines
+                await self.batches.start()
+                stack.push_async_callback(lambda: self._close_batches(self.cfg.shutdown.grace_s))
             self._stack = stack.pop_all()
         return self
 
@@ -170,6 +189,42 @@ class Gateway:
         if self._stack is not None:
             stack, self._stack = self._stack, None
             await stack.aclose()
+
+    async def _close_batches(self, grace_s: float) -> None:
+        assert self.batches is not None
+        await self.batches.aclose(grace_s)
+
+    def _capacity(self) -> int:
+        """In-flight capacity of the healthy engines (0: unlimited), for batch shares."""
+        per = self.cfg.admission.max_inflight_per_engine
+        return per * sum(1 for e in self.pool.snapshot.engines if e.healthy) if per else 0
+
+    async def internal(
+        self, path: str, body: bytes, ident: Identity, idempotency_key: str
+    ) -> tuple[int, str, bytes]:
+        """One request run by the gateway itself (a batch line) as ``ident``: the whole
+        pipeline after authentication, at the batch priority, accounted like any other.
+        Returns the status, the request id and the body."""
+        rid = os.urandom(16).hex()
+        headers = {
+            b"content-type": "application/json",
+            b"x-request-id": rid,
+            b"idempotency-key": idempotency_key,
+            self.settings.priority_header: str(self.cfg.batches.priority),
+        }
+        conn = MemoryConnection()
+        x = conn.exchange("POST", path, headers, body)
+        route = match(self.routes, path)
+        rec = Record(rid, route.label if route is not None else "other", x.t0)
+        rec.key_id, rec.tenant = ident.key_id, ident.tenant
+        try:
+            await self.generate(x, ident, rec)
+        except Exception as exc:
+            await failures.answer(x, exc, rec, self.metrics)
+        finally:
+            self.accounting.finish(rec)
+        status, _, answer = conn.response()
+        return status, rid, answer
 
     async def reconfigure(self, new: GatewayConfig) -> Plan:
         """Apply a new configuration (see ``gateway.reconfigure``); ``ConfigError`` if it
