@@ -45,7 +45,7 @@ from gantry.sim.responses import (
 from gantry.sim.sequence import SimRequest, StepOutput
 from gantry.sim.settings import VLLM_VERSION, ResolvedSim
 from gantry.sim.tokenizer import Tokenizer, load_tokenizer, render_chat
-from gantry.sim.validate import VLLMError, Work, parse, schema_error
+from gantry.sim.validate import ServerOptions, VLLMError, Work, parse, schema_error
 
 log = logging.getLogger("gantry.sim")
 
@@ -65,6 +65,11 @@ class SimServer:
         self.tokenizer: Tokenizer = load_tokenizer(s.tokenizer)
         self.metrics = SimMetrics(resolved.served[0], resolved.max_model_len, engine_index)
         self.faults: FaultConfig = s.faults
+        self._opts = ServerOptions(
+            auto_tools=s.enable_auto_tool_choice,
+            tool_parser=s.tool_call_parser,
+            max_logprobs=s.max_logprobs,
+        )
         self._rng = random.Random(s.seed)
         self._publisher: Any = None
         self.engine: SimEngine | None = None
@@ -396,6 +401,7 @@ class SimServer:
                 tok=self.tokenizer,
                 max_model_len=self.r.max_model_len,
                 request_seed=self._rng.getrandbits(32),
+                server=self._opts,
             )
             rid = ("chatcmpl-" if chat else "cmpl-") + str(rid_base)
             self._in_flight += 1

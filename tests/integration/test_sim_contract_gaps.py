@@ -1,0 +1,181 @@
+"""The simulator against the rest of vLLM 0.33's contract, over real HTTP on loopback.
+
+Each test names the vLLM code whose behaviour it mirrors.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.helpers import Proc, sim
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+                "required": ["city"],
+            },
+        },
+    }
+]
+MSG = [{"role": "user", "content": "weather?"}]
+
+
+@pytest.fixture(scope="module")
+def tool_sim(module_tmp: Path) -> Iterator[Proc]:
+    """An engine started with vLLM's tool-calling flags."""
+    with sim(
+        module_tmp,
+        "--profile",
+        "instant",
+        "--served-model-name",
+        "qwen",
+        "--enable-auto-tool-choice",
+        "--tool-call-parser",
+        "hermes",
+    ) as p:
+        yield p
+
+
+def _chat(url: str, **body: object) -> httpx.Response:
+    return httpx.post(url + "/v1/chat/completions", json={"messages": MSG, **body})
+
+
+def _error(r: httpx.Response, status: int = 400) -> str:
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["type"] == "BadRequestError" and err["code"] == status
+    return str(err["message"])
+
+
+# -- 1. tool calling --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("choice", "message"),
+    [
+        (
+            None,
+            '"auto" tool choice requires --enable-auto-tool-choice and '
+            "--tool-call-parser to be set",
+        ),
+        (
+            "auto",
+            '"auto" tool choice requires --enable-auto-tool-choice and '
+            "--tool-call-parser to be set",
+        ),
+        ("required", 'tool_choice="required" requires --tool-call-parser to be set'),
+        (
+            {"type": "function", "function": {"name": "get_weather"}},
+            'tool_choice=function "get_weather" requires --tool-call-parser to be set',
+        ),
+    ],
+)
+def test_tools_without_parser_are_refused(fast_sim: Proc, choice: object, message: str):
+    """vllm/renderers/online_renderer.py::OnlineRenderer.render_chat: without a tool
+    parser, "auto" needs both flags and a forced choice needs the parser."""
+    body: dict[str, object] = {"tools": TOOLS}
+    if choice is not None:
+        body["tool_choice"] = choice
+    assert _error(_chat(fast_sim.url, **body)) == message
+    # tool_choice "none" ignores the tools and answers text
+    r = _chat(fast_sim.url, tools=TOOLS, tool_choice="none", max_tokens=4)
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            {"tools": []},
+            "`tools` must not be an empty array. Either provide at least one tool or omit "
+            "the field entirely. (parameter=tools)",
+        ),
+        (
+            {"tool_choice": "required"},
+            "When using `tool_choice`, `tools` must be set. (parameter=tool_choice)",
+        ),
+        (
+            {"tools": TOOLS, "tool_choice": "sometimes"},
+            "Invalid value for `tool_choice`: sometimes! Only named tools, "
+            '"none", "auto" or "required" are supported. (parameter=tool_choice)',
+        ),
+        (
+            {"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "x"}}},
+            "The tool specified in `tool_choice` does not match any of the specified "
+            "`tools` (parameter=tool_choice)",
+        ),
+        (
+            {"tools": TOOLS, "tool_choice": {"type": "function", "function": {}}},
+            "Expected field `name` in `function` in `tool_choice`! Correct usage: "
+            '`{"type": "function", "function": {"name": "my_function"}}` '
+            "(parameter=tool_choice.function.name)",
+        ),
+    ],
+)
+def test_bad_tool_usage_wording(tool_sim: Proc, body: dict[str, object], message: str):
+    """chat_completion/protocol.py::ChatCompletionRequest.check_tool_usage."""
+    assert _error(_chat(tool_sim.url, **body)) == message
+
+
+def test_forced_and_auto_calls_with_parser(tool_sim: Proc):
+    """chat_completion/serving.py: a forced call (named or "required") answers
+    ``content: ""``; "auto" lets the parser extract a call (``finish_reason: tool_calls``)."""
+    client = openai.OpenAI(base_url=tool_sim.url + "/v1", api_key="x")
+    named = client.chat.completions.create(
+        model="qwen",
+        messages=MSG,  # type: ignore[arg-type]
+        tools=TOOLS,  # type: ignore[arg-type]
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+    )
+    msg = named.choices[0].message
+    assert msg.content == "" and named.choices[0].finish_reason == "stop"
+    assert msg.tool_calls and msg.tool_calls[0].function.name == "get_weather"
+    assert set(json.loads(msg.tool_calls[0].function.arguments)) == {"city", "days"}
+    required = client.chat.completions.create(
+        model="qwen",
+        messages=MSG,  # type: ignore[arg-type]
+        tools=TOOLS,  # type: ignore[arg-type]
+        tool_choice="required",
+    )
+    assert required.choices[0].message.content == ""
+    assert required.choices[0].finish_reason == "tool_calls"
+    auto = client.chat.completions.create(model="qwen", messages=MSG, tools=TOOLS)  # type: ignore[arg-type]
+    assert auto.choices[0].finish_reason == "tool_calls"
+    assert auto.choices[0].message.tool_calls
+    call = auto.choices[0].message.tool_calls[0]
+    # after the tool's result, the model answers in text
+    follow = client.chat.completions.create(
+        model="qwen",
+        messages=[
+            *MSG,
+            {"role": "assistant", "tool_calls": [call.model_dump()]},
+            {"role": "tool", "tool_call_id": call.id, "content": "sunny"},
+        ],  # type: ignore[list-item]
+        tools=TOOLS,  # type: ignore[arg-type]
+        max_tokens=5,
+    )
+    assert follow.choices[0].message.content and not follow.choices[0].message.tool_calls
+    stream = client.chat.completions.create(
+        model="qwen",
+        messages=MSG,  # type: ignore[arg-type]
+        tools=TOOLS,  # type: ignore[arg-type]
+        tool_choice="required",
+        stream=True,
+    )
+    args = "".join(
+        c.choices[0].delta.tool_calls[0].function.arguments or ""  # type: ignore[union-attr]
+        for c in stream
+        if c.choices and c.choices[0].delta.tool_calls
+    )
+    assert "city" in json.loads(args)
