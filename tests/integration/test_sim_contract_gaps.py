@@ -179,3 +179,41 @@ def test_forced_and_auto_calls_with_parser(tool_sim: Proc):
         if c.choices and c.choices[0].delta.tool_calls
     )
     assert "city" in json.loads(args)
+
+
+# -- 6. request ranges --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"temperature": -0.5}, "temperature must be non-negative, got -0.5."),
+        ({"presence_penalty": 2.5}, "presence_penalty must be in [-2, 2], got 2.5."),
+        ({"frequency_penalty": -3}, "frequency_penalty must be in [-2, 2], got -3.0."),
+        ({"repetition_penalty": 0}, "repetition_penalty must be greater than zero, got 0.0."),
+        ({"top_k": -2}, "top_k must be 0 (disable), or at least 1, got -2."),
+        ({"min_p": 1.5}, "min_p must be in [0, 1], got 1.5."),
+        (
+            {"min_tokens": 10, "max_tokens": 5},
+            "min_tokens must be less than or equal to max_tokens=5, got 10.",
+        ),
+        (
+            {"cache_salt": ""},
+            "Parameter 'cache_salt' must be a non-empty string if provided.",
+        ),
+        (
+            {"response_format": {"type": "json_schema"}},
+            "When response_format type is 'json_schema', the 'json_schema' field must be provided.",
+        ),
+    ],
+)
+def test_sampling_ranges_like_vllm(fast_sim: Proc, body: dict[str, object], message: str):
+    """vllm/sampling_params.py::SamplingParams._verify_args, validate_cache_salt and
+    ChatCompletionRequest.validate_response_format: 400 with the parameter named."""
+    r = _chat(fast_sim.url, **body)
+    text = _error(r)
+    assert text.startswith(message), text
+    assert "(parameter=" in text
+    # in range: accepted
+    ok = _chat(fast_sim.url, max_tokens=3, top_k=-1, min_p=0.5, presence_penalty=2)
+    assert ok.status_code == 200

@@ -98,6 +98,38 @@ def _float(body: dict[str, Any], key: str, default: float | None) -> float | Non
     return float(v)
 
 
+def _sampling_ranges(body: dict[str, Any]) -> None:
+    """The ranges ``SamplingParams._verify_args`` (vllm/sampling_params.py) enforces."""
+    for key in ("presence_penalty", "frequency_penalty"):
+        v = _float(body, key, None)
+        if v is not None and not -2.0 <= v <= 2.0:
+            raise invalid(f"{key} must be in [-2, 2], got {v}.", key, v)
+    rep = _float(body, "repetition_penalty", None)
+    if rep is not None and rep <= 0.0:
+        raise invalid(
+            f"repetition_penalty must be greater than zero, got {rep}.", "repetition_penalty", rep
+        )
+    top_k = _int(body, "top_k", None)
+    if top_k is not None and top_k < -1:
+        raise invalid(f"top_k must be 0 (disable), or at least 1, got {top_k}.", "top_k", top_k)
+    min_p = _float(body, "min_p", None)
+    if min_p is not None and not 0.0 <= min_p <= 1.0:
+        raise invalid(f"min_p must be in [0, 1], got {min_p}.", "min_p", min_p)
+    salt = body.get("cache_salt")
+    if salt is not None and (not isinstance(salt, str) or not salt):
+        # generate/base/protocol.py::validate_cache_salt
+        raise invalid(
+            "Parameter 'cache_salt' must be a non-empty string if provided.", "cache_salt"
+        )
+    rf = body.get("response_format")
+    if isinstance(rf, dict) and rf.get("type") == "json_schema" and rf.get("json_schema") is None:
+        # ChatCompletionRequest.validate_response_format
+        raise invalid(
+            "When response_format type is 'json_schema', the 'json_schema' field must be provided.",
+            "response_format",
+        )
+
+
 def _stop(body: dict[str, Any]) -> tuple[str, ...]:
     stop = body.get("stop")
     if stop is None:
@@ -346,6 +378,7 @@ def parse(
             "min_tokens",
             min_tokens,
         )
+    _sampling_ranges(body)
     stop = _stop(body)
     salt = body.get("cache_salt")
     key = "max_completion_tokens" if chat and "max_completion_tokens" in body else "max_tokens"
@@ -385,6 +418,13 @@ def parse(
             raise invalid("max_tokens must be at least 1, got 0.", "max_tokens", 0)
         default = 16 if not chat else room
         max_tokens = min(requested if requested is not None else default, room)
+        if min_tokens > max_tokens:
+            raise invalid(
+                f"min_tokens must be less than or equal to max_tokens={max_tokens}, "
+                f"got {min_tokens}.",
+                "min_tokens",
+                min_tokens,
+            )
         forced = None
         if tool is not None:
             forced = tool.arguments
@@ -399,7 +439,7 @@ def parse(
         specs.append(
             SamplingSpec(
                 max_tokens=max_tokens,
-                min_tokens=min(min_tokens, max_tokens),
+                min_tokens=min_tokens,
                 ignore_eos=bool(body.get("ignore_eos", False)),
                 stop=stop,
                 include_stop_str=bool(body.get("include_stop_str_in_output", False)),
