@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from tests.helpers import Proc, sim
+from tests.helpers import Proc, metric_value, sim
 
 TOOLS = [
     {
@@ -217,3 +217,60 @@ def test_sampling_ranges_like_vllm(fast_sim: Proc, body: dict[str, object], mess
     # in range: accepted
     ok = _chat(fast_sim.url, max_tokens=3, top_k=-1, min_p=0.5, presence_penalty=2)
     assert ok.status_code == 200
+
+
+# -- 5. router-facing extras --------------------------------------------------------
+
+
+def test_load_reset_prefix_cache_and_orca_header(tmp_path: Path):
+    """serve/instrumentator/basic.py (/load moves only with --enable-server-load-tracking),
+    the dev-mode /reset_prefix_cache answer, serve/utils/orca_metrics.py (ORCA header on
+    non-streaming answers when asked)."""
+    with sim(tmp_path, "--profile", "instant", "--enable-admin") as p:
+        r = httpx.post(
+            p.url + "/v1/completions",
+            json={"prompt": "x", "max_tokens": 2},
+            headers={"endpoint-load-metrics-format": "TEXT"},
+        )
+        value = r.headers["endpoint-load-metrics"]
+        assert value.startswith("TEXT named_metrics.kv_cache_usage_perc=")
+        assert "named_metrics.num_requests_waiting=0.0" in value
+        r = httpx.post(
+            p.url + "/v1/completions",
+            json={"prompt": "x", "max_tokens": 2},
+            headers={"endpoint-load-metrics-format": "JSON"},
+        )
+        body = json.loads(r.headers["endpoint-load-metrics"].removeprefix("JSON "))
+        assert set(body["named_metrics"]) == {"kv_cache_usage_perc", "num_requests_waiting"}
+        plain = httpx.post(p.url + "/v1/completions", json={"prompt": "x", "max_tokens": 2})
+        assert "endpoint-load-metrics" not in plain.headers
+        assert httpx.post(p.url + "/reset_prefix_cache").json() == {"success": True}
+        assert httpx.get(p.url + "/load").json() == {"server_load": 0}
+
+
+def test_queue_limits_answer_503_and_are_counted(tmp_path: Path):
+    """v1/engine/async_llm.py::AsyncLLM.check_admission: unfinished requests (n counted)
+    beyond --max-num-queued-reqs are refused with 503, before any byte is streamed."""
+    with sim(
+        tmp_path,
+        "--speedup",
+        "0.05",  # slow model clock: the first request is still running
+        "--max-num-queued-reqs",
+        "2",
+        "--enable-server-load-tracking",
+    ) as p:
+        with httpx.stream(
+            "POST",
+            p.url + "/v1/completions",
+            json={"prompt": "x", "max_tokens": 500, "ignore_eos": True, "n": 2, "stream": True},
+        ) as held:
+            assert held.status_code == 200
+            lines = held.iter_lines()  # kept: a dropped iterator would close the stream
+            assert next(lines).startswith("data: ")  # both choices are in the engine now
+            assert httpx.get(p.url + "/load").json() == {"server_load": 1}
+            r = httpx.post(p.url + "/v1/completions", json={"prompt": "y", "stream": True})
+            assert r.status_code == 503 and r.json()["error"]["code"] == 503
+        text = httpx.get(p.url + "/metrics").text
+        assert (
+            metric_value(text, "vllm:admission_rejections_total", reason="max_num_queued_reqs") == 1
+        )
