@@ -274,3 +274,25 @@ def test_queue_limits_answer_503_and_are_counted(tmp_path: Path):
         assert (
             metric_value(text, "vllm:admission_rejections_total", reason="max_num_queued_reqs") == 1
         )
+
+
+# -- 4. metrics -------------------------------------------------------------------------
+
+
+def test_prompt_tokens_count_whole_prompts_with_cached(tmp_path: Path):
+    """v1/metrics/stats.py::IterationStats.update_from_output: prompt_tokens_total counts
+    each prompt whole when its prefill ends, cached tokens included; loggers.py observes
+    prompt + generation tokens in iteration_tokens_total."""
+    prompt = "shared system prompt " * 40
+    with sim(tmp_path, "--profile", "instant") as p:
+        sizes = []
+        for tail in ("a", "b"):
+            r = httpx.post(
+                p.url + "/v1/completions", json={"prompt": prompt + tail, "max_tokens": 3}
+            )
+            sizes.append(r.json()["usage"]["prompt_tokens"])
+            cached = r.json()["usage"]["prompt_tokens_details"]["cached_tokens"]
+        assert cached > 0  # the second prompt was mostly cached, yet counts whole
+        text = httpx.get(p.url + "/metrics").text
+        assert metric_value(text, "vllm:prompt_tokens_total") == sum(sizes)
+        assert metric_value(text, "vllm:iteration_tokens_total_sum") == sum(sizes) + 6
