@@ -139,6 +139,29 @@ def sim(
     enable_prompt_tokens_details: Annotated[
         bool, typer.Option("--enable-prompt-tokens-details/--no-enable-prompt-tokens-details")
     ] = True,
+    enable_auto_tool_choice: Annotated[
+        bool, typer.Option(help="Let the model call tools on its own (tool_choice auto).")
+    ] = False,
+    tool_call_parser: Annotated[
+        str | None, typer.Option(metavar="NAME", help="Tool-call parser, e.g. hermes.")
+    ] = None,
+    max_logprobs: Annotated[
+        int, typer.Option(metavar="N", help="Largest logprobs / top_logprobs accepted.")
+    ] = 20,
+    max_num_queued_reqs: Annotated[
+        int | None, typer.Option(metavar="N", help="Answer 503 beyond N requests in flight.")
+    ] = None,
+    max_num_queued_tokens: Annotated[
+        int | None,
+        typer.Option(metavar="TOKENS", help="Answer 503 beyond this many prefill tokens."),
+    ] = None,
+    enable_server_load_tracking: Annotated[
+        bool, typer.Option(help="Count requests in flight for GET /load.")
+    ] = False,
+    kv_events_replay: Annotated[
+        str | None,
+        typer.Option(metavar="ENDPOINT", help="Replay KV events on ZMQ ROUTER, e.g. tcp://*:5558."),
+    ] = None,
     enable_admin: Annotated[
         bool,
         typer.Option(help="Serve /sim/faults, /sim/crash and /sim/stats (run-time faults)."),
@@ -237,6 +260,13 @@ def sim(
             api_keys=tuple(api_key or ()),
             kv_events=kv_events,
             enable_prompt_tokens_details=enable_prompt_tokens_details,
+            enable_auto_tool_choice=enable_auto_tool_choice,
+            tool_call_parser=tool_call_parser,
+            max_logprobs=max_logprobs,
+            max_num_queued_reqs=max_num_queued_reqs,
+            max_num_queued_tokens=max_num_queued_tokens,
+            enable_server_load_tracking=enable_server_load_tracking,
+            kv_events_replay=kv_events_replay,
             admin=enable_admin,
             faults=faults,
             slow_start_s=slow_start,

@@ -169,9 +169,6 @@ class SimEngine:
         self, step: ScheduledStep, outputs: list[tuple[SimRequest, StepOutput]], now: float
     ) -> None:
         m = self.metrics
-        if step.num_tokens:
-            m.iteration_tokens_l.observe(step.num_tokens)
-            m.prompt_tokens_l.inc(step.prefill_tokens)
         if step.cache_query_tokens:
             m.prefix_queries_l.inc(step.cache_query_tokens)
             m.prefix_hits_l.inc(step.cache_hit_tokens)
@@ -180,10 +177,13 @@ class SimEngine:
         for req, _ in step.items:
             if req.first_scheduled is None:
                 req.first_scheduled = now
-        gen = 0
+        gen = prompt = 0
         for req, out in outputs:
             gen += 1
             if req.first_token is None:
+                # v1/metrics/stats.py::IterationStats: a prompt counts whole (cached
+                # tokens included) in the step that ends its prefill.
+                prompt += req.num_prompt_tokens
                 req.first_token = now
                 m.ttft_l.observe(now - req.arrival)
             elif req.last_token is not None:
@@ -198,6 +198,9 @@ class SimEngine:
                     del self._streams[id(req)]
         if gen:
             m.generation_tokens_l.inc(gen)
+            m.prompt_tokens_l.inc(prompt)
+            # loggers.py: iteration_tokens_total observes prompt + generation tokens.
+            m.iteration_tokens_l.observe(prompt + gen)
         m.running_l.set(self.num_running)
         m.waiting_l.set(self.num_waiting)
         m.kv_usage_l.set(self.kv.usage)

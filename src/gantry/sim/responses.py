@@ -190,7 +190,9 @@ def chat_body(
         }
         finish = c["finish_reason"]
         if tool is not None:
-            message["content"] = None
+            # A forced call (named or "required") answers content "" in vLLM's
+            # serving.py; a call the parser extracted under "auto" has no content.
+            message["content"] = None if tool.auto else ""
             message["tool_calls"] = [
                 {
                     "id": tool_call_id(),

@@ -177,5 +177,9 @@ class Scheduler:
             req.update_hashes(bs)
             full = min(len(req.hashes), req.num_computed // bs)
             req.num_hashed_blocks_cached = self.kv.cache_full_blocks(
-                req.blocks, req.hashes[:full], req.num_hashed_blocks_cached, req.all_token_ids()
+                req.blocks,
+                req.hashes[:full],
+                req.num_hashed_blocks_cached,
+                req.all_token_ids(),
+                salt=req.cache_salt,
             )

@@ -8,7 +8,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from gantry.protocol import block_hashes
+from gantry.protocol import block_hashes, salt_keys
 from gantry.sim.tokenizer import Tokenizer
 
 # Words the simulated model "writes": common English, so output looks like text.
@@ -246,7 +246,7 @@ class SimRequest:
 
     def update_hashes(self, block_size: int) -> None:
         if self.num_tokens // block_size > len(self.hashes):
-            extra = (("cache_salt", self.cache_salt),) if self.cache_salt else None
+            extra = salt_keys(self.cache_salt)
             self.hashes = block_hashes(self.all_token_ids(), block_size, extra, self.hashes)
 
     def _next_planned(self) -> int:

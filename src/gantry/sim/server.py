@@ -31,6 +31,7 @@ from gantry.protocol import (
     start_stream,
     stream_chunk,
 )
+from gantry.sim.admission import QueueLimits, orca_header, refusal
 from gantry.sim.engine import EngineConfig, RequestStream, SimEngine
 from gantry.sim.faults import Action, FaultConfig, decide
 from gantry.sim.metrics import SimMetrics
@@ -45,7 +46,7 @@ from gantry.sim.responses import (
 from gantry.sim.sequence import SimRequest, StepOutput
 from gantry.sim.settings import VLLM_VERSION, ResolvedSim
 from gantry.sim.tokenizer import Tokenizer, load_tokenizer, render_chat
-from gantry.sim.validate import VLLMError, Work, parse, schema_error
+from gantry.sim.validate import ServerOptions, VLLMError, Work, parse, schema_error
 
 log = logging.getLogger("gantry.sim")
 
@@ -65,6 +66,11 @@ class SimServer:
         self.tokenizer: Tokenizer = load_tokenizer(s.tokenizer)
         self.metrics = SimMetrics(resolved.served[0], resolved.max_model_len, engine_index)
         self.faults: FaultConfig = s.faults
+        self._opts = ServerOptions(
+            auto_tools=s.enable_auto_tool_choice,
+            tool_parser=s.tool_call_parser,
+            max_logprobs=s.max_logprobs,
+        )
         self._rng = random.Random(s.seed)
         self._publisher: Any = None
         self.engine: SimEngine | None = None
@@ -208,7 +214,9 @@ class SimServer:
         await respond(send, 200 if alive else 503, b"", TEXT)
 
     async def _load(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await respond(send, 200, orjson.dumps({"server_load": self._in_flight}))
+        # serve/instrumentator/basic.py: the counter moves only with the tracking flag.
+        load = self._in_flight if self.r.settings.enable_server_load_tracking else 0
+        await respond(send, 200, orjson.dumps({"server_load": load}))
 
     async def _version(self, scope: Scope, receive: Receive, send: Send) -> None:
         await respond(send, 200, orjson.dumps({"version": VLLM_VERSION}))
@@ -376,7 +384,7 @@ class SimServer:
 
     async def _reset_prefix_cache(self, scope: Scope, receive: Receive, send: Send) -> None:
         ok = self.engine is not None and self.engine.kv.reset_prefix_cache()
-        await respond(send, 200 if ok else 400, orjson.dumps({"reset": ok}))
+        await respond(send, 200, orjson.dumps({"success": ok}))
 
     # -- generation -----------------------------------------------------------------
     async def _completions(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -396,6 +404,7 @@ class SimServer:
                 tok=self.tokenizer,
                 max_model_len=self.r.max_model_len,
                 request_seed=self._rng.getrandbits(32),
+                server=self._opts,
             )
             rid = ("chatcmpl-" if chat else "cmpl-") + str(rid_base)
             self._in_flight += 1
@@ -408,6 +417,7 @@ class SimServer:
 
     async def _serve(self, work: Work, rid: str, scope: Scope, receive: Receive, send: Send):
         assert self.engine is not None
+        self._admit(work)  # before any byte: vLLM's _preflight refuses with a real 503
         self._requests_seen += 1
         f = self.faults
         if f.crash_after and self._requests_seen > f.crash_after:
@@ -452,12 +462,43 @@ class SimServer:
             if work.stream:
                 await self._stream(work, rid, streams, send, decision, receive)
             else:
-                await self._complete(work, rid, streams, send)
+                await self._complete(work, rid, streams, send, scope)
         finally:
             watcher.cancel()
             for s in streams:
                 if not s.closed:
                     self.engine.abort(s)
+
+    def _admit(self, work: Work) -> None:
+        """--max-num-queued-reqs/-tokens: 503 beyond the limits, counted by reason."""
+        s = self.r.settings
+        if s.max_num_queued_reqs is None and s.max_num_queued_tokens is None:
+            return
+        assert self.engine is not None
+        sched = self.engine.scheduler
+        live = [*sched.running, *sched.waiting]
+        reason = refusal(
+            QueueLimits(s.max_num_queued_reqs, s.max_num_queued_tokens),
+            unfinished=len(live),
+            prefill_tokens=sum(
+                r.num_prompt_tokens for r in live if r.num_computed < r.num_prompt_tokens
+            ),
+            new_reqs=work.n * len(work.prompts),
+        )
+        if reason is not None:
+            self.metrics.admission_rejections.labels(
+                model_name=self.r.served[0], engine="0", reason=reason
+            ).inc()
+            raise _fault_error(503)
+
+    def _load_headers(self, scope: Scope) -> list[tuple[bytes, bytes]]:
+        e = self.engine
+        value = orca_header(
+            header(scope, b"endpoint-load-metrics-format"),
+            e.kv.usage if e else 0.0,
+            e.num_waiting if e else 0,
+        )
+        return [(b"endpoint-load-metrics", value)] if value else []
 
     async def _watch_disconnect(self, receive: Receive, streams: list[RequestStream]) -> None:
         await _until_disconnect(receive)
@@ -478,7 +519,14 @@ class SimServer:
             cached = sum(max(0, s.req.num_cached_prompt) for s in streams[:: work.n])
         return usage(prompt, completion, cached)
 
-    async def _complete(self, work: Work, rid: str, streams: list[RequestStream], send: Send):
+    async def _complete(
+        self,
+        work: Work,
+        rid: str,
+        streams: list[RequestStream],
+        send: Send,
+        scope: Scope,
+    ) -> None:
         choices = []
         for s in streams:
             text, finish, stop_reason = [], None, None
@@ -510,7 +558,7 @@ class SimServer:
             usage_=self._usage(work, streams),
         )
         body = chat_body(**kw, tool=work.tool) if work.chat else completion_body(**kw)
-        await respond(send, 200, body)
+        await respond(send, 200, body, headers=self._load_headers(scope))
 
     async def _stream(
         self,

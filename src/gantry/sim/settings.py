@@ -50,6 +50,13 @@ class SimSettings:
     max_body_bytes: int = 64 * 1024 * 1024
     dtype: str = "auto"  # vLLM's --dtype: auto, half, float16, bfloat16, float, float32
     quantization: str | None = None  # vLLM's --quantization: awq, gptq, fp8 (and *_marlin)
+    enable_auto_tool_choice: bool = False
+    tool_call_parser: str | None = None
+    max_logprobs: int = 20
+    max_num_queued_reqs: int | None = None  # in-flight requests (waiting + running), n counted
+    max_num_queued_tokens: int | None = None  # prompt tokens of requests still in prefill
+    enable_server_load_tracking: bool = False
+    kv_events_replay: str | None = None  # ZMQ ROUTER endpoint answering replay requests
 
     def resolve(self) -> ResolvedSim:
         try:
@@ -162,6 +169,10 @@ def resolve(s: SimSettings, gpu: GPUProfile, model: ModelProfile) -> ResolvedSim
         raise SimConfigError("--gpu-memory-utilization must be in (0, 1]")
     if s.speedup <= 0:
         raise SimConfigError("--speedup must be positive")
+    if s.enable_auto_tool_choice and not s.tool_call_parser:
+        raise SimConfigError(
+            "When `--enable-auto-tool-choice` is set, `--tool-call-parser` must be set as well."
+        )
     kv_bytes = {
         "auto": 4.0 if dtype == "float32" else 2.0,
         "bfloat16": 2.0,

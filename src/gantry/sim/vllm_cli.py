@@ -79,6 +79,12 @@ def _parser() -> _Parser:
     a("--api-key", action="append", default=[])
     a("--kv-events-config")
     a("--enable-prompt-tokens-details", action="store_true")
+    a("--enable-auto-tool-choice", action="store_true")
+    a("--tool-call-parser")
+    a("--max-logprobs", type=int, default=20)
+    a("--max-num-queued-reqs", type=int)
+    a("--max-num-queued-tokens", type=int)
+    a("--enable-server-load-tracking", action="store_true")
     for flag in NO_EFFECT_SWITCHES:
         a(flag, action="store_true", help=argparse.SUPPRESS)
     for flag in NO_EFFECT_VALUES:
@@ -112,7 +118,7 @@ def parse(argv: Sequence[str]) -> ServeArgs:
     model = ns.model_tag or ns.model_opt
     if not model:
         raise SimConfigError("the following arguments are required: MODEL")
-    kv_endpoint, kv_topic = _kv_events(ns.kv_events_config)
+    kv_endpoint, kv_topic, kv_replay = _kv_events(ns.kv_events_config)
     settings = SimSettings(
         model=model,
         gpu=ns.gpu,
@@ -140,13 +146,20 @@ def parse(argv: Sequence[str]) -> ServeArgs:
         slow_start_s=ns.slow_start,
         dtype=ns.dtype,
         quantization=ns.quantization,
+        enable_auto_tool_choice=ns.enable_auto_tool_choice,
+        tool_call_parser=ns.tool_call_parser,
+        max_logprobs=ns.max_logprobs,
+        max_num_queued_reqs=ns.max_num_queued_reqs,
+        max_num_queued_tokens=ns.max_num_queued_tokens,
+        enable_server_load_tracking=ns.enable_server_load_tracking,
+        kv_events_replay=kv_replay,
     )
     return ServeArgs(settings, ns.host, ns.port, ns.log_level)
 
 
-def _kv_events(text: str | None) -> tuple[str | None, str]:
+def _kv_events(text: str | None) -> tuple[str | None, str, str | None]:
     if not text:
-        return None, ""
+        return None, "", None
     try:
         cfg: Any = json.loads(text)
     except ValueError as exc:
@@ -154,9 +167,10 @@ def _kv_events(text: str | None) -> tuple[str | None, str]:
     if not isinstance(cfg, dict):
         raise SimConfigError("argument --kv-events-config: expected a JSON object")
     if not cfg.get("enable_kv_cache_events"):
-        return None, ""
+        return None, "", None
     endpoint = str(cfg.get("endpoint") or "tcp://*:5557")
-    return endpoint, str(cfg.get("topic") or "")
+    replay = cfg.get("replay_endpoint")
+    return endpoint, str(cfg.get("topic") or ""), str(replay) if replay else None
 
 
 def main(argv: Sequence[str]) -> int:
