@@ -50,6 +50,15 @@ def _mount_supervisor() -> None:
 _mount_supervisor()
 
 
+def _mount_planner() -> None:
+    from gantry.planner.command import plan
+
+    app.command()(plan)
+
+
+_mount_planner()
+
+
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", metavar="PATH", help="YAML config file.")
 ]
