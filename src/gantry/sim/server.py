@@ -74,7 +74,7 @@ class SimServer:
         self._rng = random.Random(s.seed)
         self._publisher: Any = None
         self.engine: SimEngine | None = None
-        self._in_flight = 0
+        self.in_flight = 0
         self._requests_seen = 0
         self._keys = [hashlib.sha256(k.encode()).digest() for k in s.api_keys]
         self._created = int(time.time())
@@ -92,14 +92,9 @@ class SimServer:
             "/kv_event_sources": {"GET": self._kv_sources},
         }
         if s.admin:
-            self._routes.update(
-                {
-                    "/sim/faults": {"GET": self._faults_get, "POST": self._faults_post},
-                    "/sim/crash": {"POST": self._crash},
-                    "/sim/stats": {"GET": self._stats},
-                    "/reset_prefix_cache": {"POST": self._reset_prefix_cache},
-                }
-            )
+            from gantry.sim.admin import SimAdmin
+
+            self._routes.update(SimAdmin(self).routes())
 
     # -- lifecycle ------------------------------------------------------------
     async def start(self) -> None:
@@ -136,7 +131,7 @@ class SimServer:
             on_kv_events=on_events,
         )
         await self.engine.__aenter__()
-        self._apply_engine_faults()
+        self.apply_engine_faults()
         log.info(
             "simulated vLLM engine: model=%s gpu=%s tp=%d blocks=%d (%d tokens) "
             "max_model_len=%d max_num_seqs=%d max_num_batched_tokens=%d%s",
@@ -157,7 +152,7 @@ class SimServer:
         if self._publisher is not None:
             self._publisher.close()
 
-    def _apply_engine_faults(self) -> None:
+    def apply_engine_faults(self) -> None:
         if self.engine is None:
             return
         self.engine.slowdown = self.faults.slowdown
@@ -215,7 +210,7 @@ class SimServer:
 
     async def _load(self, scope: Scope, receive: Receive, send: Send) -> None:
         # serve/instrumentator/basic.py: the counter moves only with the tracking flag.
-        load = self._in_flight if self.r.settings.enable_server_load_tracking else 0
+        load = self.in_flight if self.r.settings.enable_server_load_tracking else 0
         await respond(send, 200, orjson.dumps({"server_load": load}))
 
     async def _version(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -260,7 +255,7 @@ class SimServer:
         ]
         await respond(send, 200, orjson.dumps({"object": "list", "data": cards}))
 
-    async def _json_body(self, scope: Scope, receive: Receive) -> dict[str, Any]:
+    async def json_body(self, scope: Scope, receive: Receive) -> dict[str, Any]:
         ctype = header(scope, b"content-type") or ""
         if ctype.split(";")[0].strip().lower() != "application/json":
             raise VLLMError(
@@ -278,7 +273,7 @@ class SimServer:
             raise schema_error("body", "Input should be a valid dictionary", "...")
         return body
 
-    async def _guard(self, handler: Handler, scope: Scope, receive: Receive, send: Send) -> None:
+    async def guard(self, handler: Handler, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await handler(scope, receive, send)
         except VLLMError as err:
@@ -288,7 +283,7 @@ class SimServer:
 
     async def _tokenize(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def run(scope: Scope, receive: Receive, send: Send) -> None:
-            body = await self._json_body(scope, receive)
+            body = await self.json_body(scope, receive)
             if "messages" in body:
                 msgs = body["messages"]
                 if not isinstance(msgs, list):
@@ -319,11 +314,11 @@ class SimServer:
                 ),
             )
 
-        await self._guard(run, scope, receive, send)
+        await self.guard(run, scope, receive, send)
 
     async def _detokenize(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def run(scope: Scope, receive: Receive, send: Send) -> None:
-            body = await self._json_body(scope, receive)
+            body = await self.json_body(scope, receive)
             tokens = body.get("tokens")
             if not isinstance(tokens, list) or not all(
                 isinstance(t, int) and not isinstance(t, bool) for t in tokens
@@ -336,66 +331,18 @@ class SimServer:
                 )
             await respond(send, 200, orjson.dumps({"prompt": self.tokenizer.decode(tokens)}))
 
-        await self._guard(run, scope, receive, send)
-
-    # -- admin (fault injection) -------------------------------------------------
-    async def _faults_get(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await respond(send, 200, orjson.dumps(self.faults.as_dict()))
-
-    async def _faults_post(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async def run(scope: Scope, receive: Receive, send: Send) -> None:
-            body = await self._json_body(scope, receive)
-            if body.pop("reset", False):
-                self.faults = FaultConfig()
-            try:
-                self.faults.update(body)
-            except ValueError as exc:
-                raise VLLMError(400, str(exc), "BadRequestError") from None
-            self._apply_engine_faults()
-            log.warning("fault injection set: %s", self.faults.as_dict())
-            await respond(send, 200, orjson.dumps(self.faults.as_dict()))
-
-        await self._guard(run, scope, receive, send)
-
-    async def _crash(self, scope: Scope, receive: Receive, send: Send) -> None:
-        log.error("fault injection: crashing the engine process on command")
-        await respond(send, 200, b'{"crashing":true}')
-        asyncio.get_running_loop().call_later(0.05, os.kill, os.getpid(), signal.SIGKILL)
-
-    async def _stats(self, scope: Scope, receive: Receive, send: Send) -> None:
-        m = self.metrics
-        e = self.engine
-        await respond(
-            send,
-            200,
-            orjson.dumps(
-                {
-                    "steps": m.steps._value.get(),
-                    "step_seconds_model": m.step_model_l._value.get(),
-                    "step_seconds_wall": m.step_wall_l._value.get(),
-                    "running": e.num_running if e else 0,
-                    "waiting": e.num_waiting if e else 0,
-                    "kv_usage": e.kv.usage if e else 0.0,
-                    "num_gpu_blocks": self.r.num_gpu_blocks,
-                    "in_flight": self._in_flight,
-                }
-            ),
-        )
-
-    async def _reset_prefix_cache(self, scope: Scope, receive: Receive, send: Send) -> None:
-        ok = self.engine is not None and self.engine.kv.reset_prefix_cache()
-        await respond(send, 200, orjson.dumps({"success": ok}))
+        await self.guard(run, scope, receive, send)
 
     # -- generation -----------------------------------------------------------------
     async def _completions(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._guard(self._generate_chat_or_text(False), scope, receive, send)
+        await self.guard(self._generate_chat_or_text(False), scope, receive, send)
 
     async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._guard(self._generate_chat_or_text(True), scope, receive, send)
+        await self.guard(self._generate_chat_or_text(True), scope, receive, send)
 
     def _generate_chat_or_text(self, chat: bool) -> Handler:
         async def run(scope: Scope, receive: Receive, send: Send) -> None:
-            body = await self._json_body(scope, receive)
+            body = await self.json_body(scope, receive)
             rid_base = header(scope, b"x-request-id") or body.get("request_id") or random_id()
             work = parse(
                 body,
@@ -407,11 +354,11 @@ class SimServer:
                 server=self._opts,
             )
             rid = ("chatcmpl-" if chat else "cmpl-") + str(rid_base)
-            self._in_flight += 1
+            self.in_flight += 1
             try:
                 await self._serve(work, rid, scope, receive, send)
             finally:
-                self._in_flight -= 1
+                self.in_flight -= 1
 
         return run
 
