@@ -620,15 +620,20 @@ batches_app = typer.Typer(
 app.add_typer(batches_app, name="batches")
 UrlOpt = Annotated[
     str,
-    typer.Option("--url", envvar="GANTRY_URL", metavar="URL", help="The gateway (env GANTRY_URL)."),
+    typer.Option(
+        "--url",
+        envvar="OPENAI_BASE_URL",
+        metavar="URL",
+        help="The gateway, with or without /v1 (env OPENAI_BASE_URL).",
+    ),
 ]
 ApiKeyOpt = Annotated[
     str | None,
     typer.Option(
         "--api-key",
-        envvar="GANTRY_API_KEY",
+        envvar="OPENAI_API_KEY",
         metavar="KEY",
-        help="A user key (its tenant's batches) or an admin key (all); env GANTRY_API_KEY.",
+        help="A user key (its tenant's batches) or an admin key (all); env OPENAI_API_KEY.",
     ),
 ]
 BatchId = Annotated[str, typer.Argument(metavar="BATCH_ID", hidden=True)]
@@ -641,7 +646,8 @@ def _call(url: str, key: str | None, method: str, path: str) -> bytes:
     import urllib.error
     import urllib.request
 
-    req = urllib.request.Request(url.rstrip("/") + path, method=method)
+    base = url.rstrip("/").removesuffix("/v1")
+    req = urllib.request.Request(base + path, method=method)
     if key:
         req.add_header("Authorization", f"Bearer {key}")
     try:

@@ -232,7 +232,7 @@ def test_cli(setup, tmp_path):
         input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"
     )
     run_to_end(c, b.id)
-    env = {"PATH": "/usr/bin", "GANTRY_URL": gw.url, "GANTRY_API_KEY": k["acme"]}
+    env = {"PATH": "/usr/bin", "OPENAI_BASE_URL": gw.url + "/v1", "OPENAI_API_KEY": k["acme"]}
     r = cli("list", env=env)
     assert r.returncode == 0 and b.id in r.stdout, r.stderr
     r = cli("status", b.id, env=env)
@@ -246,13 +246,13 @@ def test_cli(setup, tmp_path):
     ]
     r = cli("status", "batch-nope", env=env)
     assert r.returncode != 0 and "Traceback" not in r.stderr and "No such batch" in r.stderr
-    r = cli("status", b.id, env={**env, "GANTRY_API_KEY": k["other"]})
+    r = cli("status", b.id, env={**env, "OPENAI_API_KEY": k["other"]})
     assert r.returncode != 0 and "No such batch" in r.stderr
-    r = cli("list", "--api-key", k["admin"], env={"PATH": "/usr/bin", "GANTRY_URL": gw.url})
+    r = cli("list", "--api-key", k["admin"], env={"PATH": "/usr/bin", "OPENAI_BASE_URL": gw.url})
     assert r.returncode == 0 and b.id in r.stdout
     r = cli("cancel", b.id, env=env)
     assert r.returncode != 0 and "completed" in r.stderr and "Traceback" not in r.stderr
-    r = cli("list", env={"PATH": "/usr/bin", "GANTRY_URL": "http://127.0.0.1:1"})
+    r = cli("list", env={"PATH": "/usr/bin", "OPENAI_BASE_URL": "http://127.0.0.1:1"})
     assert r.returncode != 0 and "Traceback" not in r.stderr
 
 
