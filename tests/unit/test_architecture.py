@@ -39,6 +39,8 @@ ALLOWED = {
         "console",
         "netutil",
     },
+    # the SDK: the simulator's engine core in process, the supervisor's GPU interface
+    "client": {"protocol", "errors", "sim", "supervisor"},
     "errors": {"protocol"},
     "config": {"errors"},
     "console": set(),
@@ -58,6 +60,7 @@ ALLOWED = {
         "supervisor",
         "console",
         "netutil",
+        "client",
     },
     "__main__": {"cli"},
 }
@@ -97,11 +100,13 @@ def test_every_module_has_a_rule():
     assert names <= set(ALLOWED), names - set(ALLOWED)
 
 
-def test_only_cli_and_gateway_import_the_supervisor():
+def test_only_cli_gateway_and_client_import_the_supervisor():
+    """The client reads GPUs through the supervisor's GpuSource (in-process mode)."""
     bad = [
         str(py.relative_to(SRC))
         for py in SRC.rglob("*.py")
-        if py.relative_to(SRC).parts[0].removesuffix(".py") not in ("cli", "gateway", "supervisor")
+        if py.relative_to(SRC).parts[0].removesuffix(".py")
+        not in ("cli", "gateway", "supervisor", "client")
         and "supervisor" in _imports(py)
     ]
     assert not bad, bad
