@@ -7,6 +7,7 @@ reservoir fills and a uniform sample after.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 
@@ -36,7 +37,7 @@ class Reservoir:
         if not self.values:
             return None
         ordered = sorted(self.values)
-        rank = max(1, min(len(ordered), round(p / 100 * len(ordered) + 0.5)))
+        rank = max(1, min(len(ordered), math.ceil(p / 100 * len(ordered))))
         return ordered[rank - 1]
 
 
