@@ -98,7 +98,7 @@ async def test_direct_to_a_vllm_endpoint(stack) -> None:
 # -- retries and idempotency ---------------------------------------------------------------
 class FaultProxy:
     """Loopback HTTP proxy in front of the gateway, one request per connection. For each
-    request it follows its script: ``429`` (answer 429 with Retry-After), ``reset``
+    request it follows its script: ``429`` or ``503`` (answer it with Retry-After), ``reset``
     (forward, let the gateway run it, then reset the client's connection before any
     byte) or ``pass`` (forward and answer). It records what it saw."""
 
@@ -133,10 +133,12 @@ class FaultProxy:
             action = self.script.pop(0) if self.script else "pass"
             self.keys.append(lower.get("idempotency-key"))
             self.times.append(time.monotonic())
-        if action == "429":
-            msg = b'{"error":{"message":"slow down","type":"rate_limit","code":429}}'
+        if action in ("429", "503"):
+            msg = b'{"error":{"message":"not now","type":"x","code":' + action.encode() + b"}}"
             writer.write(
-                b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: "
+                b"HTTP/1.1 "
+                + action.encode()
+                + b" Not Now\r\nRetry-After: "
                 + self.retry_after.encode()
                 + b"\r\nContent-Type: application/json\r\nConnection: close\r\n"
                 + b"Content-Length: "
@@ -199,3 +201,15 @@ async def test_retries_give_up_with_the_error(stack) -> None:
             assert info.value.retry_after == 0
             assert c.stats().errors == {"RateLimitError": 1} and c.stats().retries == 2
         assert len(proxy.keys) == 3
+
+
+async def test_a_stream_is_retried_before_its_first_chunk(stack) -> None:
+    gw, _ = stack
+    async with FaultProxy(gw.url, ["503", "pass"]) as proxy:
+        policy = RetryPolicy(max_attempts=3, base_s=0.01)
+        async with create_client(proxy.url, model="qwen", retry=policy) as c:
+            text = "".join([ch.text async for ch in c.stream_chat(HI, **FIXED)])
+            assert text == (await c.chat(HI, **FIXED)).text
+            s = c.stats()
+            assert (s.retries, s.succeeded, s.ttft_s.count) == (1, 2, 1)
+        assert proxy.keys[0] == proxy.keys[1]
