@@ -146,8 +146,10 @@ def chunk_text(
     text: str, max_tokens: int, overlap: int = 0, counter: TokenCounter | None = None
 ) -> list[str]:
     """``text`` cut into pieces of at most ``max_tokens`` tokens, each starting
-    ``overlap`` tokens before the previous one ended. Cuts fall on token boundaries, so
-    the pieces, minus their overlaps, put back together are the text."""
+    ``overlap`` tokens before the previous one ended. Cuts fall on token boundaries; with
+    the heuristic and engine counters the pieces, minus their overlaps, put back
+    together are the text (a tokenizer.json's offsets may leave out the whitespace
+    between two pieces)."""
     if max_tokens < 1 or not 0 <= overlap < max_tokens:
         raise ValueError("need max_tokens >= 1 and 0 <= overlap < max_tokens")
     spans = (counter or HeuristicCounter()).spans(text)
