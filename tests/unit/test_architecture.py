@@ -41,6 +41,8 @@ ALLOWED = {
     },
     # capacity planning and tuning: the supervisor's derivation, the simulator in virtual time
     "planner": {"protocol", "errors", "sim", "supervisor", "bench", "console"},
+    # the SDK: the simulator's engine core in process, the supervisor's GPU interface
+    "client": {"protocol", "errors", "sim", "supervisor"},
     "errors": {"protocol"},
     "config": {"errors"},
     "console": set(),
@@ -61,6 +63,7 @@ ALLOWED = {
         "planner",
         "console",
         "netutil",
+        "client",
     },
     "__main__": {"cli"},
 }
@@ -100,15 +103,15 @@ def test_every_module_has_a_rule():
     assert names <= set(ALLOWED), names - set(ALLOWED)
 
 
-SUPERVISOR_USERS = ("cli", "gateway", "supervisor", "planner")
+SUPERVISOR_USERS = ("cli", "gateway", "supervisor", "planner", "client")
 
 
-def test_only_cli_gateway_and_planner_import_the_supervisor():
+def test_only_cli_gateway_planner_and_client_import_the_supervisor():
+    """The client reads GPUs through the supervisor's GpuSource (in-process mode)."""
     bad = [
         str(py.relative_to(SRC))
         for py in SRC.rglob("*.py")
-        if py.relative_to(SRC).parts[0].removesuffix(".py")
-        not in ("cli", "gateway", "supervisor", "planner")
+        if py.relative_to(SRC).parts[0].removesuffix(".py") not in SUPERVISOR_USERS
         and "supervisor" in _imports(py)
     ]
     assert not bad, bad
