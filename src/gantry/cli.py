@@ -574,6 +574,58 @@ def usage(
         )
 
 
+@app.command()
+def status(
+    url: Annotated[
+        str, typer.Option(metavar="URL", envvar="GANTRY_URL", help="The gateway's address.")
+    ] = "http://127.0.0.1:8080",
+    key: Annotated[
+        str | None,
+        typer.Option(
+            metavar="KEY", envvar="GANTRY_ADMIN_KEY", help="An admin key (or GANTRY_ADMIN_KEY)."
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The page as JSON.")] = False,
+    timeout: Annotated[float, typer.Option(metavar="SECONDS", help="Wait this long.")] = 10.0,
+) -> None:
+    """Show a running gateway: engines, queues, splits, limits, ledger, discovery.
+
+    Reads GET /admin/status with an admin key.
+    """
+    import json
+
+    from gantry.gateway.admin_status import render
+
+    if not key:
+        fail("an admin key is needed: --key KEY or GANTRY_ADMIN_KEY")
+    page = _get_json(url.rstrip("/") + "/admin/status", key, timeout)
+    typer.echo(json.dumps(page, indent=2) if as_json else render(page))
+
+
+def _get_json(url: str, key: str, timeout: float) -> Any:
+    import json
+    import urllib.error
+    import urllib.request
+
+    if not url.startswith(("http://", "https://")):
+        fail(f"--url must start with http:// or https://, not {url!r}")
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read())["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = exc.reason
+        fail(f"the gateway answered {exc.code}: {message}")
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        fail(f"cannot reach the gateway at {url}: {reason}")
+    except ValueError:
+        fail(f"{url} did not answer JSON: is it a gantry gateway?")
+
+
 def main() -> None:
     try:
         app()
