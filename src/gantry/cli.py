@@ -588,9 +588,9 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="The page as JSON.")] = False,
     timeout: Annotated[float, typer.Option(metavar="SECONDS", help="Wait this long.")] = 10.0,
 ) -> None:
-    """Show a running gateway: engines, queues, splits, limits, ledger, discovery.
+    """One screen on a running gateway (admin key).
 
-    Reads GET /admin/status with an admin key.
+    Engines, queues, splits, limits, ledger and discovery, from GET /admin/status.
     """
     import json
 
