@@ -640,18 +640,20 @@ BatchId = Annotated[str, typer.Argument(metavar="BATCH_ID", hidden=True)]
 _GW = "http://127.0.0.1:8080"
 
 
-def _call(url: str, key: str | None, method: str, path: str) -> bytes:
+def _call(url: str, key: str | None, method: str, path: str, timeout: float = 60.0) -> bytes:
     """One request to the gateway; an error answer or no answer ends the command."""
     import json
     import urllib.error
     import urllib.request
 
+    if not url.startswith(("http://", "https://")):
+        fail(f"--url must start with http:// or https://, not {url!r}")
     base = url.rstrip("/").removesuffix("/v1")
     req = urllib.request.Request(base + path, method=method)
     if key:
         req.add_header("Authorization", f"Bearer {key}")
     try:
-        with urllib.request.urlopen(req, timeout=60) as r:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
             return bytes(r.read())
     except urllib.error.HTTPError as exc:
         try:
@@ -733,6 +735,37 @@ def batches_download(
     except OSError as exc:
         fail(f"cannot write {output}: {exc.strerror or exc}", 1)
     typer.echo(f"{len(data)} bytes to {output}", err=True)
+
+
+@app.command()
+def status(
+    url: Annotated[
+        str, typer.Option(metavar="URL", envvar="GANTRY_URL", help="The gateway's address.")
+    ] = _GW,
+    key: Annotated[
+        str | None,
+        typer.Option(
+            metavar="KEY", envvar="GANTRY_ADMIN_KEY", help="An admin key (or GANTRY_ADMIN_KEY)."
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The page as JSON.")] = False,
+    timeout: Annotated[float, typer.Option(metavar="SECONDS", help="Wait this long.")] = 10.0,
+) -> None:
+    """One screen on a running gateway (admin key).
+
+    Engines, queues, splits, limits, ledger and discovery, from GET /admin/status.
+    """
+    import json
+
+    from gantry.gateway.admin_status import render
+
+    if not key:
+        fail("an admin key is needed: --key KEY or GANTRY_ADMIN_KEY")
+    try:
+        page = json.loads(_call(url, key, "GET", "/admin/status", timeout))
+    except ValueError:
+        fail(f"{url} did not answer JSON: is it a gantry gateway?")
+    typer.echo(json.dumps(page, indent=2) if as_json else render(page))
 
 
 def main() -> None:

@@ -117,4 +117,72 @@ def _ledger(gw: Observed) -> dict[str, Any]:
     return {"enabled": True, "database": db, **ledger.stats()}
 
 
-__all__ = ["PATH", "Observed", "handle", "status"]
+# -- the page as text (``gantry status``) -------------------------------------------------
+def _pct(v: Any) -> str:
+    return "-" if v is None else f"{100 * float(v):.0f}%"
+
+
+def _duration(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def render(page: dict[str, Any]) -> str:
+    """One screen: the gateway, its engines, queues, splits, limits, ledger, discovery."""
+    state = "ready" if page["ready"] else "NOT READY"
+    if page["draining"]:
+        state += ", draining"
+    lines = [f"gantry {page['version']}  pid {page['pid']}  up {_duration(page['uptime_s'])}"]
+    lines.append(f"state     {state}")
+    lines += [f"          - {r}" for r in page["reasons"]]
+    rows = [("ENGINE", "SOURCE", "HEALTH", "BREAKER", "INFL", "RUN", "WAIT", "KV", "MODELS")]
+    for e in page["engines"]:
+        health = "draining" if e["draining"] else "healthy" if e["healthy"] else "down"
+        rows.append(
+            (
+                e["name"],
+                e["source"],
+                health,
+                e["breaker"],
+                str(e["inflight"]),
+                f"{e['running']:g}",
+                f"{e['waiting']:g}",
+                _pct(e["kv_usage"]),
+                ",".join(e["models"]) + (f" @{e['group']}" if e["group"] else ""),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines.append("")
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    if not page["engines"]:
+        lines.append("(no engines)")
+    lines.append("")
+    queues = ", ".join(f"{m} {n}" for m, n in page["queues"].items()) or "-"
+    lines.append(f"queues    {queues}")
+    for name, s in page["splits"].items():
+        total = sum(t["weight"] for t in s["targets"]) or 1.0
+        arms = ", ".join(f"{t['arm']} {100 * t['weight'] / total:.0f}%" for t in s["targets"])
+        lines.append(f"split     {name}: {arms} (sticky: {s['sticky']})")
+    lim = page["limits"]
+    lines.append(
+        f"limits    {lim['store']} store, {'reachable' if lim['reachable'] else 'UNREACHABLE'}"
+        f"; if down: rate limits {'open' if lim['rate_limits_fail_open'] else 'closed'}, "
+        f"quotas {'open' if lim['quotas_fail_open'] else 'closed'}"
+    )
+    led = page["ledger"]
+    lines.append(
+        f"ledger    {led['database']}: {led['queued']} queued, {led['written']} written, "
+        f"{led['dropped']} dropped"
+        if led["enabled"]
+        else "ledger    off"
+    )
+    for d in page["discovery"]:
+        state = "up" if d["up"] else f"DOWN ({d['last_error']})"
+        lines.append(
+            f"discovery {d['source']}: {state}, {d['engines']} engine(s), "
+            f"{d['errors']} error(s), {d['resyncs']} re-list(s)"
+        )
+    return "\n".join(lines)
+
+
+__all__ = ["PATH", "Observed", "handle", "render", "status"]
