@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gantry.protocol import error_bytes
+from gantry.sim.logprobs import LogprobRequest, check_max, parse_logprobs
 from gantry.sim.sequence import SamplingSpec
 from gantry.sim.tokenizer import Tokenizer, render_chat
 
@@ -78,6 +79,7 @@ class Work:
     echo_prompts: list[str] | None
     tool: ToolPlan | None
     cache_salt: str | None
+    logprobs: LogprobRequest = LogprobRequest()
 
 
 def _int(body: dict[str, Any], key: str, default: int | None) -> int | None:
@@ -379,6 +381,7 @@ def parse(
             min_tokens,
         )
     _sampling_ranges(body)
+    lp = parse_logprobs(body, chat=chat)
     stop = _stop(body)
     salt = body.get("cache_salt")
     key = "max_completion_tokens" if chat and "max_completion_tokens" in body else "max_tokens"
@@ -400,6 +403,7 @@ def parse(
         prompts, texts = _prompts(body, tok)
         echo = texts if body.get("echo") else None
         tool = None
+    check_max(lp, server.max_logprobs, tok.vocab_size)
     rf = body.get("response_format")
     json_mode = isinstance(rf, dict) and rf.get("type") in ("json_object", "json_schema")
     specs = []
@@ -460,4 +464,5 @@ def parse(
         echo_prompts=echo,
         tool=tool,
         cache_salt=salt if isinstance(salt, str) else None,
+        logprobs=lp,
     )
