@@ -219,3 +219,29 @@ def test_completion_prompt_logprobs_shape(lp_sim: Proc):
         values = [e["logprob"] for e in ranked]
         assert values == sorted(values, reverse=True) and all(v <= 0 for v in values)
     assert json.dumps(plp)  # plain JSON: string keys
+
+
+# -- 3. token ids: the model's vocabulary, BOS and chat template ----------------------
+
+
+def test_llama_vocab_bos_and_template(tmp_path: Path):
+    """vLLM tokenizes text prompts with add_special_tokens=True (BOS for Llama 3),
+    renders chat with the model's template, and accepts token ids below the model's
+    vocabulary size (``_validate_model_input``: 128,256 for Llama 3.1)."""
+    args = ("--profile", "instant", "--model", "llama-3.1-8b", "--gpu", "H100")
+    with sim(tmp_path, *args, "--max-model-len", "4096", "--served-model-name", "m") as p:
+        ok = httpx.post(
+            p.url + "/v1/completions", json={"prompt": [128000, 128255], "max_tokens": 1}
+        )
+        assert ok.status_code == 200, ok.text
+        bad = httpx.post(p.url + "/v1/completions", json={"prompt": [128256], "max_tokens": 1})
+        assert bad.status_code == 400
+        assert bad.json()["error"]["message"].startswith("Token id 128256 is out of vocabulary")
+        tok = httpx.post(p.url + "/tokenize", json={"prompt": "Hello"}).json()
+        assert tok["tokens"][0] == 128000
+        r = httpx.post(p.url + "/v1/completions", json={"prompt": "Hello", "max_tokens": 1}).json()
+        assert r["usage"]["prompt_tokens"] == tok["count"]
+        chat_tok = httpx.post(p.url + "/tokenize", json={"messages": MSG}).json()["tokens"]
+        assert chat_tok[:2] == [128000, 128006] and 128009 in chat_tok
+        r = httpx.post(p.url + "/v1/chat/completions", json={"messages": MSG, "max_tokens": 1})
+        assert r.json()["usage"]["prompt_tokens"] == len(chat_tok)

@@ -32,6 +32,7 @@ from gantry.protocol import (
     stream_chunk,
 )
 from gantry.sim.admission import QueueLimits, orca_header, refusal
+from gantry.sim.chat_format import FORMATS, family_of, for_model, prompt_ids
 from gantry.sim.engine import EngineConfig, RequestStream, SimEngine
 from gantry.sim.faults import Action, FaultConfig, decide
 from gantry.sim.logprobs import Candidates
@@ -47,7 +48,7 @@ from gantry.sim.responses import (
 from gantry.sim.sequence import SimRequest, StepOutput
 from gantry.sim.settings import VLLM_VERSION, ResolvedSim
 from gantry.sim.token_outputs import TokenOutputs
-from gantry.sim.tokenizer import Tokenizer, load_tokenizer, render_chat
+from gantry.sim.tokenizer import Tokenizer, load_tokenizer
 from gantry.sim.validate import ServerOptions, VLLMError, Work, parse, schema_error
 
 log = logging.getLogger("gantry.sim")
@@ -65,7 +66,10 @@ class SimServer:
     def __init__(self, resolved: ResolvedSim, *, engine_index: str = "0") -> None:
         self.r = resolved
         s = resolved.settings
-        self.tokenizer: Tokenizer = load_tokenizer(s.tokenizer)
+        self.chat_format = FORMATS[family_of(resolved.model.name, resolved.model.hf_id)]
+        self.tokenizer: Tokenizer = for_model(
+            load_tokenizer(s.tokenizer), self.chat_format, resolved.model.vocab_size
+        )
         self._candidates = Candidates(self.tokenizer)
         self.metrics = SimMetrics(resolved.served[0], resolved.max_model_len, engine_index)
         self.faults: FaultConfig = s.faults
@@ -73,6 +77,7 @@ class SimServer:
             auto_tools=s.enable_auto_tool_choice,
             tool_parser=s.tool_call_parser,
             max_logprobs=s.max_logprobs,
+            chat=self.chat_format,
         )
         self._rng = random.Random(s.seed)
         self._publisher: Any = None
@@ -291,14 +296,16 @@ class SimServer:
                 msgs = body["messages"]
                 if not isinstance(msgs, list):
                     raise schema_error("messages", "Input should be a valid list", msgs)
-                text = render_chat(
+                text = self.chat_format.render(
                     msgs, add_generation_prompt=body.get("add_generation_prompt", True) is not False
                 )
+                ids = self.tokenizer.encode(text)  # add_special_tokens: false for messages
             elif isinstance(body.get("prompt"), str):
-                text = body["prompt"]
+                ids = prompt_ids(self.tokenizer, self.chat_format, body["prompt"])
+                if body.get("add_special_tokens") is False:
+                    ids = self.tokenizer.encode(body["prompt"])
             else:
                 raise schema_error("prompt", "Field required", None)
-            ids = self.tokenizer.encode(text)
             strs = (
                 [self.tokenizer.token_text(t) for t in ids]
                 if body.get("return_token_strs")
