@@ -32,8 +32,10 @@ from gantry.protocol import (
     stream_chunk,
 )
 from gantry.sim.admission import QueueLimits, orca_header, refusal
+from gantry.sim.chat_format import FORMATS, family_of, for_model, prompt_ids
 from gantry.sim.engine import EngineConfig, RequestStream, SimEngine
 from gantry.sim.faults import Action, FaultConfig, decide
+from gantry.sim.logprobs import Candidates
 from gantry.sim.metrics import SimMetrics
 from gantry.sim.responses import (
     ChunkWriter,
@@ -45,7 +47,8 @@ from gantry.sim.responses import (
 )
 from gantry.sim.sequence import SimRequest, StepOutput
 from gantry.sim.settings import VLLM_VERSION, ResolvedSim
-from gantry.sim.tokenizer import Tokenizer, load_tokenizer, render_chat
+from gantry.sim.token_outputs import TokenOutputs
+from gantry.sim.tokenizer import Tokenizer, load_tokenizer
 from gantry.sim.validate import ServerOptions, VLLMError, Work, parse, schema_error
 
 log = logging.getLogger("gantry.sim")
@@ -63,13 +66,18 @@ class SimServer:
     def __init__(self, resolved: ResolvedSim, *, engine_index: str = "0") -> None:
         self.r = resolved
         s = resolved.settings
-        self.tokenizer: Tokenizer = load_tokenizer(s.tokenizer)
+        self.chat_format = FORMATS[family_of(resolved.model.name, resolved.model.hf_id)]
+        self.tokenizer: Tokenizer = for_model(
+            load_tokenizer(s.tokenizer), self.chat_format, resolved.model.vocab_size
+        )
+        self._candidates = Candidates(self.tokenizer)
         self.metrics = SimMetrics(resolved.served[0], resolved.max_model_len, engine_index)
         self.faults: FaultConfig = s.faults
         self._opts = ServerOptions(
             auto_tools=s.enable_auto_tool_choice,
             tool_parser=s.tool_call_parser,
             max_logprobs=s.max_logprobs,
+            chat=self.chat_format,
         )
         self._rng = random.Random(s.seed)
         self._publisher: Any = None
@@ -288,14 +296,16 @@ class SimServer:
                 msgs = body["messages"]
                 if not isinstance(msgs, list):
                     raise schema_error("messages", "Input should be a valid list", msgs)
-                text = render_chat(
+                text = self.chat_format.render(
                     msgs, add_generation_prompt=body.get("add_generation_prompt", True) is not False
                 )
+                ids = self.tokenizer.encode(text)  # add_special_tokens: false for messages
             elif isinstance(body.get("prompt"), str):
-                text = body["prompt"]
+                ids = prompt_ids(self.tokenizer, self.chat_format, body["prompt"])
+                if body.get("add_special_tokens") is False:
+                    ids = self.tokenizer.encode(body["prompt"])
             else:
                 raise schema_error("prompt", "Field required", None)
-            ids = self.tokenizer.encode(text)
             strs = (
                 [self.tokenizer.token_text(t) for t in ids]
                 if body.get("return_token_strs")
@@ -466,6 +476,14 @@ class SimServer:
             cached = sum(max(0, s.req.num_cached_prompt) for s in streams[:: work.n])
         return usage(prompt, completion, cached)
 
+    def _token_outputs(self, work: Work) -> TokenOutputs | None:
+        if not work.logprobs.any:
+            return None
+        echo = work.echo_prompts is not None
+        return TokenOutputs(
+            work.logprobs, self.tokenizer, self._candidates, chat=work.chat, echo=echo
+        )
+
     async def _complete(
         self,
         work: Work,
@@ -475,6 +493,7 @@ class SimServer:
         scope: Scope,
     ) -> None:
         choices = []
+        outs = self._token_outputs(work)
         for s in streams:
             text, finish, stop_reason = [], None, None
             while finish is None:
@@ -494,6 +513,7 @@ class SimServer:
                     "text": prefix + "".join(text),
                     "finish_reason": finish,
                     "stop_reason": stop_reason,
+                    **(outs.final(s.req) if outs else {}),
                 }
             )
         kw: dict[str, Any] = dict(
@@ -504,7 +524,11 @@ class SimServer:
             choices=choices,
             usage_=self._usage(work, streams),
         )
-        body = chat_body(**kw, tool=work.tool) if work.chat else completion_body(**kw)
+        if work.chat:
+            prompt = outs.prompt_fields(streams[0].req) if outs else None
+            body = chat_body(**kw, tool=work.tool, prompt=prompt)
+        else:
+            body = completion_body(**kw)
         await respond(send, 200, body, headers=self._load_headers(scope))
 
     async def _stream(
@@ -525,6 +549,8 @@ class SimServer:
         )
         prompt_len = {s.req.index: len(s.req.prompt_token_ids) for s in streams}
         counts = {s.req.index: 0 for s in streams}
+        sent = dict.fromkeys(counts, 0)  # output characters sent (completions' text_offset)
+        outs = self._token_outputs(work)
         tool_ids = {s.req.index: tool_call_id() for s in streams} if work.tool else {}
         chunks_sent = 0
         limit = (
@@ -534,17 +560,20 @@ class SimServer:
         )
         async for s, batch in _merge(streams):
             idx = s.req.index
-            first = counts[idx] == 0
+            first, start = counts[idx] == 0, counts[idx]
             counts[idx] += len(batch)
             finish = batch[-1].finish_reason
             if finish == "abort":
                 return
             stop_reason = batch[-1].stop_reason
             text = "".join(o.text for o in batch)
+            extras = outs.delta(s.req, start, len(batch), sent[idx], first) if outs else None
+            sent[idx] += len(text)
             cu = usage(prompt_len[idx], counts[idx], None) if work.continuous_usage else None
             out = b""
             if work.chat and first:
-                out += w.role(idx, usage(prompt_len[idx], 0, None) if cu else None)
+                pids = list(s.req.prompt_token_ids) if work.logprobs.token_ids else None
+                out += w.role(idx, usage(prompt_len[idx], 0, None) if cu else None, pids)
             if work.echo_prompts and first:
                 text = work.echo_prompts[idx // work.n] + text
             tool_delta = None
@@ -562,6 +591,7 @@ class SimServer:
                 stop_reason,
                 cont_usage=cu,
                 tool_delta=tool_delta,
+                extras=extras,
                 fingerprint=finish is not None and not work.include_usage,
             )
             await stream_chunk(send, out)

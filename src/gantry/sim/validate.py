@@ -8,8 +8,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from gantry.protocol import error_bytes
+from gantry.sim.chat_format import FORMATS, ChatFormat, prompt_ids
+from gantry.sim.logprobs import LogprobRequest, check_max, parse_logprobs
 from gantry.sim.sequence import SamplingSpec
-from gantry.sim.tokenizer import Tokenizer, render_chat
+from gantry.sim.tokenizer import Tokenizer
 
 MAX_STOP_STRINGS = 4
 MAX_PROMPTS = 1024
@@ -61,6 +63,7 @@ class ServerOptions:
     auto_tools: bool = False  # --enable-auto-tool-choice
     tool_parser: str | None = None  # --tool-call-parser
     max_logprobs: int = 20  # --max-logprobs
+    chat: ChatFormat = FORMATS["chatml"]  # the model family's template and BOS
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +81,7 @@ class Work:
     echo_prompts: list[str] | None
     tool: ToolPlan | None
     cache_salt: str | None
+    logprobs: LogprobRequest = LogprobRequest()
 
 
 def _int(body: dict[str, Any], key: str, default: int | None) -> int | None:
@@ -145,18 +149,20 @@ def _stop(body: dict[str, Any]) -> tuple[str, ...]:
     raise schema_error("stop", "Input should be a valid string or list of strings", stop)
 
 
-def _prompts(body: dict[str, Any], tok: Tokenizer) -> tuple[list[list[int]], list[str]]:
+def _prompts(
+    body: dict[str, Any], tok: Tokenizer, fmt: ChatFormat
+) -> tuple[list[list[int]], list[str]]:
     prompt = body.get("prompt")
     if prompt is None or prompt == "" or prompt == []:
         raise invalid(
             "Either prompt or prompt_embeds must be provided and non-empty.", "prompt", prompt
         )
     if isinstance(prompt, str):
-        return [tok.encode(prompt)], [prompt]
+        return [prompt_ids(tok, fmt, prompt)], [prompt]
     if not isinstance(prompt, list):
         raise schema_error("prompt", "Input should be a valid string or list", prompt)
     if all(isinstance(p, str) for p in prompt):
-        items = [tok.encode(p) for p in prompt]
+        items = [prompt_ids(tok, fmt, p) for p in prompt]
         texts = list(prompt)
     elif all(isinstance(p, int) and not isinstance(p, bool) for p in prompt):
         items, texts = [list(prompt)], [tok.decode(list(prompt))]
@@ -177,7 +183,7 @@ def _prompts(body: dict[str, Any], tok: Tokenizer) -> tuple[list[list[int]], lis
     return items, texts
 
 
-def _messages(body: dict[str, Any], tok: Tokenizer) -> list[int]:
+def _messages(body: dict[str, Any], tok: Tokenizer, fmt: ChatFormat) -> list[int]:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise schema_error("messages", "Field required", messages)
@@ -185,7 +191,7 @@ def _messages(body: dict[str, Any], tok: Tokenizer) -> list[int]:
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise schema_error(f"messages.{i}", "Input should be a valid message", m)
     add_gen = body.get("add_generation_prompt", True) is not False
-    return tok.encode(render_chat(messages, add_generation_prompt=add_gen))
+    return tok.encode(fmt.render(messages, add_generation_prompt=add_gen))
 
 
 _CORRECT_USAGE = 'Correct usage: `{"type": "function", "function": {"name": "my_function"}}`'
@@ -379,6 +385,7 @@ def parse(
             min_tokens,
         )
     _sampling_ranges(body)
+    lp = parse_logprobs(body, chat=chat)
     stop = _stop(body)
     salt = body.get("cache_salt")
     key = "max_completion_tokens" if chat and "max_completion_tokens" in body else "max_tokens"
@@ -393,13 +400,14 @@ def parse(
     if requested is not None and requested < 1:
         raise invalid(f"{key} must be at least 1, got {requested}.", key, requested)
     if chat:
-        prompts, echo = [_messages(body, tok)], None
+        prompts, echo = [_messages(body, tok, server.chat)], None
         rseed = seed if seed is not None else request_seed
         tool = _tool_plan(body, rseed, server, body["messages"])
     else:
-        prompts, texts = _prompts(body, tok)
+        prompts, texts = _prompts(body, tok, server.chat)
         echo = texts if body.get("echo") else None
         tool = None
+    check_max(lp, server.max_logprobs, tok.vocab_size)
     rf = body.get("response_format")
     json_mode = isinstance(rf, dict) and rf.get("type") in ("json_object", "json_schema")
     specs = []
@@ -460,4 +468,5 @@ def parse(
         echo_prompts=echo,
         tool=tool,
         cache_salt=salt if isinstance(salt, str) else None,
+        logprobs=lp,
     )
