@@ -40,7 +40,7 @@ ALLOWED = {
         "netutil",
     },
     # capacity planning and tuning: the supervisor's derivation, the simulator in virtual time
-    "planner": {"protocol", "errors", "sim", "supervisor", "bench", "console"},
+    "planner": {"protocol", "errors", "sim", "supervisor", "bench", "console", "netutil"},
     "errors": {"protocol"},
     "config": {"errors"},
     "console": set(),
