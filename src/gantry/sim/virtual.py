@@ -113,33 +113,6 @@ class VirtualResult:
         return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
-class _WordCache:
-    """The built-in tokenizer with the output words' encodings remembered: the simulated
-    model writes from a short word list, so a virtual run encodes the same few words
-    again and again (measured: a third less time per run, benchmarks/plan_speed.py)."""
-
-    __slots__ = ("_encoded", "_tok", "eos_token_id", "name", "vocab_size")
-
-    def __init__(self, tok: Tokenizer) -> None:
-        self._tok = tok
-        self.name, self.vocab_size, self.eos_token_id = tok.name, tok.vocab_size, tok.eos_token_id
-        self._encoded: dict[str, list[int]] = {}
-
-    def encode(self, text: str, *, allow_special: bool = True) -> list[int]:
-        hit = self._encoded.get(text)
-        if hit is None:
-            hit = self._tok.encode(text, allow_special=allow_special)
-            if len(self._encoded) < 4096 and not allow_special:  # bounded
-                self._encoded[text] = hit
-        return hit
-
-    def decode(self, ids: list[int], *, skip_special: bool = True) -> str:
-        return self._tok.decode(ids, skip_special=skip_special)
-
-    def token_text(self, token_id: int) -> str:
-        return self._tok.token_text(token_id)
-
-
 class VirtualEngine:
     """One engine in virtual time. ``run()`` may be called once per engine."""
 
@@ -152,7 +125,7 @@ class VirtualEngine:
         limits: Limits | None = None,
     ) -> None:
         self.core = EngineCore(config, latency)
-        self.tokenizer: Tokenizer = _WordCache(tokenizer or BuiltinTokenizer())
+        self.tokenizer = tokenizer or BuiltinTokenizer()
         self.limits = limits or Limits()
         self.now = 0.0
 
