@@ -143,15 +143,20 @@ class VirtualEngine:
         )
         return cls(config, r.latency_model(), limits=limits)
 
-    def run(self, arrivals: Iterable[Arrival]) -> VirtualResult:
-        """Feed ``arrivals`` (in time order) and step until every request is done."""
+    def run(self, arrivals: Iterable[Arrival], *, concurrency: int | None = None) -> VirtualResult:
+        """Feed ``arrivals`` (in time order) and step until every request is done.
+
+        ``concurrency``: a closed loop instead (``--max-concurrency`` with every request
+        sent at once): at most that many requests in flight, the next one sent the
+        moment one finishes; the arrivals' own times are then ignored."""
         wall = time.perf_counter()
         res = VirtualResult()
         core, lim = self.core, self.limits
         sched = core.scheduler
         overhead = core.latency.request_overhead
         source = _ordered(arrivals, lim.max_requests)
-        nxt = next(source, None)
+        slots = _Slots(source, concurrency)
+        nxt = slots.peek(0.0)
         first = nxt.time if nxt is not None else 0.0
         self.now = first
         index = 0
@@ -161,7 +166,7 @@ class VirtualEngine:
             while nxt is not None and nxt.time + overhead <= self.now:
                 core.add(self._request(nxt, index))
                 index += 1
-                nxt = next(source, None)
+                nxt = slots.take(self.now)
             if len(sched.waiting) > lim.max_waiting or res.steps >= lim.max_steps:
                 res.overloaded = True
                 break
@@ -176,7 +181,9 @@ class VirtualEngine:
             res.preemptions += len(done.step.preempted)
             res.peak_running = max(res.peak_running, len(sched.running))
             res.peak_kv_usage = max(res.peak_kv_usage, core.kv.usage)
-            self._deliver(done.outputs, res)
+            finished = self._deliver(done.outputs, res)
+            if finished:
+                nxt = slots.release(finished, self.now)
         res.unfinished = len(sched.running) + len(sched.waiting)
         res.duration = (self.now - first) if res.timings else 0.0
         res.wall_seconds = time.perf_counter() - wall
@@ -193,8 +200,9 @@ class VirtualEngine:
             index=index,
         )
 
-    def _deliver(self, outputs: list[tuple[SimRequest, StepOutput]], res: VirtualResult) -> None:
+    def _deliver(self, outputs: list[tuple[SimRequest, StepOutput]], res: VirtualResult) -> int:
         now = self.now
+        finished = 0
         for req, _ in outputs:
             if req.first_token is None:
                 req.first_token = now
@@ -210,6 +218,39 @@ class VirtualEngine:
                         max(0, req.num_cached_prompt),
                     )
                 )
+                finished += 1
+        return finished
+
+
+class _Slots:
+    """The next arrival: the source's own (open loop), or, in a closed loop, the next
+    request sent when one of ``concurrency`` slots is free, at that moment."""
+
+    def __init__(self, source: Iterator[Arrival], concurrency: int | None) -> None:
+        if concurrency is not None and concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self._source, self._limit = source, concurrency
+        self._in_flight = 0
+        self._next: Arrival | None = None
+
+    def peek(self, now: float) -> Arrival | None:
+        if self._next is None:
+            if self._limit is None:
+                self._next = next(self._source, None)
+            elif self._in_flight < self._limit:
+                a = next(self._source, None)
+                if a is not None:
+                    self._in_flight += 1
+                    self._next = Arrival(now, a.prompt, a.max_tokens, a.ignore_eos)
+        return self._next
+
+    def take(self, now: float) -> Arrival | None:
+        self._next = None
+        return self.peek(now)
+
+    def release(self, finished: int, now: float) -> Arrival | None:
+        self._in_flight -= finished
+        return self.peek(now)
 
 
 def _ordered(arrivals: Iterable[Arrival], limit: int) -> Iterator[Arrival]:
