@@ -37,7 +37,7 @@ class Surface:
     def derived(self) -> dict[str, Any]:
         return dict(DERIVED)
 
-    def evaluate(self, args: dict[str, Any]) -> tuple[Capacity, str]:
+    def evaluate(self, args: dict[str, Any]) -> tuple[Capacity, str, dict[str, Any]]:
         self.calls.append(args)
         if args["gpu_memory_utilization"] > 0.9:
             raise DoesNotFit("does not fit at 0.95")
@@ -46,7 +46,7 @@ class Surface:
             - abs(args["max_num_seqs"].bit_length() - 7)
             - (abs(args["max_num_batched_tokens"].bit_length() - 13) * 0.5)
         )
-        return cap(rate), f"vllm serve m --max-num-seqs {args['max_num_seqs']}"
+        return cap(rate), f"vllm serve m --max-num-seqs {args['max_num_seqs']}", args
 
 
 def test_coordinate_search_finds_the_optimum_and_lists_every_trial():
@@ -73,10 +73,10 @@ def test_max_trials_bounds_the_search():
     assert len(result.trials) == 5
 
 
-def test_a_change_must_gain_more_than_one_percent():
+def test_a_change_must_gain_more_than_the_search_precision():
     class Flat(Surface):
-        def evaluate(self, args: dict[str, Any]) -> tuple[Capacity, str]:
-            return cap(10.0 if args == DERIVED else 10.05), "x"
+        def evaluate(self, args: dict[str, Any]) -> tuple[Capacity, str, dict[str, Any]]:
+            return cap(10.0 if args == DERIVED else 10.25), "x", args
 
     result = tune(Flat())
     assert result.best is not None and result.best.args == DERIVED

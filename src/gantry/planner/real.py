@@ -99,13 +99,15 @@ class EngineEvaluator:
         args: EngineArgs = plan.engines[0].args
         return {k: getattr(args, k) for k in KEYS}
 
-    def evaluate(self, args: dict[str, Any]) -> tuple[Capacity, str]:
+    def evaluate(self, args: dict[str, Any]) -> tuple[Capacity, str, dict[str, Any]]:
         full = {**args, "max_model_len": context_for(self.workload, self.info())}
         launched = SupervisorThread(self._spec(_argv(full)))
         (engine,) = launched.start()
         try:
             assert launched.supervisor is not None
-            line = " ".join(launched.supervisor.plan.engines[0].argv)
+            started = launched.supervisor.plan.engines[0]
+            line = " ".join(started.argv)
+            effective = {k: getattr(started.args, k) for k in KEYS}
             target = BenchTarget(model=engine.models[0], chat=self.workload.chat)
             jobs = list(self.workload.jobs)
             w = self.workload
@@ -122,7 +124,7 @@ class EngineEvaluator:
                 return probe(*bench(rate, len(jobs), None), self.slo, rate)
 
             where = f"{self.model} (TP {self.tp}, real engine)"
-            return search(alone, at, self.slo, where=where, precision=0.05), line
+            return search(alone, at, self.slo, where=where, precision=0.05), line, effective
         finally:
             launched.stop()
 

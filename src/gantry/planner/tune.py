@@ -35,7 +35,8 @@ SPACE: tuple[tuple[str, tuple[Any, ...]], ...] = (
     ("enable_prefix_caching", (True, False)),
 )
 KEYS = tuple(k for k, _ in SPACE)
-MIN_GAIN = 0.01  # a change must raise capacity by more than 1% to be kept
+MIN_GAIN = 0.03  # a change must raise capacity by more than this (the search's precision)
+PRECISION = 0.02  # of the saturated rate: the capacity search's bracket
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +44,9 @@ class Trial:
     """One configuration and what it carried."""
 
     index: int
-    args: dict[str, Any]  # the tuned arguments, all of them
+    requested: dict[str, Any]  # the tuned arguments, all of them, as tried
+    args: dict[str, Any]  # as the engine got them (without chunked prefill a step
+    # holds a whole context, so --max-num-batched-tokens is raised to --max-model-len)
     capacity: Capacity | None = None
     vllm_serve: str = ""
     reason: str = ""  # why it could not be measured, or why no rate met the SLO
@@ -59,8 +62,9 @@ class Evaluator(Protocol):
     def derived(self) -> dict[str, Any]:
         """The starting point: the arguments the supervisor derives."""
 
-    def evaluate(self, args: dict[str, Any]) -> tuple[Capacity, str]:
-        """(capacity, the ``vllm serve`` line); ``ConfigError`` when it cannot run."""
+    def evaluate(self, args: dict[str, Any]) -> tuple[Capacity, str, dict[str, Any]]:
+        """(capacity, the ``vllm serve`` line, the arguments the engine got);
+        ``ConfigError`` when it cannot run."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,12 +79,11 @@ class VirtualEvaluator:
         args = plan_engine(self.model, self.gpu, self.tp).args
         return {k: getattr(args, k) for k in KEYS}
 
-    def evaluate(self, args: dict[str, Any]) -> tuple[Capacity, str]:
+    def evaluate(self, args: dict[str, Any]) -> tuple[Capacity, str, dict[str, Any]]:
         user = UserArgs({**args, "max_model_len": context_for(self.workload, self.model)})
         engine = plan_engine(self.model, self.gpu, self.tp, user)
-        return find_capacity(engine.resolved, self.workload, self.slo, precision=0.03), (
-            engine.vllm_serve()
-        )
+        cap = find_capacity(engine.resolved, self.workload, self.slo, precision=PRECISION)
+        return cap, engine.vllm_serve(), {k: getattr(engine.args, k) for k in KEYS}
 
 
 def context_for(workload: Workload, model: ModelInfo) -> int:
@@ -109,6 +112,8 @@ class Tuning:
 
 def _trial_dict(t: Trial) -> dict[str, Any]:
     out: dict[str, Any] = {"trial": t.index, "args": t.args, "capacity_rps": t.rate}
+    if t.requested != t.args:
+        out["requested"] = t.requested
     c = t.capacity
     if c is not None and c.at_rate is not None:
         out["output_tokens_per_s"] = c.at_rate.output_tps
@@ -136,10 +141,10 @@ def tune(
         if key in seen:
             return seen[key]
         try:
-            cap, line = evaluator.evaluate(args)
-            t = Trial(len(result.trials) + 1, dict(args), cap, line)
+            cap, line, effective = evaluator.evaluate(args)
+            t = Trial(len(result.trials) + 1, dict(args), effective, cap, line)
         except ConfigError as exc:  # DoesNotFit and ImpossibleSlo among them
-            t = Trial(len(result.trials) + 1, dict(args), reason=str(exc))
+            t = Trial(len(result.trials) + 1, dict(args), dict(args), reason=str(exc))
         seen[key] = t
         result.trials.append(t)
         if on_trial is not None:
@@ -151,9 +156,9 @@ def tune(
         for value in values:
             if len(result.trials) >= max_trials:
                 break
-            if value == best.args[key]:
+            if value == best.requested[key]:
                 continue
-            t = trial({**best.args, key: value})
+            t = trial({**best.requested, key: value})
             if t.rate > best.rate * (1 + MIN_GAIN):
                 best = t
     if best.rate <= 0:
@@ -165,6 +170,8 @@ def tune(
 
 __all__ = [
     "KEYS",
+    "MIN_GAIN",
+    "PRECISION",
     "SPACE",
     "Evaluator",
     "Trial",
