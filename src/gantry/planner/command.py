@@ -64,6 +64,8 @@ def _workload(
             )
     except DatasetError as exc:
         raise ConfigError(str(exc)) from None
+    if len(jobs) < requests:  # a short file is repeated (prefix caching sees the repeats)
+        jobs = (jobs * -(-requests // len(jobs)))[:requests]
     return from_jobs(jobs, f"{dataset} {path.name if path else ''}".strip(), seed=seed)
 
 
