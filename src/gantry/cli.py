@@ -51,9 +51,10 @@ _mount_supervisor()
 
 
 def _mount_planner() -> None:
-    from gantry.planner.command import plan
+    from gantry.planner.command import plan, tune
 
     app.command()(plan)
+    app.command()(tune)
 
 
 _mount_planner()

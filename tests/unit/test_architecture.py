@@ -40,7 +40,7 @@ ALLOWED = {
         "netutil",
     },
     # capacity planning and tuning: the supervisor's derivation, the simulator in virtual time
-    "planner": {"protocol", "errors", "sim", "supervisor", "bench", "console"},
+    "planner": {"protocol", "errors", "sim", "supervisor", "bench", "console", "netutil"},
     # the SDK: the simulator's engine core in process, the supervisor's GPU interface
     "client": {"protocol", "errors", "sim", "supervisor"},
     "errors": {"protocol"},

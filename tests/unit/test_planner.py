@@ -153,3 +153,22 @@ def test_gantry_plan_bad_input_is_one_line(extra, message):
     lines = r.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("gantry: error: "), r.output
     assert message in lines[0]
+
+
+def test_gantry_plan_on_a_dataset_file_repeats_it_to_the_run_length(tmp_path):
+    data = tmp_path / "w.jsonl"
+    data.write_text(
+        '{"prompt": "hello there how are you", "max_tokens": 50}\n'
+        '{"messages": [{"role": "user", "content": "tell me a story"}], "max_tokens": 80}\n'
+    )
+    r = invoke(
+        "plan", "--model", "qwen3-4b", "--gpu", "L4", "--qps", "3", "--dataset", "jsonl",
+        "--dataset-path", str(data), "--slo", "tpot_p90=50ms", "--tp", "1", "--requests", "40",
+        "--json",
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    work = json.loads(r.output)["workload"]
+    assert work["requests"] == 40 and work["mean_output_tokens"] == 65
+    r = invoke("plan", "--model", "qwen3-4b", "--gpu", "L4", "--qps", "3", "--slo", "tpot=1s",
+               "--dataset", "sharegpt")  # fmt: skip
+    assert r.exit_code == 2 and "needs --dataset-path" in r.output

@@ -97,3 +97,16 @@ def test_percentiles_and_throughput():
     assert res.output_throughput == pytest.approx(50 * 20 / res.duration)
     with pytest.raises(ValueError):
         res.values("itl")
+
+
+def test_closed_loop_keeps_at_most_n_in_flight():
+    arrivals = [Arrival(0.0, prompt(200, i), 20) for i in range(12)]
+    one = VirtualEngine.from_resolved(RESOLVED).run(arrivals, concurrency=1)
+    assert one.completed == 12 and one.peak_running == 1
+    # one at a time, back to back: the run lasts the sum of the requests' latencies
+    assert one.duration == pytest.approx(sum(t.e2el for t in one.timings))
+    four = VirtualEngine.from_resolved(RESOLVED).run(arrivals, concurrency=4)
+    assert four.peak_running == 4
+    assert four.output_throughput > 2.5 * one.output_throughput
+    with pytest.raises(ValueError, match="concurrency"):
+        VirtualEngine.from_resolved(RESOLVED).run(arrivals, concurrency=0)

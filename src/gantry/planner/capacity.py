@@ -18,6 +18,7 @@ overloaded misses every SLO.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gantry.errors import ImpossibleSlo
@@ -90,6 +91,40 @@ def run(resolved: ResolvedSim, workload: Workload, rate: float, limits: Limits) 
     return VirtualEngine.from_resolved(resolved, limits=limits).run(workload.arrivals(rate))
 
 
+def search(
+    alone: Callable[[], Probe],
+    at: Callable[[float], Probe],
+    slo: tuple[Target, ...],
+    *,
+    where: str,
+    precision: float = 0.02,
+) -> Capacity:
+    """The search itself, over any way of running a workload at a rate (virtual time
+    here, real engines in ``gantry.planner.real``). ``at(math.inf)``: all at once."""
+    first = alone()
+    if not first.ok:
+        missed = ", ".join(
+            f"{t.label} is {first.values[t.label] * 1000:.0f} ms > {t.seconds * 1000:g} ms"
+            for t in slo
+            if not first.values[t.label] <= t.seconds
+        )
+        raise ImpossibleSlo(
+            f"no rate meets the SLO on {where}: even one request at a time, {missed}"
+        )
+    sat = at(math.inf)
+    lo, hi, best = 0.0, sat.achieved, None
+    probes = []
+    while hi - lo > precision * sat.achieved:
+        mid = (lo + hi) / 2
+        p = at(mid)
+        probes.append(p)
+        if p.ok:
+            lo, best = mid, p
+        else:
+            hi = mid
+    return Capacity(lo, best, sat, first, tuple(probes))
+
+
 def find_capacity(
     resolved: ResolvedSim,
     workload: Workload,
@@ -98,33 +133,18 @@ def find_capacity(
     precision: float = 0.02,
     limits: Limits | None = None,
 ) -> Capacity:
+    """One simulated engine's capacity, in virtual time."""
     lim = limits or Limits(max_waiting=max(1000, 4 * len(workload)))
-    eng = VirtualEngine.from_resolved(resolved, limits=lim)
-    alone = measure(eng.run(workload.spaced(ALONE, ALONE_GAP_S)), slo, 0.0)
-    if not alone.ok:
-        missed = ", ".join(
-            f"{t.label} is {alone.values[t.label] * 1000:.0f} ms > {t.seconds * 1000:g} ms"
-            for t in slo
-            if alone.values[t.label] > t.seconds
-        )
-        tp = resolved.settings.tensor_parallel_size
-        raise ImpossibleSlo(
-            f"no rate meets the SLO on {resolved.gpu.name} (TP {tp}): even one request at a "
-            f"time, {missed}"
-        )
-    sat = measure(run(resolved, workload, math.inf, lim), slo, math.inf)
-    hi = sat.achieved
-    lo, best = 0.0, None
-    probes = []
-    while hi - lo > precision * sat.achieved:
-        mid = (lo + hi) / 2
-        p = measure(run(resolved, workload, mid, lim), slo, mid)
-        probes.append(p)
-        if p.ok:
-            lo, best = mid, p
-        else:
-            hi = mid
-    return Capacity(lo, best, sat, alone, tuple(probes))
+
+    def alone() -> Probe:
+        eng = VirtualEngine.from_resolved(resolved, limits=lim)
+        return measure(eng.run(workload.spaced(ALONE, ALONE_GAP_S)), slo, 0.0)
+
+    def at(rate: float) -> Probe:
+        return measure(run(resolved, workload, rate, lim), slo, rate)
+
+    tp = resolved.settings.tensor_parallel_size
+    return search(alone, at, slo, where=f"{resolved.gpu.name} (TP {tp})", precision=precision)
 
 
-__all__ = ["Capacity", "Probe", "find_capacity", "measure"]
+__all__ = ["ALONE", "Capacity", "Probe", "find_capacity", "measure", "search"]

@@ -64,6 +64,8 @@ def _workload(
             )
     except DatasetError as exc:
         raise ConfigError(str(exc)) from None
+    if len(jobs) < requests:  # a short file is repeated (prefix caching sees the repeats)
+        jobs = (jobs * -(-requests // len(jobs)))[:requests]
     return from_jobs(jobs, f"{dataset} {path.name if path else ''}".strip(), seed=seed)
 
 
@@ -111,4 +113,74 @@ def plan(
     typer.echo(json.dumps(plan_dict(result), indent=2) if as_json else plan_text(result))
 
 
-__all__ = ["plan"]
+def tune(
+    model: Model,
+    gpu: Gpu,
+    slo: Slo,
+    tp: Annotated[int, typer.Option("--tp", metavar="N", help="Tensor-parallel size.")] = 1,
+    input_tokens: InputTokens = 1000,
+    output_tokens: OutputTokens = 200,
+    dataset: Dataset = "random",
+    dataset_path: DatasetPath = None,
+    requests: Requests = 200,
+    seed: Seed = 0,
+    max_trials: Annotated[
+        int, typer.Option(metavar="N", help="Configurations measured at most.")
+    ] = 30,
+    plot: Annotated[
+        Path | None, typer.Option(metavar="PATH", help="Write a PNG of the trials here.")
+    ] = None,
+    real: Annotated[
+        bool,
+        typer.Option("--real", help="Real engines on this machine's GPUs (needs vLLM)."),
+    ] = False,
+    as_json: AsJson = False,
+) -> None:
+    """Find the engine arguments that carry the most load within an SLO.
+
+    Searches max_num_seqs, max_num_batched_tokens, chunked prefill,
+    gpu_memory_utilization and prefix caching, in virtual time with the simulator;
+    --real starts each configuration with vLLM instead (GPUs needed; slow).
+    """
+    from gantry.planner.real import EngineEvaluator
+    from gantry.planner.report import trial_line, trials_header, tune_plot, tune_text
+    from gantry.planner.slo import parse_slo
+    from gantry.planner.tune import Evaluator, VirtualEvaluator
+    from gantry.planner.tune import tune as run_tune
+    from gantry.supervisor.gpus import table_entry
+    from gantry.supervisor.model import load_model
+
+    try:
+        targets = parse_slo(slo)
+        info = load_model(model)
+        profile = table_entry(gpu)
+        if tp < 1:
+            fail("--tp must be at least 1")
+        if max_trials < 1:
+            fail("--max-trials must be at least 1")
+        work = _workload(dataset, dataset_path, requests, input_tokens, output_tokens, seed)
+        evaluator: Evaluator = (
+            EngineEvaluator(model, tp, work, targets)
+            if real
+            else VirtualEvaluator(info, profile, tp, work, targets)
+        )
+        labels = [t.label for t in targets]
+        if not as_json:
+            typer.echo(trials_header(labels))
+        show = None if as_json else (lambda t: typer.echo(trial_line(t, labels)))
+        result = run_tune(evaluator, max_trials=max_trials, on_trial=show)
+        if plot is not None:
+            title = f"{info.name} on {profile.name} (TP {tp}), {', '.join(map(str, targets))}"
+            tune_plot(result, plot, title)
+    except GantryError as exc:
+        fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(result.as_dict(), indent=2))
+    else:
+        # the table was printed trial by trial; now the verdict
+        typer.echo("\n" + tune_text(result, labels).split("\n\n", 1)[-1])
+    if plot is not None and not as_json:
+        typer.echo(f"plot      {plot}")
+
+
+__all__ = ["plan", "tune"]

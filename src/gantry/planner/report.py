@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from gantry.errors import ConfigError
 from gantry.planner.plan import Plan
+from gantry.planner.tune import Trial, Tuning
 
 
 def _ms(v: float) -> str:
@@ -61,4 +65,75 @@ def plan_text(plan: Plan) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["plan_text"]
+def _flag(v: object) -> str:
+    if isinstance(v, bool):
+        return "on" if v else "off"
+    if isinstance(v, float):
+        return f"{v:.2f}"
+    return str(v)
+
+
+def trial_line(t: Trial, labels: list[str]) -> str:
+    a = t.args
+    head = (
+        f"{t.index:>3}  {a['max_num_seqs']:>8}  {a['max_num_batched_tokens']:>8}  "
+        f"{_flag(a['enable_chunked_prefill']):>7}  {_flag(a['gpu_memory_utilization']):>4}  "
+        f"{_flag(a['enable_prefix_caching']):>6}  "
+    )
+    c = t.capacity
+    if c is None or c.at_rate is None:
+        return head + (t.reason or "no rate met the SLO")
+    return (
+        head
+        + f"{c.rate:>6.2f}  {c.at_rate.output_tps:>9,.0f}  "
+        + "  ".join(f"{_ms(c.at_rate.values[lbl]) + ' ms':>9}" for lbl in labels)
+    )
+
+
+def trials_header(labels: list[str]) -> str:
+    return "  #  max_seqs  batched  chunked  util  prefix   req/s  out tok/s  " + "  ".join(
+        f"{lbl:>9}" for lbl in labels
+    )
+
+
+def tune_text(tuning: Tuning, labels: list[str]) -> str:
+    lines = [trials_header(labels), *(trial_line(t, labels) for t in tuning.trials)]
+    b = tuning.best
+    if b is not None:
+        first = tuning.trials[0]
+        gain = f" ({b.rate / first.rate - 1:+.0%} over the derived arguments)" if first.rate else ""
+        lines += [
+            "",
+            f"best      trial {b.index}: {b.rate:.2f} req/s per replica within the SLO{gain}",
+            f"engine    {b.vllm_serve}",
+        ]
+    return "\n".join(lines)
+
+
+def tune_plot(tuning: Tuning, path: Path, title: str) -> Path:
+    """Capacity of every trial, the best one marked (PNG; needs matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise ConfigError("--plot needs matplotlib: pip install 'gantry[bench]'") from exc
+    fig, ax = plt.subplots(figsize=(max(6, 0.4 * len(tuning.trials) + 2), 4))
+    xs = [t.index for t in tuning.trials]
+    best = tuning.best.index if tuning.best else -1
+    colors = ["tab:green" if t.index == best else "tab:blue" for t in tuning.trials]
+    ax.bar(xs, [t.rate for t in tuning.trials], color=colors)
+    ax.set_xlabel("trial")
+    ax.set_ylabel("requests/s per replica within the SLO")
+    ax.set_title(title)
+    ax.set_xticks(xs)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+__all__ = ["plan_text", "trial_line", "trials_header", "tune_plot", "tune_text"]

@@ -31,6 +31,8 @@ class Workload:
     outputs: tuple[int, ...]
     burstiness: float = 1.0
     seed: int = 0
+    jobs: tuple[Job, ...] = ()  # as gantry bench sends them (real engines)
+    chat: bool = True
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -87,7 +89,7 @@ def from_jobs(
             ids = tok.encode((f"{job.system}\n" if job.system else "") + turn.text)
         prompts.append(ids)
         outputs.append(turn.output_len)
-    return Workload(name, tuple(prompts), tuple(outputs), burstiness, seed)
+    return Workload(name, tuple(prompts), tuple(outputs), burstiness, seed, tuple(jobs), chat)
 
 
 def synthetic(

@@ -113,33 +113,6 @@ class VirtualResult:
         return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
-class _WordCache:
-    """The built-in tokenizer with the output words' encodings remembered: the simulated
-    model writes from a short word list, so a virtual run encodes the same few words
-    again and again (measured: a third less time per run, benchmarks/plan_speed.py)."""
-
-    __slots__ = ("_encoded", "_tok", "eos_token_id", "name", "vocab_size")
-
-    def __init__(self, tok: Tokenizer) -> None:
-        self._tok = tok
-        self.name, self.vocab_size, self.eos_token_id = tok.name, tok.vocab_size, tok.eos_token_id
-        self._encoded: dict[str, list[int]] = {}
-
-    def encode(self, text: str, *, allow_special: bool = True) -> list[int]:
-        hit = self._encoded.get(text)
-        if hit is None:
-            hit = self._tok.encode(text, allow_special=allow_special)
-            if len(self._encoded) < 4096 and not allow_special:  # bounded
-                self._encoded[text] = hit
-        return hit
-
-    def decode(self, ids: list[int], *, skip_special: bool = True) -> str:
-        return self._tok.decode(ids, skip_special=skip_special)
-
-    def token_text(self, token_id: int) -> str:
-        return self._tok.token_text(token_id)
-
-
 class VirtualEngine:
     """One engine in virtual time. ``run()`` may be called once per engine."""
 
@@ -152,7 +125,7 @@ class VirtualEngine:
         limits: Limits | None = None,
     ) -> None:
         self.core = EngineCore(config, latency)
-        self.tokenizer: Tokenizer = _WordCache(tokenizer or BuiltinTokenizer())
+        self.tokenizer = tokenizer or BuiltinTokenizer()
         self.limits = limits or Limits()
         self.now = 0.0
 
@@ -170,15 +143,20 @@ class VirtualEngine:
         )
         return cls(config, r.latency_model(), limits=limits)
 
-    def run(self, arrivals: Iterable[Arrival]) -> VirtualResult:
-        """Feed ``arrivals`` (in time order) and step until every request is done."""
+    def run(self, arrivals: Iterable[Arrival], *, concurrency: int | None = None) -> VirtualResult:
+        """Feed ``arrivals`` (in time order) and step until every request is done.
+
+        ``concurrency``: a closed loop instead (``--max-concurrency`` with every request
+        sent at once): at most that many requests in flight, the next one sent the
+        moment one finishes; the arrivals' own times are then ignored."""
         wall = time.perf_counter()
         res = VirtualResult()
         core, lim = self.core, self.limits
         sched = core.scheduler
         overhead = core.latency.request_overhead
         source = _ordered(arrivals, lim.max_requests)
-        nxt = next(source, None)
+        slots = _Slots(source, concurrency)
+        nxt = slots.peek(0.0)
         first = nxt.time if nxt is not None else 0.0
         self.now = first
         index = 0
@@ -188,7 +166,7 @@ class VirtualEngine:
             while nxt is not None and nxt.time + overhead <= self.now:
                 core.add(self._request(nxt, index))
                 index += 1
-                nxt = next(source, None)
+                nxt = slots.take(self.now)
             if len(sched.waiting) > lim.max_waiting or res.steps >= lim.max_steps:
                 res.overloaded = True
                 break
@@ -203,7 +181,9 @@ class VirtualEngine:
             res.preemptions += len(done.step.preempted)
             res.peak_running = max(res.peak_running, len(sched.running))
             res.peak_kv_usage = max(res.peak_kv_usage, core.kv.usage)
-            self._deliver(done.outputs, res)
+            finished = self._deliver(done.outputs, res)
+            if finished:
+                nxt = slots.release(finished, self.now)
         res.unfinished = len(sched.running) + len(sched.waiting)
         res.duration = (self.now - first) if res.timings else 0.0
         res.wall_seconds = time.perf_counter() - wall
@@ -220,8 +200,9 @@ class VirtualEngine:
             index=index,
         )
 
-    def _deliver(self, outputs: list[tuple[SimRequest, StepOutput]], res: VirtualResult) -> None:
+    def _deliver(self, outputs: list[tuple[SimRequest, StepOutput]], res: VirtualResult) -> int:
         now = self.now
+        finished = 0
         for req, _ in outputs:
             if req.first_token is None:
                 req.first_token = now
@@ -237,6 +218,39 @@ class VirtualEngine:
                         max(0, req.num_cached_prompt),
                     )
                 )
+                finished += 1
+        return finished
+
+
+class _Slots:
+    """The next arrival: the source's own (open loop), or, in a closed loop, the next
+    request sent when one of ``concurrency`` slots is free, at that moment."""
+
+    def __init__(self, source: Iterator[Arrival], concurrency: int | None) -> None:
+        if concurrency is not None and concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self._source, self._limit = source, concurrency
+        self._in_flight = 0
+        self._next: Arrival | None = None
+
+    def peek(self, now: float) -> Arrival | None:
+        if self._next is None:
+            if self._limit is None:
+                self._next = next(self._source, None)
+            elif self._in_flight < self._limit:
+                a = next(self._source, None)
+                if a is not None:
+                    self._in_flight += 1
+                    self._next = Arrival(now, a.prompt, a.max_tokens, a.ignore_eos)
+        return self._next
+
+    def take(self, now: float) -> Arrival | None:
+        self._next = None
+        return self.peek(now)
+
+    def release(self, finished: int, now: float) -> Arrival | None:
+        self._in_flight -= finished
+        return self.peek(now)
 
 
 def _ordered(arrivals: Iterable[Arrival], limit: int) -> Iterator[Arrival]:
