@@ -27,7 +27,8 @@ FIXED = {"seed": 7, "max_tokens": 6, "extra": {"ignore_eos": True}}
 
 @pytest.fixture(scope="module")
 def stack(module_tmp: Path) -> Iterator[tuple[Proc, Proc]]:
-    with sim(module_tmp, "--served-model-name", "qwen", "--speedup", "20") as engine:
+    tools = ("--enable-auto-tool-choice", "--tool-call-parser", "hermes")
+    with sim(module_tmp, "--served-model-name", "qwen", "--speedup", "20", *tools) as engine:
         cfg = module_tmp / "gantry.yaml"
         cfg.write_text(f"engines:\n  - url: {engine.url}\n    name: a\n")
         with gateway(module_tmp, "-c", str(cfg)) as gw:

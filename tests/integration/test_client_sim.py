@@ -16,7 +16,13 @@ from gantry.client import (
 )
 from gantry.sim import SimSettings
 
-FAST = SimSettings(served_model_names=("qwen",), instant=True, max_model_len=4096)
+FAST = SimSettings(
+    served_model_names=("qwen",),
+    instant=True,
+    max_model_len=4096,
+    enable_auto_tool_choice=True,
+    tool_call_parser="hermes",
+)
 HI = [{"role": "user", "content": "Say hello."}]
 TOOL = {
     "type": "function",

@@ -19,11 +19,11 @@ from gantry.client._errors import ModeUnavailableError, UnsupportedError, error_
 from gantry.client._tokens import EngineTokenizerCounter, TokenCounter
 from gantry.client._types import Chunk, Completion, Embedding, Request, Usage, parse_completion
 from gantry.sim.engine import EngineConfig, RequestStream, SimEngine
+from gantry.sim.frontend import frontend
 from gantry.sim.metrics import SimMetrics
 from gantry.sim.responses import chat_body, completion_body, random_id
 from gantry.sim.sequence import SimRequest, StepOutput
 from gantry.sim.settings import SimConfigError, SimSettings
-from gantry.sim.tokenizer import load_tokenizer, render_chat
 from gantry.sim.validate import VLLMError, Work, parse
 
 
@@ -36,7 +36,8 @@ class SimBackend:
             self._r = self.settings.resolve()
         except SimConfigError as exc:
             raise ModeUnavailableError(f"simulator settings: {exc}") from None
-        self._tok = load_tokenizer(self.settings.tokenizer)
+        self._front = frontend(self._r)
+        self._tok = self._front.tokenizer
         self._rng = random.Random(self.settings.seed)
         self._engine: SimEngine | None = None
         self.batch_concurrency = self._r.scheduler.max_num_seqs
@@ -73,6 +74,7 @@ class SimBackend:
                 tok=self._tok,
                 max_model_len=self._r.max_model_len,
                 request_seed=self._rng.getrandbits(32),
+                server=self._front.options,
             )
         except VLLMError as err:
             raise error_for_status(err.status, err.message, None) from None
@@ -163,7 +165,7 @@ class SimBackend:
 
     def token_counter(self) -> TokenCounter:
         return EngineTokenizerCounter(
-            self._tok, lambda msgs: render_chat(msgs, add_generation_prompt=True)
+            self._tok, lambda msgs: self._front.chat_format.render(msgs, add_generation_prompt=True)
         )
 
     def __repr__(self) -> str:

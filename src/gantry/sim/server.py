@@ -32,9 +32,10 @@ from gantry.protocol import (
     stream_chunk,
 )
 from gantry.sim.admission import QueueLimits, orca_header, refusal
-from gantry.sim.chat_format import FORMATS, family_of, for_model, prompt_ids
+from gantry.sim.chat_format import prompt_ids
 from gantry.sim.engine import EngineConfig, RequestStream, SimEngine
 from gantry.sim.faults import Action, FaultConfig, decide
+from gantry.sim.frontend import frontend
 from gantry.sim.logprobs import Candidates
 from gantry.sim.metrics import SimMetrics
 from gantry.sim.responses import (
@@ -48,8 +49,8 @@ from gantry.sim.responses import (
 from gantry.sim.sequence import SimRequest, StepOutput
 from gantry.sim.settings import VLLM_VERSION, ResolvedSim
 from gantry.sim.token_outputs import TokenOutputs
-from gantry.sim.tokenizer import Tokenizer, load_tokenizer
-from gantry.sim.validate import ServerOptions, VLLMError, Work, parse, schema_error
+from gantry.sim.tokenizer import Tokenizer
+from gantry.sim.validate import VLLMError, Work, parse, schema_error
 
 log = logging.getLogger("gantry.sim")
 
@@ -66,19 +67,13 @@ class SimServer:
     def __init__(self, resolved: ResolvedSim, *, engine_index: str = "0") -> None:
         self.r = resolved
         s = resolved.settings
-        self.chat_format = FORMATS[family_of(resolved.model.name, resolved.model.hf_id)]
-        self.tokenizer: Tokenizer = for_model(
-            load_tokenizer(s.tokenizer), self.chat_format, resolved.model.vocab_size
-        )
+        front = frontend(resolved)
+        self.chat_format = front.chat_format
+        self.tokenizer: Tokenizer = front.tokenizer
         self._candidates = Candidates(self.tokenizer)
         self.metrics = SimMetrics(resolved.served[0], resolved.max_model_len, engine_index)
         self.faults: FaultConfig = s.faults
-        self._opts = ServerOptions(
-            auto_tools=s.enable_auto_tool_choice,
-            tool_parser=s.tool_call_parser,
-            max_logprobs=s.max_logprobs,
-            chat=self.chat_format,
-        )
+        self._opts = front.options
         self._rng = random.Random(s.seed)
         self._publisher: Any = None
         self.engine: SimEngine | None = None
