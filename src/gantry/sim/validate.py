@@ -78,6 +78,7 @@ class Work:
     echo_prompts: list[str] | None
     tool: ToolPlan | None
     cache_salt: str | None
+    kv_params: Any = None  # kv_transfer_params (P/D), read by the server when it has a role
 
 
 def _int(body: dict[str, Any], key: str, default: int | None) -> int | None:
