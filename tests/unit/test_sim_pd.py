@@ -82,3 +82,16 @@ def test_decode_params_are_read_leniently():
     )
     assert r is not None and r.block_ids == (3, 4) and r.port == 9
     assert remote_prefill({"do_remote_prefill": True, "remote_block_ids": ["x"]}) is None
+
+
+def test_pd_benchmark_quick_mode_prints_both_arms(capsys, monkeypatch):
+    import sys
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import pd as bench  # benchmarks/pd.py
+
+    sys.modules.pop("pd", None)
+    assert bench.main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "| 2048/128 | 4 | 4 aggregated |" in out and "| 2048/128 | 4 | 2P+2D (rdma) |" in out
