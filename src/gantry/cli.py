@@ -172,6 +172,28 @@ def sim(
         str | None,
         typer.Option(metavar="ENDPOINT", help="Replay KV events on ZMQ ROUTER, e.g. tcp://*:5558."),
     ] = None,
+    kv_transfer_config: Annotated[
+        str | None,
+        typer.Option(
+            metavar="JSON",
+            help='vLLM\'s P/D flag, e.g. {"kv_connector":"NixlConnector","kv_role":"kv_both"}.',
+        ),
+    ] = None,
+    pd_role: Annotated[
+        str | None,
+        typer.Option(metavar="ROLE", help="Disaggregated serving: prefill, decode or both."),
+    ] = None,
+    kv_link: Annotated[
+        str | None,
+        typer.Option(metavar="LINK", help="KV-transfer link: nvlink, rdma, tcp or GB/s."),
+    ] = None,
+    kv_transfer_timeout: Annotated[
+        float | None,
+        typer.Option(
+            metavar="SECONDS",
+            help="Give up on KV never received (VLLM_NIXL_ABORT_REQUEST_TIMEOUT, 480).",
+        ),
+    ] = None,
     enable_admin: Annotated[
         bool,
         typer.Option(help="Serve /sim/faults, /sim/crash and /sim/stats (run-time faults)."),
@@ -280,6 +302,7 @@ def sim(
             admin=enable_admin,
             faults=faults,
             slow_start_s=slow_start,
+            kv_transfer=_kv_transfer(kv_transfer_config, pd_role, kv_link, kv_transfer_timeout),
         )
         settings.resolve()
     except (ValueError, SimConfigError) as exc:
@@ -288,6 +311,18 @@ def sim(
         argv = _strip_cluster_args(sys.argv[2:])
         raise typer.Exit(run_cluster(argv, engines, base_port, kv_events))
     serve(settings, host, port, log_level="warning")
+
+
+def _kv_transfer(
+    text: str | None, role: str | None, link: str | None, timeout: float | None
+) -> Any:
+    import os
+
+    from gantry.sim.pd import kv_transfer_config
+
+    return kv_transfer_config(
+        text, pd_role=role, link=link, timeout_s=timeout, env=dict(os.environ)
+    )
 
 
 def _strip_cluster_args(argv: list[str]) -> list[str]:

@@ -23,6 +23,7 @@ class EngineSpec(BaseModel):
     kv_events: str | None = None  # the engine's KV-event ZMQ endpoint, e.g. tcp://host:5557
     kv_topic: str = ""  # topic prefix its events carry (vLLM's kv_events_config.topic)
     group: str | None = None  # an engine group, for traffic splits (canary, blue, green)
+    role: Literal["prefill", "decode", "both"] | None = None  # P/D; unset: aggregated
 
     @field_validator("kv_events")
     @classmethod

@@ -312,6 +312,7 @@ class EnginePool:
                 has_metrics=m.has_metrics,
                 group=m.spec.group,
                 draining=m.draining,
+                role=m.spec.role,
             )
             for m in self._members.values()
         )

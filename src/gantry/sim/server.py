@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -98,6 +99,12 @@ class SimServer:
             from gantry.sim.admin import SimAdmin
 
             self._routes.update(SimAdmin(self).routes())
+        self.pd: Any = None  # a PDServe when the engine plays a P/D role
+        if s.kv_transfer is not None:
+            from gantry.sim.pd_serve import PDServe
+
+            self.pd = PDServe(self, s.kv_transfer)
+            self._routes.update(self.pd.routes())
 
     # -- lifecycle ------------------------------------------------------------
     async def start(self) -> None:
@@ -360,10 +367,16 @@ class SimServer:
             )
             rid = ("chatcmpl-" if chat else "cmpl-") + str(rid_base)
             self.in_flight += 1
+            pinned = None
             try:
+                if self.pd is not None:
+                    work = dataclasses.replace(work, kv_params=body.get("kv_transfer_params"))
+                    pinned = await self.pd.before(work, work.kv_params, rid)
                 await self._serve(work, rid, scope, receive, send)
             finally:
                 self.in_flight -= 1
+                if pinned:
+                    self.pd.release(pinned)
 
         return run
 
@@ -524,6 +537,10 @@ class SimServer:
             body = chat_body(**kw, tool=work.tool, prompt=prompt)
         else:
             body = completion_body(**kw)
+        if self.pd is not None:
+            params = self.pd.produced(work, work.kv_params, rid, scope)
+            if params is not None:  # vLLM's response field for the decode engine
+                body = orjson.dumps({**orjson.loads(body), "kv_transfer_params": params})
         await respond(send, 200, body, headers=self._load_headers(scope))
 
     async def _stream(

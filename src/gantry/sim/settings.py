@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from gantry.sim.faults import FaultConfig
 from gantry.sim.kvcache import num_gpu_blocks
 from gantry.sim.latency import LatencyModel, LatencyParams
+from gantry.sim.pd import KVTransferConfig
 from gantry.sim.profiles import GiB, GPUProfile, ModelProfile, gpu_profile, model_profile
 from gantry.sim.scheduler import SchedulerConfig
 
@@ -57,6 +58,7 @@ class SimSettings:
     max_num_queued_tokens: int | None = None  # prompt tokens of requests still in prefill
     enable_server_load_tracking: bool = False
     kv_events_replay: str | None = None  # ZMQ ROUTER endpoint answering replay requests
+    kv_transfer: KVTransferConfig | None = None  # P/D role (--kv-transfer-config, --pd-role)
 
     def resolve(self) -> ResolvedSim:
         try:

@@ -82,6 +82,7 @@ class Work:
     tool: ToolPlan | None
     cache_salt: str | None
     logprobs: LogprobRequest = LogprobRequest()
+    kv_params: Any = None  # kv_transfer_params (P/D), read by the server when it has a role
 
 
 def _int(body: dict[str, Any], key: str, default: int | None) -> int | None:

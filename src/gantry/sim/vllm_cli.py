@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from gantry.sim.pd import PDConfigError, kv_transfer_config
 from gantry.sim.settings import SimConfigError, SimSettings
 
 PROG = "gantry.sim serve"
@@ -85,6 +87,7 @@ def _parser() -> _Parser:
     a("--max-num-queued-reqs", type=int)
     a("--max-num-queued-tokens", type=int)
     a("--enable-server-load-tracking", action="store_true")
+    a("--kv-transfer-config")
     for flag in NO_EFFECT_SWITCHES:
         a(flag, action="store_true", help=argparse.SUPPRESS)
     for flag in NO_EFFECT_VALUES:
@@ -95,6 +98,8 @@ def _parser() -> _Parser:
     a("--speedup", type=float, default=1.0)
     a("--slow-start", type=float, default=0.0)
     a("--enable-admin", action="store_true")
+    a("--pd-role", choices=["prefill", "decode", "both"])
+    a("--kv-link")
     a("--log-level", default="warning")
     return p
 
@@ -119,6 +124,12 @@ def parse(argv: Sequence[str]) -> ServeArgs:
     if not model:
         raise SimConfigError("the following arguments are required: MODEL")
     kv_endpoint, kv_topic, kv_replay = _kv_events(ns.kv_events_config)
+    try:
+        kv_transfer = kv_transfer_config(
+            ns.kv_transfer_config, pd_role=ns.pd_role, link=ns.kv_link, env=dict(os.environ)
+        )
+    except PDConfigError as exc:
+        raise SimConfigError(str(exc)) from None
     settings = SimSettings(
         model=model,
         gpu=ns.gpu,
@@ -153,6 +164,7 @@ def parse(argv: Sequence[str]) -> ServeArgs:
         max_num_queued_tokens=ns.max_num_queued_tokens,
         enable_server_load_tracking=ns.enable_server_load_tracking,
         kv_events_replay=kv_replay,
+        kv_transfer=kv_transfer,
     )
     return ServeArgs(settings, ns.host, ns.port, ns.log_level)
 
