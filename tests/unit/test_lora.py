@@ -140,3 +140,14 @@ def test_settings_refuse_what_vllm_refuses():
         SimSettings(lora=LoraSettings(enabled=True, max_lora_rank=12)).resolve()
     with pytest.raises(SimConfigError, match="needs --enable-lora"):
         SimSettings(lora=LoraSettings(modules=(LoraModule("a", "b"),))).resolve()
+
+
+def test_vllm_command_line_flags():
+    from gantry.sim.vllm_cli import parse
+
+    args = ["serve", "m", "--enable-lora", "--max-loras", "4", "--max-lora-rank", "64"]
+    got = parse([*args, "--lora-modules", "a=x/a", '{"name": "b", "path": "x/b"}']).settings.lora
+    assert (got.enabled, got.max_loras, got.max_lora_rank) == (True, 4, 64)
+    assert [m.name for m in got.modules] == ["a", "b"]
+    with pytest.raises(SimConfigError, match="--lora-modules"):
+        parse(["serve", "m", "--lora-modules", "bad"])
