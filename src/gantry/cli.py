@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -194,6 +195,15 @@ def sim(
             help="Give up on KV never received (VLLM_NIXL_ABORT_REQUEST_TIMEOUT, 480).",
         ),
     ] = None,
+    enable_lora: Annotated[bool, typer.Option(help="Serve LoRA adapters.")] = False,
+    max_loras: Annotated[
+        int, typer.Option(metavar="N", help="Distinct LoRA adapters in one batch.")
+    ] = 1,
+    max_lora_rank: Annotated[int, typer.Option(metavar="R", help="Largest adapter rank.")] = 16,
+    lora_modules: Annotated[
+        list[str] | None,
+        typer.Option(metavar="NAME=PATH", help="A LoRA adapter loaded at start (repeatable)."),
+    ] = None,
     enable_admin: Annotated[
         bool,
         typer.Option(help="Serve /sim/faults, /sim/crash and /sim/stats (run-time faults)."),
@@ -245,6 +255,7 @@ def sim(
 ) -> None:
     """Run a simulated vLLM engine (no GPU needed)."""
     from gantry.sim.faults import FaultConfig, parse_error_rates
+    from gantry.sim.lora import LoraSettings, parse_modules, runtime_updating
     from gantry.sim.run import run_cluster, serve
     from gantry.sim.settings import SimConfigError, SimSettings
 
@@ -299,6 +310,13 @@ def sim(
             max_num_queued_tokens=max_num_queued_tokens,
             enable_server_load_tracking=enable_server_load_tracking,
             kv_events_replay=kv_events_replay,
+            lora=LoraSettings(
+                enabled=enable_lora,
+                max_loras=max_loras,
+                max_lora_rank=max_lora_rank,
+                modules=parse_modules(lora_modules or ()),
+                runtime_updating=runtime_updating(os.environ),
+            ),
             admin=enable_admin,
             faults=faults,
             slow_start_s=slow_start,

@@ -5,6 +5,7 @@ variables (``__`` separates nesting: ``GANTRY_ROUTING__POLICY=round_robin``) < C
 flags. Validation happens once; every error is reported as one line.
 """
 
+from gantry.config._adapters import AdaptersConfig
 from gantry.config._discovery import (
     DiscoveredEngine,
     DiscoveryConfig,
@@ -61,6 +62,7 @@ from gantry.config._routing import (
 
 __all__ = [
     "MASK",
+    "AdaptersConfig",
     "AdmissionConfig",
     "BatchesConfig",
     "BreakerSettings",

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gantry.config._adapters import AdaptersConfig
 from gantry.config._discovery import DiscoveryConfig
 from gantry.config._launch import LaunchSpec
 from gantry.config._routing import RoutingConfig, Shadow, Split
@@ -302,6 +303,7 @@ class GatewayConfig(BaseModel):
     logging: LoggingConfig = LoggingConfig()
     embedded: EmbeddedConfig = EmbeddedConfig()
     tracing: TracingConfig = TracingConfig()
+    adapters: AdaptersConfig = AdaptersConfig()  # LoRA adapters (gantry.gateway.adapters)
 
     @model_validator(mode="before")
     @classmethod

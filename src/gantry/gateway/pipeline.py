@@ -36,6 +36,7 @@ from gantry.engines.pool import EnginePool, TransportFactory
 from gantry.errors import ClientError, MethodNotAllowed, NotFound, UnsupportedMediaType
 from gantry.gateway import failures, respond
 from gantry.gateway.accounting import Accounting, Record
+from gantry.gateway.adapters import Adapters
 from gantry.gateway.admin import AdminAPI
 from gantry.gateway.admin_routing import RoutingAdmin
 from gantry.gateway.admission import Admission
@@ -117,6 +118,8 @@ class Gateway:
         self.loader: Callable[[], GatewayConfig] | None = None  # where a reload reads from
         self.endpoints.routing_admin = RoutingAdmin(self, self.security.keys)
         self.endpoints.status_page = self
+        self.adapters = Adapters(self.pool, cfg.adapters, self.security.keys)
+        self.endpoints.adapters = self.adapters
         self.started_at = time.monotonic()
         self.shadower = Shadower(cfg.shadow, self.dispatcher, self.metrics)
         self.idem_store = make_store(cfg.idempotency) if cfg.idempotency.enabled else None
@@ -240,6 +243,7 @@ class Gateway:
         self.dispatcher.reconfigure(new)
         self.admission.reconfigure(new.admission)
         self.shadower.rules = dict(new.shadow)
+        self.adapters.cfg = new.adapters
         if not new.logging.requests:
             self.accounting.log = None
         elif self.accounting.log is None:
@@ -350,6 +354,10 @@ class Gateway:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise ClientError(f"Request body is not valid JSON: {exc}", param="body") from None
+        if self.cfg.adapters.on_demand and isinstance(body, dict):
+            model = body.get("model")
+            if isinstance(model, str):  # a registered LoRA adapter no engine has loaded yet
+                await self.adapters.ensure(self.settings.aliases.get(model, model))
         if self.tracer.enabled:
             await self._traced(x, raw, body, ident, rec)
             return

@@ -46,6 +46,9 @@ ROUTES: dict[str, Route] = {
     "/admin/reload": _r("/admin/reload", ADMIN, "POST", "admin"),
     "/admin/engines": _r("/admin/engines", ADMIN, "POST", "admin"),
     "/admin/status": _r("/admin/status", ADMIN, "GET", "admin"),
+    "/admin/adapters": _r("/admin/adapters", ADMIN, "GET", "admin"),
+    "/admin/adapters/load": _r("/admin/adapters/load", ADMIN, "POST", "admin"),
+    "/admin/adapters/unload": _r("/admin/adapters/unload", ADMIN, "POST", "admin"),
 }
 # Paths with an id in them: prefix -> route.
 PREFIXES: tuple[tuple[str, Route], ...] = (

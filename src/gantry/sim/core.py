@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from gantry.sim.kvcache import KVCache
 from gantry.sim.latency import LatencyModel
+from gantry.sim.lora import LoraSlots
 from gantry.sim.scheduler import ScheduledStep, Scheduler, SchedulerConfig
 from gantry.sim.sequence import SimRequest, StepOutput
 
@@ -48,6 +49,8 @@ class EngineCore:
         )
         self.scheduler = Scheduler(config.scheduler, self.kv)
         self.slowdown = 1.0  # fault injection multiplies step time
+        mx = config.scheduler.max_loras
+        self.lora_slots = LoraSlots(mx) if mx else None  # GPU slots for LoRA adapters
 
     @property
     def has_work(self) -> bool:
@@ -58,6 +61,8 @@ class EngineCore:
 
     def step(self) -> CoreStep:
         step = self.scheduler.schedule()
+        if self.lora_slots is not None:
+            step.loras_loaded = self.lora_slots.use(step.loras())
         duration = self.latency.step_time(step.shape()) * self.slowdown
         return CoreStep(step, duration, self.scheduler.complete(step))
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from gantry.sim.core import EngineConfig, EngineCore
 from gantry.sim.kvcache import KVEvent
 from gantry.sim.latency import LatencyModel
+from gantry.sim.lora import LoraMetrics
 from gantry.sim.metrics import SimMetrics
 from gantry.sim.scheduler import ScheduledStep
 from gantry.sim.sequence import SimRequest, Status, StepOutput
@@ -83,6 +84,7 @@ class SimEngine:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.state = EngineState.NEW
+        self.lora_metrics: LoraMetrics | None = None  # vllm:lora_requests_info, LoRA on
 
     @property
     def slowdown(self) -> float:
@@ -202,6 +204,9 @@ class SimEngine:
         m.running_l.set(self.num_running)
         m.waiting_l.set(self.num_waiting)
         m.kv_usage_l.set(self.kv.usage)
+        if self.lora_metrics is not None:
+            s = self.scheduler
+            self.lora_metrics.update((r.lora for r in s.running), (r.lora for r in s.waiting))
         if self._on_kv_events is not None and self.kv.events:
             self._on_kv_events(self.kv.take_events())
 

@@ -38,6 +38,7 @@ from gantry.sim.engine import EngineConfig, RequestStream, SimEngine
 from gantry.sim.faults import Action, FaultConfig, decide
 from gantry.sim.frontend import frontend
 from gantry.sim.logprobs import Candidates
+from gantry.sim.lora_api import SimLoraAPI
 from gantry.sim.metrics import SimMetrics
 from gantry.sim.responses import (
     ChunkWriter,
@@ -95,6 +96,8 @@ class SimServer:
             "/v1/chat/completions": {"POST": self._chat},
             "/kv_event_sources": {"GET": self._kv_sources},
         }
+        self.lora = SimLoraAPI(self)
+        self._routes.update(self.lora.routes())
         if s.admin:
             from gantry.sim.admin import SimAdmin
 
@@ -140,6 +143,7 @@ class SimServer:
             self.metrics,
             on_kv_events=on_events,
         )
+        self.engine.lora_metrics = self.lora.metrics
         await self.engine.__aenter__()
         self.apply_engine_faults()
         log.info(
@@ -244,26 +248,28 @@ class SimServer:
                 "root": self.r.model.hf_id,
                 "parent": None,
                 "max_model_len": self.r.max_model_len,
-                "permission": [
-                    {
-                        "id": "modelperm-" + random_id(),
-                        "object": "model_permission",
-                        "created": self._created,
-                        "allow_create_engine": False,
-                        "allow_sampling": True,
-                        "allow_logprobs": True,
-                        "allow_search_indices": False,
-                        "allow_view": True,
-                        "allow_fine_tuning": False,
-                        "organization": "*",
-                        "group": None,
-                        "is_blocking": False,
-                    }
-                ],
+                "permission": [self._permission()],
             }
             for name in self.r.served
         ]
+        cards += self.lora.cards(self._created, self._permission)
         await respond(send, 200, orjson.dumps({"object": "list", "data": cards}))
+
+    def _permission(self) -> dict[str, Any]:
+        return {
+            "id": "modelperm-" + random_id(),
+            "object": "model_permission",
+            "created": self._created,
+            "allow_create_engine": False,
+            "allow_sampling": True,
+            "allow_logprobs": True,
+            "allow_search_indices": False,
+            "allow_view": True,
+            "allow_fine_tuning": False,
+            "organization": "*",
+            "group": None,
+            "is_blocking": False,
+        }
 
     async def json_body(self, scope: Scope, receive: Receive) -> dict[str, Any]:
         ctype = header(scope, b"content-type") or ""
@@ -356,10 +362,11 @@ class SimServer:
         async def run(scope: Scope, receive: Receive, send: Send) -> None:
             body = await self.json_body(scope, receive)
             rid_base = header(scope, b"x-request-id") or body.get("request_id") or random_id()
+            lora = self.lora.adapter_of(body)
             work = parse(
                 body,
                 chat=chat,
-                served=self.r.served,
+                served=self.r.served if lora is None else [lora],
                 tok=self.tokenizer,
                 max_model_len=self.r.max_model_len,
                 request_seed=self._rng.getrandbits(32),
@@ -372,7 +379,7 @@ class SimServer:
                 if self.pd is not None:
                     work = dataclasses.replace(work, kv_params=body.get("kv_transfer_params"))
                     pinned = await self.pd.before(work, work.kv_params, rid)
-                await self._serve(work, rid, scope, receive, send)
+                await self._serve(work, rid, scope, receive, send, lora)
             finally:
                 self.in_flight -= 1
                 if pinned:
@@ -380,7 +387,9 @@ class SimServer:
 
         return run
 
-    async def _serve(self, work: Work, rid: str, scope: Scope, receive: Receive, send: Send):
+    async def _serve(
+        self, work: Work, rid: str, scope: Scope, receive: Receive, send: Send, lora: str | None
+    ) -> None:
         assert self.engine is not None
         self._admit(work)  # before any byte: vLLM's _preflight refuses with a real 503
         self._requests_seen += 1
@@ -420,6 +429,7 @@ class SimServer:
                     arrival=now,
                     cache_salt=work.cache_salt,
                     index=p_idx * work.n + i,
+                    lora=lora,
                 )
                 streams.append(self.engine.add(req))
         watcher = asyncio.create_task(self._watch_disconnect(receive, streams))

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from gantry.sim.lora import LoraConfigError, LoraSettings, parse_modules, runtime_updating
 from gantry.sim.pd import PDConfigError, kv_transfer_config
 from gantry.sim.settings import SimConfigError, SimSettings
 
@@ -88,6 +89,11 @@ def _parser() -> _Parser:
     a("--max-num-queued-tokens", type=int)
     a("--enable-server-load-tracking", action="store_true")
     a("--kv-transfer-config")
+    a("--enable-lora", action="store_true")
+    a("--max-loras", type=int, default=1)
+    a("--max-lora-rank", type=int, default=16)
+    a("--max-cpu-loras", type=int)  # accepted; the simulator keeps every adapter in "CPU"
+    a("--lora-modules", nargs="+", action="extend", default=[])
     for flag in NO_EFFECT_SWITCHES:
         a(flag, action="store_true", help=argparse.SUPPRESS)
     for flag in NO_EFFECT_VALUES:
@@ -165,8 +171,23 @@ def parse(argv: Sequence[str]) -> ServeArgs:
         enable_server_load_tracking=ns.enable_server_load_tracking,
         kv_events_replay=kv_replay,
         kv_transfer=kv_transfer,
+        lora=_lora(ns),
     )
     return ServeArgs(settings, ns.host, ns.port, ns.log_level)
+
+
+def _lora(ns: argparse.Namespace) -> LoraSettings:
+    try:
+        modules = parse_modules(ns.lora_modules)
+    except LoraConfigError as exc:
+        raise SimConfigError(f"argument --lora-modules: {exc}") from None
+    return LoraSettings(
+        enabled=ns.enable_lora,
+        max_loras=ns.max_loras,
+        max_lora_rank=ns.max_lora_rank,
+        modules=modules,
+        runtime_updating=runtime_updating(os.environ),  # read once, at start-up
+    )
 
 
 def _kv_events(text: str | None) -> tuple[str | None, str, str | None]:
