@@ -1,8 +1,8 @@
 """Build the image with podman and run the simulator and the gateway from it.
 
-Opt-in (``GANTRY_IMAGE_TESTS=1``, marker ``image``): it needs root, Debian's podman and
+Opt-in (``RUN_IMAGE_TESTS=1``, marker ``image``): it needs root, Debian's podman and
 debootstrap, and a few minutes. No registry image can be pulled here, so the base is a
-Debian bookworm root made with debootstrap (or ``GANTRY_IMAGE_BASE``, an image already
+Debian bookworm root made with debootstrap (or ``IMAGE_TEST_BASE``, an image already
 present). The host's CA bundle is copied into that base so that pip inside the build
 trusts what the host trusts.
 
@@ -30,11 +30,11 @@ from tests.helpers import ROOT, run_proc
 pytestmark = [
     pytest.mark.image,
     pytest.mark.skipif(
-        os.environ.get("GANTRY_IMAGE_TESTS") != "1", reason="opt-in: GANTRY_IMAGE_TESTS=1"
+        os.environ.get("RUN_IMAGE_TESTS") != "1", reason="opt-in: RUN_IMAGE_TESTS=1"
     ),
     pytest.mark.timeout(1800),
 ]
-BASE = os.environ.get("GANTRY_IMAGE_BASE", "localhost/gantry-base:bookworm")
+BASE = os.environ.get("IMAGE_TEST_BASE", "localhost/gantry-base:bookworm")
 IMAGE = "localhost/gantry:test"
 
 
