@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -48,6 +49,16 @@ def _mount_supervisor() -> None:
 
 
 _mount_supervisor()
+
+
+def _mount_planner() -> None:
+    from gantry.planner.command import plan, tune
+
+    app.command()(plan)
+    app.command()(tune)
+
+
+_mount_planner()
 
 
 ConfigOpt = Annotated[
@@ -139,6 +150,60 @@ def sim(
     enable_prompt_tokens_details: Annotated[
         bool, typer.Option("--enable-prompt-tokens-details/--no-enable-prompt-tokens-details")
     ] = True,
+    enable_auto_tool_choice: Annotated[
+        bool, typer.Option(help="Let the model call tools on its own (tool_choice auto).")
+    ] = False,
+    tool_call_parser: Annotated[
+        str | None, typer.Option(metavar="NAME", help="Tool-call parser, e.g. hermes.")
+    ] = None,
+    max_logprobs: Annotated[
+        int, typer.Option(metavar="N", help="Largest logprobs / top_logprobs accepted.")
+    ] = 20,
+    max_num_queued_reqs: Annotated[
+        int | None, typer.Option(metavar="N", help="Answer 503 beyond N requests in flight.")
+    ] = None,
+    max_num_queued_tokens: Annotated[
+        int | None,
+        typer.Option(metavar="TOKENS", help="Answer 503 beyond this many prefill tokens."),
+    ] = None,
+    enable_server_load_tracking: Annotated[
+        bool, typer.Option(help="Count requests in flight for GET /load.")
+    ] = False,
+    kv_events_replay: Annotated[
+        str | None,
+        typer.Option(metavar="ENDPOINT", help="Replay KV events on ZMQ ROUTER, e.g. tcp://*:5558."),
+    ] = None,
+    kv_transfer_config: Annotated[
+        str | None,
+        typer.Option(
+            metavar="JSON",
+            help='vLLM\'s P/D flag, e.g. {"kv_connector":"NixlConnector","kv_role":"kv_both"}.',
+        ),
+    ] = None,
+    pd_role: Annotated[
+        str | None,
+        typer.Option(metavar="ROLE", help="Disaggregated serving: prefill, decode or both."),
+    ] = None,
+    kv_link: Annotated[
+        str | None,
+        typer.Option(metavar="LINK", help="KV-transfer link: nvlink, rdma, tcp or GB/s."),
+    ] = None,
+    kv_transfer_timeout: Annotated[
+        float | None,
+        typer.Option(
+            metavar="SECONDS",
+            help="Give up on KV never received (VLLM_NIXL_ABORT_REQUEST_TIMEOUT, 480).",
+        ),
+    ] = None,
+    enable_lora: Annotated[bool, typer.Option(help="Serve LoRA adapters.")] = False,
+    max_loras: Annotated[
+        int, typer.Option(metavar="N", help="Distinct LoRA adapters in one batch.")
+    ] = 1,
+    max_lora_rank: Annotated[int, typer.Option(metavar="R", help="Largest adapter rank.")] = 16,
+    lora_modules: Annotated[
+        list[str] | None,
+        typer.Option(metavar="NAME=PATH", help="A LoRA adapter loaded at start (repeatable)."),
+    ] = None,
     enable_admin: Annotated[
         bool,
         typer.Option(help="Serve /sim/faults, /sim/crash and /sim/stats (run-time faults)."),
@@ -190,6 +255,7 @@ def sim(
 ) -> None:
     """Run a simulated vLLM engine (no GPU needed)."""
     from gantry.sim.faults import FaultConfig, parse_error_rates
+    from gantry.sim.lora import LoraSettings, parse_modules, runtime_updating
     from gantry.sim.run import run_cluster, serve
     from gantry.sim.settings import SimConfigError, SimSettings
 
@@ -237,9 +303,24 @@ def sim(
             api_keys=tuple(api_key or ()),
             kv_events=kv_events,
             enable_prompt_tokens_details=enable_prompt_tokens_details,
+            enable_auto_tool_choice=enable_auto_tool_choice,
+            tool_call_parser=tool_call_parser,
+            max_logprobs=max_logprobs,
+            max_num_queued_reqs=max_num_queued_reqs,
+            max_num_queued_tokens=max_num_queued_tokens,
+            enable_server_load_tracking=enable_server_load_tracking,
+            kv_events_replay=kv_events_replay,
+            lora=LoraSettings(
+                enabled=enable_lora,
+                max_loras=max_loras,
+                max_lora_rank=max_lora_rank,
+                modules=parse_modules(lora_modules or ()),
+                runtime_updating=runtime_updating(os.environ),
+            ),
             admin=enable_admin,
             faults=faults,
             slow_start_s=slow_start,
+            kv_transfer=_kv_transfer(kv_transfer_config, pd_role, kv_link, kv_transfer_timeout),
         )
         settings.resolve()
     except (ValueError, SimConfigError) as exc:
@@ -248,6 +329,18 @@ def sim(
         argv = _strip_cluster_args(sys.argv[2:])
         raise typer.Exit(run_cluster(argv, engines, base_port, kv_events))
     serve(settings, host, port, log_level="warning")
+
+
+def _kv_transfer(
+    text: str | None, role: str | None, link: str | None, timeout: float | None
+) -> Any:
+    import os
+
+    from gantry.sim.pd import kv_transfer_config
+
+    return kv_transfer_config(
+        text, pd_role=role, link=link, timeout_s=timeout, env=dict(os.environ)
+    )
 
 
 def _strip_cluster_args(argv: list[str]) -> list[str]:
@@ -572,6 +665,161 @@ def usage(
             f"{r['prompt_tokens'] or 0:>10} {r['completion_tokens'] or 0:>11} "
             f"{r['cached_tokens'] or 0:>8} {cost:>10}"
         )
+
+
+batches_app = typer.Typer(
+    help="Batch jobs on a gateway: list, status, cancel, download.",
+    no_args_is_help=True,
+)
+app.add_typer(batches_app, name="batches")
+UrlOpt = Annotated[
+    str,
+    typer.Option(
+        "--url",
+        envvar="OPENAI_BASE_URL",
+        metavar="URL",
+        help="The gateway, with or without /v1 (env OPENAI_BASE_URL).",
+    ),
+]
+ApiKeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        envvar="OPENAI_API_KEY",
+        metavar="KEY",
+        help="A user key (its tenant's batches) or an admin key (all); env OPENAI_API_KEY.",
+    ),
+]
+BatchId = Annotated[str, typer.Argument(metavar="BATCH_ID", hidden=True)]
+_GW = "http://127.0.0.1:8080"
+
+
+def _call(url: str, key: str | None, method: str, path: str, timeout: float = 60.0) -> bytes:
+    """One request to the gateway; an error answer or no answer ends the command."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    if not url.startswith(("http://", "https://")):
+        fail(f"--url must start with http:// or https://, not {url!r}")
+    base = url.rstrip("/").removesuffix("/v1")
+    req = urllib.request.Request(base + path, method=method)
+    if key:
+        req.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return bytes(r.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read())["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = exc.reason
+        fail(f"{exc.code}: {message}", 1)
+    except (urllib.error.URLError, OSError) as exc:
+        fail(f"cannot reach the gateway at {url}: {getattr(exc, 'reason', exc)}", 1)
+
+
+def _batch_line(b: dict[str, Any]) -> str:
+    c = b["request_counts"]
+    done = c["completed"] + c["failed"]
+    return (
+        f"{b['id']:<40} {b['status']:<12} {done}/{c['total']:<7} "
+        f"failed={c['failed']:<6} {b['endpoint']}"
+    )
+
+
+@batches_app.command("list")
+def batches_list(
+    url: UrlOpt = _GW,
+    api_key: ApiKeyOpt = None,
+    limit: Annotated[int, typer.Option(metavar="N", help="At most this many.")] = 20,
+) -> None:
+    """The newest batches, one a line."""
+    import json
+
+    for b in json.loads(_call(url, api_key, "GET", f"/v1/batches?limit={limit}"))["data"]:
+        typer.echo(_batch_line(b))
+
+
+@batches_app.command("status")
+def batches_status(batch_id: BatchId, url: UrlOpt = _GW, api_key: ApiKeyOpt = None) -> None:
+    """One batch: a summary line, then the whole batch object (JSON)."""
+    import json
+
+    b = json.loads(_call(url, api_key, "GET", f"/v1/batches/{batch_id}"))
+    typer.echo(_batch_line(b))
+    typer.echo(json.dumps(b, indent=2))
+
+
+@batches_app.command("cancel")
+def batches_cancel(batch_id: BatchId, url: UrlOpt = _GW, api_key: ApiKeyOpt = None) -> None:
+    """Cancel a batch (lines not started do not run)."""
+    import json
+
+    b = json.loads(_call(url, api_key, "POST", f"/v1/batches/{batch_id}/cancel"))
+    typer.echo(_batch_line(b))
+
+
+@batches_app.command("download")
+def batches_download(
+    batch_id: BatchId,
+    url: UrlOpt = _GW,
+    api_key: ApiKeyOpt = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", metavar="PATH", help="Default: stdout.")
+    ] = None,
+    errors: Annotated[
+        bool, typer.Option("--errors", help="The error file instead of the output file.")
+    ] = False,
+) -> None:
+    """Write a finished batch's output file (or its error file) as JSONL."""
+    import json
+
+    b = json.loads(_call(url, api_key, "GET", f"/v1/batches/{batch_id}"))
+    fid = b["error_file_id" if errors else "output_file_id"]
+    if fid is None:
+        what = "error" if errors else "output"
+        fail(f"batch {batch_id} is {b['status']} and has no {what} file", 1)
+    data = _call(url, api_key, "GET", f"/v1/files/{fid}/content")
+    if output is None:
+        sys.stdout.buffer.write(data)
+        return
+    try:
+        output.write_bytes(data)
+    except OSError as exc:
+        fail(f"cannot write {output}: {exc.strerror or exc}", 1)
+    typer.echo(f"{len(data)} bytes to {output}", err=True)
+
+
+@app.command()
+def status(
+    url: Annotated[
+        str, typer.Option(metavar="URL", envvar="GANTRY_URL", help="The gateway's address.")
+    ] = _GW,
+    key: Annotated[
+        str | None,
+        typer.Option(
+            metavar="KEY", envvar="GANTRY_ADMIN_KEY", help="An admin key (or GANTRY_ADMIN_KEY)."
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The page as JSON.")] = False,
+    timeout: Annotated[float, typer.Option(metavar="SECONDS", help="Wait this long.")] = 10.0,
+) -> None:
+    """One screen on a running gateway (admin key).
+
+    Engines, queues, splits, limits, ledger and discovery, from GET /admin/status.
+    """
+    import json
+
+    from gantry.gateway.admin_status import render
+
+    if not key:
+        fail("an admin key is needed: --key KEY or GANTRY_ADMIN_KEY")
+    try:
+        page = json.loads(_call(url, key, "GET", "/admin/status", timeout))
+    except ValueError:
+        fail(f"{url} did not answer JSON: is it a gantry gateway?")
+    typer.echo(json.dumps(page, indent=2) if as_json else render(page))
 
 
 def main() -> None:

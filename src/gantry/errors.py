@@ -24,7 +24,8 @@ OpenAI error JSON through ``GantryError.response()`` (built with
     │   │                            out, KV cache or engine queue saturated)
     │   └── LimitStoreUnavailable    the rate-limit store cannot be reached (fail closed)
     ├── ConfigError                  a setting that cannot work (CLI: one line, exit 2)
-    │   └── DoesNotFit               a model that does not fit the GPUs (the message advises)
+    │   ├── DoesNotFit               a model that does not fit the GPUs (the message advises)
+    │   └── ImpossibleSlo            no request rate meets the SLO (the planner, the tuner)
     ├── LaunchError                  engines the supervisor starts do not become ready
     │   └── GpuUnavailable           no NVML, no driver or no GPU (the simulator is used)
     └── EngineError                  talking to an engine went wrong
@@ -169,6 +170,10 @@ class DoesNotFit(ConfigError):
     """The model's weights (or one full sequence) do not fit; the message says what would."""
 
 
+class ImpossibleSlo(ConfigError):
+    """Even one request at a time misses the SLO; the message gives the figures."""
+
+
 class LaunchError(GantryError):
     """Supervised engines could not be started or did not become ready."""
 
@@ -226,6 +231,7 @@ __all__ = [
     "HeadersTooLarge",
     "IdempotencyConflict",
     "IdempotencyInProgress",
+    "ImpossibleSlo",
     "LaunchError",
     "LimitStoreUnavailable",
     "MethodNotAllowed",

@@ -97,6 +97,8 @@ def docs_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DocsGatew
         "GANTRY_SECURITY__DATABASE_URL": db,
         "GANTRY_EMBEDDED__ENGINES": "1",
         "GANTRY_EMBEDDED__PROFILE": "instant",
+        "GANTRY_BATCHES__STORAGE_DIR": f"{tmp}/files",
+        "GANTRY_BATCHES__POLL_INTERVAL_S": "0.2",
     }
     # enterprise: the examples' load stays clear of per-key limits, which are not tested here
     key = subprocess.run(

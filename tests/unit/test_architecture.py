@@ -39,6 +39,10 @@ ALLOWED = {
         "console",
         "netutil",
     },
+    # capacity planning and tuning: the supervisor's derivation, the simulator in virtual time
+    "planner": {"protocol", "errors", "sim", "supervisor", "bench", "console", "netutil"},
+    # the SDK: the simulator's engine core in process, the supervisor's GPU interface
+    "client": {"protocol", "errors", "sim", "supervisor"},
     "errors": {"protocol"},
     "config": {"errors"},
     "console": set(),
@@ -56,8 +60,10 @@ ALLOWED = {
         "bench",
         "sim",
         "supervisor",
+        "planner",
         "console",
         "netutil",
+        "client",
     },
     "__main__": {"cli"},
 }
@@ -97,11 +103,15 @@ def test_every_module_has_a_rule():
     assert names <= set(ALLOWED), names - set(ALLOWED)
 
 
-def test_only_cli_and_gateway_import_the_supervisor():
+SUPERVISOR_USERS = ("cli", "gateway", "supervisor", "planner", "client")
+
+
+def test_only_cli_gateway_planner_and_client_import_the_supervisor():
+    """The client reads GPUs through the supervisor's GpuSource (in-process mode)."""
     bad = [
         str(py.relative_to(SRC))
         for py in SRC.rglob("*.py")
-        if py.relative_to(SRC).parts[0].removesuffix(".py") not in ("cli", "gateway", "supervisor")
+        if py.relative_to(SRC).parts[0].removesuffix(".py") not in SUPERVISOR_USERS
         and "supervisor" in _imports(py)
     ]
     assert not bad, bad

@@ -34,7 +34,7 @@ def _help(path: tuple[str, ...]) -> str:
 
 def test_every_command_is_covered():
     names = {" ".join(p) for p in COMMANDS}
-    assert {"sim", "serve", "keys create", "bench", "bench sweep", "config show"} <= names
+    assert {"sim", "serve", "keys create", "bench", "bench sweep", "config show", "plan"} <= names
 
 
 @pytest.mark.parametrize("path", list(COMMANDS), ids=lambda p: " ".join(("gantry", *p)))

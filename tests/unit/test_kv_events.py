@@ -51,10 +51,31 @@ def test_map_form_as_the_simulator_publishes_it():
     batch = decode_message([b"kv", (7).to_bytes(8, "big"), kvevents.encode_batch(sim_events)])
     assert (batch.topic, batch.seq, batch.dp_rank) == ("kv", 7, 0)
     assert batch.events == (
-        BlockStored(tuple(hashes), None, tuple(TOKENS), 16, medium="GPU"),
-        BlockRemoved((hashes[0],), medium="GPU"),
+        BlockStored(tuple(hashes), None, tuple(TOKENS), 16, medium="GPU", group_idx=0),
+        BlockRemoved((hashes[0],), medium="GPU", group_idx=0),
         AllBlocksCleared(),
     )
+
+
+def test_salted_blocks_carry_extra_keys_as_vllm():
+    """v1/core/block_pool.py::BlockPool.cache_full_blocks: one ``extra_keys`` entry per
+    stored block, the cache_salt on the prompt's first block (kv_cache_utils.py::
+    generate_block_hash_extra_keys), enough for a consumer to recompute the hashes."""
+    import msgpack as _mp
+
+    kv = kvcache.KVCache(8, 16, prefix_caching=True)
+    kv.collect_events = True
+    salted = kvcache.block_hashes(TOKENS, 16, ("tenant-a",))
+    blocks: list[int] = []
+    assert kv.allocate(blocks, [], len(TOKENS))
+    kv.cache_full_blocks(blocks, salted, 0, TOKENS, salt="tenant-a")
+    (ev,) = kv.take_events()
+    wire = _mp.unpackb(kvevents.encode_batch([ev]), raw=False)[1][0]
+    assert wire["extra_keys"] == [["tenant-a"], None] and wire["group_idx"] == 0
+    first = kvcache.hash_block(kvcache.NONE_HASH, tuple(TOKENS[:16]), tuple(wire["extra_keys"][0]))
+    assert kvcache.event_hash(first) == wire["block_hashes"][0]
+    plain = kvevents.encode_event(kvcache.BlockStored([1], None, TOKENS[:16], 16))
+    assert "extra_keys" not in plain  # omitted when unset, as msgspec's omit_defaults
 
 
 def test_map_form_with_fields_of_newer_vllm():

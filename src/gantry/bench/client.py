@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,15 +58,24 @@ def build_body(t: Target, turn: Turn, job: Job, history: list[dict[str, Any]]) -
 
 
 async def run_job(
-    transport: EngineTransport, t: Target, job: Job, t0: float, headers: dict[str, str]
+    transport: EngineTransport,
+    t: Target,
+    job: Job,
+    t0: float,
+    headers: dict[str, str],
+    *,
+    think_s: float = 0.0,
 ) -> list[RequestResult]:
-    """All turns of a job in order; a failed turn ends the conversation."""
+    """All turns of a job in order, ``think_s`` apart (a user reading the reply);
+    a failed turn ends the conversation."""
     history: list[dict[str, Any]] = []
     hdrs = dict(headers)
     if job.session:
         hdrs[t.session_header] = job.session
     out = []
-    for turn in job.turns:
+    for i, turn in enumerate(job.turns):
+        if i and think_s > 0:
+            await asyncio.sleep(think_s)
         res, reply = await _one(
             transport, t, build_body(t, turn, job, history), t0, hdrs, want_text=len(job.turns) > 1
         )

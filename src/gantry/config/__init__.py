@@ -5,6 +5,13 @@ variables (``__`` separates nesting: ``GANTRY_ROUTING__POLICY=round_robin``) < C
 flags. Validation happens once; every error is reported as one line.
 """
 
+from gantry.config._adapters import AdaptersConfig
+from gantry.config._discovery import (
+    DiscoveredEngine,
+    DiscoveryConfig,
+    DnsDiscovery,
+    KubernetesDiscovery,
+)
 from gantry.config._launch import LaunchSpec, OomSettings, RestartSettings, WarmupSettings
 from gantry.config._load import (
     MASK,
@@ -19,6 +26,7 @@ from gantry.config._load import (
 )
 from gantry.config._models import (
     AdmissionConfig,
+    BatchesConfig,
     BreakerSettings,
     EmbeddedConfig,
     EngineSpec,
@@ -54,9 +62,14 @@ from gantry.config._routing import (
 
 __all__ = [
     "MASK",
+    "AdaptersConfig",
     "AdmissionConfig",
+    "BatchesConfig",
     "BreakerSettings",
     "ConfigSource",
+    "DiscoveredEngine",
+    "DiscoveryConfig",
+    "DnsDiscovery",
     "EmbeddedConfig",
     "EngineSpec",
     "GatewayConfig",
@@ -65,6 +78,7 @@ __all__ = [
     "JWTConfig",
     "KVRouting",
     "KVWeights",
+    "KubernetesDiscovery",
     "LaunchSpec",
     "LedgerConfig",
     "LimitsConfig",

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gantry.config._adapters import AdaptersConfig
+from gantry.config._discovery import DiscoveryConfig
 from gantry.config._launch import LaunchSpec
 from gantry.config._routing import RoutingConfig, Shadow, Split
 
@@ -22,6 +24,7 @@ class EngineSpec(BaseModel):
     kv_events: str | None = None  # the engine's KV-event ZMQ endpoint, e.g. tcp://host:5557
     kv_topic: str = ""  # topic prefix its events carry (vLLM's kv_events_config.topic)
     group: str | None = None  # an engine group, for traffic splits (canary, blue, green)
+    role: Literal["prefill", "decode", "both"] | None = None  # P/D; unset: aggregated
 
     @field_validator("kv_events")
     @classmethod
@@ -225,6 +228,26 @@ class LedgerConfig(BaseModel):
     max_queue: int = Field(default=100_000, ge=1)
 
 
+class BatchesConfig(BaseModel):
+    """``/v1/files`` and ``/v1/batches``: offline jobs run on spare capacity."""
+
+    model_config = _FROZEN
+    # auto: on when security.auth is required (the SQL store is then in use anyway)
+    enabled: bool | Literal["auto"] = "auto"
+    database_url: str | None = None  # default: security.database_url
+    storage_dir: str = "gantry-files"  # file contents (created on first upload)
+    max_file_bytes: int = Field(default=200 * 1024 * 1024, gt=0)  # upload limit (413 above)
+    max_lines: int = Field(default=50_000, ge=1)  # requests in one input file
+    max_line_bytes: int = Field(default=1024 * 1024, ge=1)
+    concurrency: int = Field(default=16, ge=1)  # lines in flight per replica, at most
+    share: float = Field(default=0.5, gt=0, le=1)  # of the engines' in-flight capacity
+    priority: int = 1000  # admission priority of batch lines (lower is served first)
+    lease_s: float = Field(default=60.0, gt=0)  # a dead replica's lines are free after this
+    poll_interval_s: float = Field(default=1.0, gt=0)  # looking for new work
+    retry_after_s: float = Field(default=2.0, gt=0)  # a line refused for capacity waits
+    max_window_s: float = Field(default=7 * 86400.0, gt=0)  # longest completion window
+
+
 class Price(BaseModel):
     model_config = _FROZEN
     prompt_per_1m: float = 0.0
@@ -253,6 +276,7 @@ class GatewayConfig(BaseModel):
     workers: int = Field(default=1, ge=1, le=64)
     engines: tuple[EngineSpec, ...] = ()  # or {static: [...], launch: [...]} in YAML
     launch: tuple[LaunchSpec, ...] = ()  # engines gantry starts itself (gantry engine)
+    discovery: DiscoveryConfig = DiscoveryConfig()  # engines found at run time (k8s, DNS)
     aliases: dict[str, str] = Field(default_factory=dict)
     fallbacks: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     splits: dict[str, Split] = Field(default_factory=dict)  # public name -> weighted targets
@@ -270,6 +294,7 @@ class GatewayConfig(BaseModel):
     tenants: dict[str, TenantConfig] = Field(default_factory=dict)
     ratelimit: RateLimitConfig = RateLimitConfig()
     ledger: LedgerConfig = LedgerConfig()
+    batches: BatchesConfig = BatchesConfig()
     prices: dict[str, Price] = Field(default_factory=dict)
     redaction: RedactionConfig = RedactionConfig()
     ssl_certfile: str | None = None
@@ -278,19 +303,24 @@ class GatewayConfig(BaseModel):
     logging: LoggingConfig = LoggingConfig()
     embedded: EmbeddedConfig = EmbeddedConfig()
     tracing: TracingConfig = TracingConfig()
+    adapters: AdaptersConfig = AdaptersConfig()  # LoRA adapters (gantry.gateway.adapters)
 
     @model_validator(mode="before")
     @classmethod
     def _engines_mapping(cls, data: Any) -> Any:
-        """``engines: {static: [...], launch: [...]}`` as well as ``engines: [...]``."""
+        """``engines: {static: [...], launch: [...], discovery: {...}}`` as well as
+        ``engines: [...]``."""
         if isinstance(data, dict) and isinstance(data.get("engines"), dict):
             section = dict(data["engines"])
             data = {k: v for k, v in data.items() if k != "engines"}
             data["engines"] = section.pop("static", ())
-            if "launch" in section:
-                data["launch"] = section.pop("launch")
+            for key in ("launch", "discovery"):
+                if key in section:
+                    data[key] = section.pop(key)
             if section:
-                raise ValueError(f"engines: unknown entries {sorted(section)} (static, launch)")
+                raise ValueError(
+                    f"engines: unknown entries {sorted(section)} (static, launch, discovery)"
+                )
         return data
 
     @model_validator(mode="after")
@@ -308,7 +338,12 @@ class GatewayConfig(BaseModel):
 
     @property
     def is_embedded(self) -> bool:
-        return not self.engines and not self.launch
+        return not self.engines and not self.launch and not self.discovery.enabled
+
+    @property
+    def batches_on(self) -> bool:
+        e = self.batches.enabled
+        return e is True or (e == "auto" and self.security.auth == "required")
 
     @property
     def ledger_on(self) -> bool:

@@ -289,6 +289,16 @@ class EnginePool:
             await asyncio.gather(*(self._prober.probe(m) for m in members))
         self._publish()
 
+    async def rediscover(self, name: str) -> None:
+        """Probe one engine and read its ``/v1/models`` now (an adapter came or went)."""
+        m = self._members.get(name)
+        if m is None:
+            return
+        async with self._round:
+            m.models_due = 0.0
+            await self._prober.probe(m)
+        self._publish()
+
     def _publish(self) -> None:
         self._version += 1
         self.snapshot = PoolSnapshot.build(self._version, self._views())
@@ -312,6 +322,7 @@ class EnginePool:
                 has_metrics=m.has_metrics,
                 group=m.spec.group,
                 draining=m.draining,
+                role=m.spec.role,
             )
             for m in self._members.values()
         )

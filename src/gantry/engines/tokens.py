@@ -113,7 +113,10 @@ class PromptTokens:
         text = render_chatml(messages) if messages is not None else prompt
         if not isinstance(text, str):
             return None
-        return list(self._local.encode(text, add_special_tokens=False).ids)
+        # vLLM encodes a text prompt with add_special_tokens=True (BOS where the model
+        # has one); chat templates write their own BOS.
+        specials = messages is None
+        return list(self._local.encode(text, add_special_tokens=specials).ids)
 
     async def _ask(
         self, engine: EngineTransport, model: str, messages: Any, prompt: Any

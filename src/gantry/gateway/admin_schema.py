@@ -85,7 +85,7 @@ class UsageQuery(_Strict):
 
 
 NoQuery = NoBody
-M = TypeVar("M", bound=_Strict)
+M = TypeVar("M", bound=BaseModel)
 
 
 def parse_body(model: type[M], raw: bytes, context: Mapping[str, Any] | None = None) -> M:

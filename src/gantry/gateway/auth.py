@@ -80,6 +80,13 @@ class Authenticator:
             return
         self._cache = {r.key_id: (r, _identity(r)) for r in await self.keys.list_keys()}
 
+    def active_identity(self, key_id: str) -> Identity | None:
+        """The identity of an API key that is still active (batch lines run as it)."""
+        cached = self._cache.get(key_id)
+        if cached is None or not cached[0].active(time.time()):
+            return None
+        return cached[1]
+
     def forget(self, key_id: str) -> None:
         """Revoked here: stop accepting it at once on this replica."""
         self._cache.pop(key_id, None)

@@ -23,8 +23,8 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
 from gantry.config import GatewayConfig
 from gantry.engines.breaker import (
@@ -46,17 +46,19 @@ from gantry.errors import (
     NoHealthyEngine,
     RetryableEngineError,
 )
+from gantry.gateway import pd
 from gantry.gateway.policies import Policies
 from gantry.gateway.prepare import Prepared, with_model
 from gantry.gateway.relay import Parts, StreamState, first_token, renamer
 from gantry.gateway.retry import RetryBudget, backoff, parse_retry_after, retry_allowed
 from gantry.observability.metrics import GatewayMetrics
 from gantry.observability.tracing import Tracer
-from gantry.routing import EngineView, PoolSnapshot, RouteRequest, record_choice
+from gantry.routing import EngineView, PoolSnapshot, RouteRequest, least_loaded, record_choice
 from gantry.routing.capacity import CapacityLimits, has_capacity, kv_pressured
 
 log = logging.getLogger("gantry.dispatch")
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+T = TypeVar("T")
 
 
 class Outcome(enum.Enum):
@@ -177,14 +179,21 @@ class Dispatcher:
 
     # -- choosing (no I/O) ------------------------------------------------------------
     def _usable(
-        self, model: str, exclude: set[str], now: float, group: str | None = None
+        self,
+        model: str,
+        exclude: set[str],
+        now: float,
+        group: str | None = None,
+        phase: str | None = None,
     ) -> Sequence[EngineView]:
         healthy = self.pool.snapshot.healthy_for(model)
-        if not (exclude or self.cooldown or self.breakers or group):
+        if not (exclude or self.cooldown or self.breakers or group or phase):
             return healthy
         out = []
         for e in healthy:
             if group is not None and e.group != group:
+                continue
+            if phase is not None and not pd.serves(e.role, phase):
                 continue
             if e.name in exclude or self.cooldown.get(e.name, 0.0) > now:
                 continue
@@ -195,9 +204,14 @@ class Dispatcher:
         return out
 
     def _candidates(
-        self, model: str, exclude: set[str], now: float, group: str | None = None
+        self,
+        model: str,
+        exclude: set[str],
+        now: float,
+        group: str | None = None,
+        phase: str | None = None,
     ) -> tuple[list[EngineView], Room]:
-        usable = self._usable(model, exclude, now, group)
+        usable = self._usable(model, exclude, now, group, phase)
         if not usable:
             return [], Room.NO_ENGINE
         inflight, lim = self.pool.inflight, self.limits
@@ -212,26 +226,54 @@ class Dispatcher:
             return [], _why_full(usable, inflight, lim)
         return calm or room, Room.YES
 
-    def room(self, model: str, exclude: set[str] | None = None, group: str | None = None) -> Room:
-        return self._candidates(model, exclude or set(), time.monotonic(), group)[1]
+    def room(
+        self,
+        model: str,
+        exclude: set[str] | None = None,
+        group: str | None = None,
+        phase: str | None = None,
+    ) -> Room:
+        if phase is None and self.disaggregated(model):
+            return self._pd_room(model, exclude or set(), group)
+        return self._candidates(model, exclude or set(), time.monotonic(), group, phase)[1]
 
-    def _room_fn(self, model: str, exclude: set[str], group: str | None) -> Callable[[], bool]:
-        return lambda: self.room(model, exclude, group) in (Room.YES, Room.NO_ENGINE)
+    def _pd_room(self, model: str, exclude: set[str], group: str | None) -> Room:
+        for phase in (pd.PREFILL, pd.DECODE):
+            why = self.room(model, exclude, group, phase)
+            if why is not Room.YES:
+                return why
+        return Room.YES
+
+    def disaggregated(self, model: str) -> bool:
+        """Does ``model`` run P/D (any of its engines has a prefill or decode role)?"""
+        return pd.disaggregated(e.role for e in self.pool.snapshot.by_model.get(model, ()))
+
+    def _room_fn(
+        self, model: str, exclude: set[str], group: str | None, phase: str | None = None
+    ) -> Callable[[], bool]:
+        return lambda: self.room(model, exclude, group, phase) in (Room.YES, Room.NO_ENGINE)
 
     def choose(
-        self, route: RouteRequest, exclude: set[str], now: float, group: str | None = None
+        self,
+        route: RouteRequest,
+        exclude: set[str],
+        now: float,
+        group: str | None = None,
+        phase: str | None = None,
     ) -> str:
-        candidates, why = self._candidates(route.model, exclude, now, group)
+        candidates, why = self._candidates(route.model, exclude, now, group, phase)
         if why is Room.NO_ENGINE:
             where = f" in group '{group}'" if group else ""
+            where += f" for {phase}" if phase else ""
             raise NoHealthyEngine(
                 f"No healthy engine{where} can serve model '{route.model}' right now.",
                 retry_after=2,
             )
         if why is not Room.YES:
-            usable = self._usable(route.model, exclude, now, group)
+            usable = self._usable(route.model, exclude, now, group, phase)
             raise no_capacity(route.model, why, len(usable))
-        policy = self.policies.for_model(route.model)[1]
+        # P/D: prefill by the model's policy (cache-aware), decode by load
+        policy = least_loaded if phase == pd.DECODE else self.policies.for_model(route.model)[1]
         name = policy(route, candidates, self.pool.inflight).name
         record_choice(policy, route, name)
         b = self.breakers.get(name)
@@ -320,16 +362,90 @@ class Dispatcher:
         route = p.route if model == p.model else RouteRequest(model, p.route.session)
         body = p.body if model == p.model else with_model(p.body, model)
         group = p.group if model == p.model else None
+        self.budget.on_request(time.monotonic())
+        if self.disaggregated(model):
+            return await self._open_pd(
+                p, model, route, body, group, deadline, keepalive, wait_for_room
+            )
+
+        async def attempt(name: str) -> Opened:
+            return await self._attempt(name, model, p, body, deadline, keepalive)
+
+        return await self._failover(route, model, group, None, attempt, deadline, wait_for_room)
+
+    async def _open_pd(
+        self,
+        p: Prepared,
+        model: str,
+        route: RouteRequest,
+        body: bytes,
+        group: str | None,
+        deadline: float,
+        keepalive: Keepalive,
+        wait_for_room: WaitForRoom,
+    ) -> Opened:
+        """Prefill on one engine, then decode on another carrying its KV params.
+
+        A decode engine that failed after it was reached may have read (and so released)
+        the prefill's KV: the next decode attempt prefills again (mostly a cache hit).
+        """
+        pre_p = replace(p, stream=False, body=pd.prefill_body(body))
+
+        async def prefill(name: str) -> Opened:
+            return await self._attempt(name, model, pre_p, pre_p.body, deadline, keepalive)
+
+        async def prefilled() -> dict[str, Any] | None:
+            opened = await self._failover(
+                route, model, group, pd.PREFILL, prefill, deadline, wait_for_room
+            )
+            self.release(opened.engine, Outcome.OK)
+            return pd.params_of(opened.body)
+
+        params: list[dict[str, Any] | None] = [await prefilled()]
+
+        async def decode(name: str) -> Opened:
+            if not params:
+                try:
+                    params.append(await prefilled())
+                except RetryableEngineError as exc:
+                    raise _PrefillFailed(exc) from exc  # not the decode engine's fault
+            try:
+                return await self._attempt(
+                    name, model, p, pd.decode_body(body, params[0]), deadline, keepalive
+                )
+            except ConnectFailed:
+                raise  # never reached: the KV is still waiting for a decode engine
+            except BaseException:
+                params.clear()
+                raise
+
+        try:
+            return await self._failover(
+                route, model, group, pd.DECODE, decode, deadline, wait_for_room
+            )
+        except _PrefillFailed as failed:
+            raise failed.cause from None
+
+    async def _failover(
+        self,
+        route: RouteRequest,
+        model: str,
+        group: str | None,
+        phase: str | None,
+        attempt: Callable[[str], Awaitable[T]],
+        deadline: float,
+        wait_for_room: WaitForRoom,
+    ) -> T:
+        """The one retry loop: choose an engine, attempt, fail over before the first byte."""
         tried: set[str] = set()
         last: RetryableEngineError | None = None
         attempts = 0
-        self.budget.on_request(time.monotonic())
         while True:
             now = time.monotonic()
             try:
-                name = self._choose_traced(route, tried, now, attempts, group)
+                name = self._choose_traced(route, tried, now, attempts, group, phase)
             except NoCapacity as full:
-                await wait_for_room(full, model, self._room_fn(model, tried, group))
+                await wait_for_room(full, model, self._room_fn(model, tried, group, phase))
                 continue
             if last is not None:
                 self.metrics.retries.labels(name, _kind(last)).inc()
@@ -337,7 +453,7 @@ class Dispatcher:
             self._routed(name, model).inc()
             self.pool.inflight[name] += 1
             try:
-                return await self._attempt(name, model, p, body, deadline, keepalive)
+                return await attempt(name)
             except RetryableEngineError as exc:
                 self.release(name, Outcome.OK if _is_429(exc) else Outcome.FAILED)
                 self._count_failure(name, exc)
@@ -350,7 +466,7 @@ class Dispatcher:
                 raise
             attempts += 1
             now = time.monotonic()
-            if not self._usable(model, tried, now, group):
+            if not self._usable(model, tried, now, group, phase):
                 raise last  # every engine of the model failed this request
             if not retry_allowed(attempts, self.cfg.retry.attempts, now, deadline, self.budget):
                 raise last
@@ -359,13 +475,19 @@ class Dispatcher:
             await asyncio.sleep(min(delay, max(0.0, deadline - now)))
 
     def _choose_traced(
-        self, route: RouteRequest, tried: set[str], now: float, n: int, group: str | None
+        self,
+        route: RouteRequest,
+        tried: set[str],
+        now: float,
+        n: int,
+        group: str | None,
+        phase: str | None = None,
     ) -> str:
         if self.tracer is not None and self.tracer.enabled:
             policy = self.policies.for_model(route.model)[0]
             with self.tracer.span("routing", policy=policy, attempt=n):
-                return self.choose(route, tried, now, group)
-        return self.choose(route, tried, now, group)
+                return self.choose(route, tried, now, group, phase)
+        return self.choose(route, tried, now, group, phase)
 
     def _count_failure(self, name: str, exc: RetryableEngineError) -> None:
         self.metrics.upstream_errors.labels(name, _kind(exc)).inc()
@@ -489,6 +611,15 @@ class MidAnswer(RetryableEngineError):
 
 class ConnectFailed(RetryableEngineError):
     """The engine could not be reached, or dropped the connection before answering."""
+
+
+class _PrefillFailed(BaseException):
+    """P/D: every prefill engine failed while a decode attempt was under way; carries
+    the prefill's error past the decode loop (which must not blame its engine)."""
+
+    def __init__(self, cause: RetryableEngineError) -> None:
+        super().__init__(cause.message)
+        self.cause = cause
 
 
 async def _read_all(resp: EngineResponse, name: str, deadline: float) -> bytes:

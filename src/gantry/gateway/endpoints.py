@@ -11,7 +11,9 @@ import orjson
 from gantry import __version__
 from gantry.config import GatewayConfig
 from gantry.engines.pool import EnginePool
+from gantry.gateway import adapters, admin_status
 from gantry.gateway.accounting import Record
+from gantry.gateway.adapters import Adapters
 from gantry.gateway.admin import MAX_BODY
 from gantry.gateway.admin_routing import RoutingAdmin, handles
 from gantry.gateway.auth import Identity
@@ -39,6 +41,8 @@ class Endpoints:
         self.metrics = metrics
         self.admin_api = admin
         self.routing_admin: RoutingAdmin | None = None
+        self.status_page: admin_status.Observed | None = None
+        self.adapters: Adapters | None = None
         self.draining = False
         self._openapi = orjson.dumps(openapi_document(__version__))
 
@@ -97,7 +101,11 @@ class Endpoints:
         body = b""
         if x.method in ("POST", "PUT"):
             body = await x.read_body(MAX_BODY, self.cfg.security.body_timeout_s)
-        if self.routing_admin is not None and handles(x.path):
+        if self.status_page is not None and x.path == admin_status.PATH:
+            status, data = await admin_status.handle(self.status_page, x.method, x.path)
+        elif self.adapters is not None and adapters.handles(x.path):
+            status, data = await self.adapters.handle(x.method, x.path, body, ident)
+        elif self.routing_admin is not None and handles(x.path):
             status, data = await self.routing_admin.handle(x.method, x.path, body, ident)
         else:
             status, data = await self.admin_api.handle(x.method, x.path, body, x.query, ident)

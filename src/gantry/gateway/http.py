@@ -511,7 +511,11 @@ class _Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         x = self._parsing
         if x is not None:
-            x._feed(body, self.server.max_body_bytes)
+            s = self.server
+            x._feed(
+                body,
+                s.body_limits.get(x.path, s.max_body_bytes) if s.body_limits else s.max_body_bytes,
+            )
 
     def on_message_complete(self) -> None:
         x = self._parsing
@@ -596,6 +600,7 @@ class HttpServer:
         max_header_bytes: int = 16384,
         max_url_bytes: int = 8192,
         max_body_bytes: int = 16 * 1024 * 1024,
+        body_limits: dict[str, int] | None = None,
         header_timeout_s: float = 30.0,
         keepalive_s: float = 30.0,
         on_refused: Callable[[int, str], None] | None = None,
@@ -606,6 +611,7 @@ class HttpServer:
         self.max_header_bytes = max_header_bytes
         self.max_url_bytes = max_url_bytes
         self.max_body_bytes = max_body_bytes
+        self.body_limits = dict(body_limits or {})  # path -> its own limit (uploads)
         self.header_timeout_s = header_timeout_s
         self.keepalive_s = keepalive_s
         self._on_refused = on_refused

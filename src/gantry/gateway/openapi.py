@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from gantry.config import EngineSpec, Split, TierLimits
+from gantry.gateway.adapters import LoadAdapter, UnloadAdapter
 from gantry.gateway.admin_schema import CreateKey, ListKeysQuery, NoBody, UsageQuery
 
 _ERROR = {
@@ -137,6 +138,9 @@ def _routing_paths() -> dict[str, Any]:
 
     return {
         "/admin/routing": {"get": _admin_op("routingState", "Policies, splits, engines")},
+        "/admin/status": {
+            "get": _admin_op("status", "Engines, queues, splits, limit store, ledger and discovery")
+        },
         "/admin/reload": {"post": _admin_op("reload", "Read the configuration file again")},
         "/admin/splits/{name}": named(
             put=_admin_op("putSplit", "Create or change a traffic split", body="Split"),
@@ -161,6 +165,13 @@ def _routing_paths() -> dict[str, Any]:
         "/admin/engines/{name}/undrain": named(
             post=_admin_op("undrainEngine", "Send requests to a drained engine again")
         ),
+        "/admin/adapters": {"get": _admin_op("adapters", "Engines' models and adapter registry")},
+        "/admin/adapters/load": {
+            "post": _admin_op("loadAdapter", "Load a LoRA adapter on engines", body="LoadAdapter")
+        },
+        "/admin/adapters/unload": {
+            "post": _admin_op("unloadAdapter", "Unload a LoRA adapter", body="UnloadAdapter")
+        },
     }
 
 
@@ -251,6 +262,8 @@ def openapi_document(version: str) -> dict[str, Any]:
                     "properties": {"target": {"type": "string", "minLength": 1}},
                 },
                 "NoBody": _oas30(NoBody.model_json_schema()),
+                "LoadAdapter": _oas30(LoadAdapter.model_json_schema()),
+                "UnloadAdapter": _oas30(UnloadAdapter.model_json_schema()),
                 "Error": {
                     "type": "object",
                     "required": ["error"],

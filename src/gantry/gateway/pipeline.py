@@ -29,18 +29,23 @@ from typing import Any
 import orjson
 
 from gantry.config import GatewayConfig
+from gantry.engines.breaker import BreakerState
+from gantry.engines.discovery import Discovery, make_sources
 from gantry.engines.kv_events import KVEventHub
 from gantry.engines.pool import EnginePool, TransportFactory
 from gantry.errors import ClientError, MethodNotAllowed, NotFound, UnsupportedMediaType
 from gantry.gateway import failures, respond
 from gantry.gateway.accounting import Accounting, Record
+from gantry.gateway.adapters import Adapters
 from gantry.gateway.admin import AdminAPI
 from gantry.gateway.admin_routing import RoutingAdmin
 from gantry.gateway.admission import Admission
 from gantry.gateway.auth import Identity
+from gantry.gateway.batch_api import upload_limit
+from gantry.gateway.batches import BatchService
 from gantry.gateway.dispatch import Dispatcher, Outcome
 from gantry.gateway.endpoints import Endpoints
-from gantry.gateway.http import Exchange
+from gantry.gateway.http import Exchange, MemoryConnection
 from gantry.gateway.idempotent import check_key, fingerprint, make_store, run_once
 from gantry.gateway.prepare import FORWARD, Prepared, PrepareSettings, prepare
 from gantry.gateway.reconfigure import Plan, plan
@@ -50,6 +55,8 @@ from gantry.gateway.shadow import Shadower
 from gantry.observability import GatewayMetrics, RequestLog, Tracer
 from gantry.protocol import encode_comment
 from gantry.routing import PoolSnapshot
+from gantry.state.ledger import UsageLedger
+from gantry.state.limits import LimitStore
 
 log = logging.getLogger("gantry.gateway")
 _KEEPALIVE = encode_comment("keep-alive")
@@ -81,6 +88,10 @@ class Gateway:
         self.pool = pool
         self.metrics = metrics or GatewayMetrics()
         self.pool.listeners.append(self.metrics.on_snapshot)
+        self.discovery: Discovery | None = None  # engines found at run time (k8s, DNS)
+        if cfg.discovery.enabled:
+            sources = make_sources(cfg.discovery, self._discovery_event)
+            self.discovery = Discovery(self.pool, sources, on_event=self._discovery_event)
         self.tracer = Tracer(cfg.tracing)
         self.security = Security(cfg, self.metrics)
         self.auth = self.security.auth
@@ -106,6 +117,10 @@ class Gateway:
         self.endpoints = Endpoints(cfg, self.pool, self.metrics, admin)
         self.loader: Callable[[], GatewayConfig] | None = None  # where a reload reads from
         self.endpoints.routing_admin = RoutingAdmin(self, self.security.keys)
+        self.endpoints.status_page = self
+        self.adapters = Adapters(self.pool, cfg.adapters, self.security.keys)
+        self.endpoints.adapters = self.adapters
+        self.started_at = time.monotonic()
         self.shadower = Shadower(cfg.shadow, self.dispatcher, self.metrics)
         self.idem_store = make_store(cfg.idempotency) if cfg.idempotency.enabled else None
         self.routes = route_table(cfg)
@@ -131,6 +146,20 @@ class Gateway:
             "admin": self.endpoints.admin,
             "generate": self.generate,
         }
+        self.batches: BatchService | None = None
+        self.body_limits: dict[str, int] = {}  # path -> body limit, for the HTTP front
+        if cfg.batches_on:
+            self.batches = BatchService(
+                cfg,
+                self.security.sql,
+                self.auth,
+                self.internal,
+                capacity=self._capacity,
+                interactive_waiting=self.admission.queue.total_waiting,
+            )
+            self._endpoints["files"] = self.batches.api.handle_files
+            self._endpoints["batches"] = self.batches.api.handle_batches
+            self.body_limits["/v1/files"] = upload_limit(cfg)
         self._stack: contextlib.AsyncExitStack | None = None
         self._tasks: set[asyncio.Task[Any]] = set()  # engine removals draining
 
@@ -140,6 +169,8 @@ class Gateway:
             stack.push_async_callback(self.security.aclose)  # closes what start() opened
             await self.security.start()
             await stack.enter_async_context(self.pool)
+            if self.discovery is not None:
+                await stack.enter_async_context(self.discovery)
             await stack.enter_async_context(self.kv_events)
             for name in self.pool.names():
                 spec = self.pool.spec_of(name)
@@ -150,6 +181,9 @@ class Gateway:
             if self.accounting.log is not None:
                 stack.callback(self.accounting.log.flush)
             stack.push_async_callback(self.shadower.aclose)
+            if self.batches is not None:  # closed first: its lines finish on the engines
+                await self.batches.start()
+                stack.push_async_callback(lambda: self._close_batches(self.cfg.shutdown.grace_s))
             self._stack = stack.pop_all()
         return self
 
@@ -159,10 +193,47 @@ class Gateway:
             stack, self._stack = self._stack, None
             await stack.aclose()
 
+    async def _close_batches(self, grace_s: float) -> None:
+        assert self.batches is not None
+        await self.batches.aclose(grace_s)
+
+    def _capacity(self) -> int:
+        """In-flight capacity of the healthy engines (0: unlimited), for batch shares."""
+        per = self.cfg.admission.max_inflight_per_engine
+        return per * sum(1 for e in self.pool.snapshot.engines if e.healthy) if per else 0
+
+    async def internal(
+        self, path: str, body: bytes, ident: Identity, idempotency_key: str
+    ) -> tuple[int, str, bytes]:
+        """One request run by the gateway itself (a batch line) as ``ident``: the whole
+        pipeline after authentication, at the batch priority, accounted like any other.
+        Returns the status, the request id and the body."""
+        rid = os.urandom(16).hex()
+        headers = {
+            b"content-type": "application/json",
+            b"x-request-id": rid,
+            b"idempotency-key": idempotency_key,
+            self.settings.priority_header: str(self.cfg.batches.priority),
+        }
+        conn = MemoryConnection()
+        x = conn.exchange("POST", path, headers, body)
+        route = match(self.routes, path)
+        rec = Record(rid, route.label if route is not None else "other", x.t0)
+        rec.key_id, rec.tenant = ident.key_id, ident.tenant
+        try:
+            await self.generate(x, ident, rec)
+        except Exception as exc:
+            await failures.answer(x, exc, rec, self.metrics)
+        finally:
+            self.accounting.finish(rec)
+        status, _, answer = conn.response()
+        return status, rid, answer
+
     async def reconfigure(self, new: GatewayConfig) -> Plan:
         """Apply a new configuration (see ``gateway.reconfigure``); ``ConfigError`` if it
         holds a change that needs a restart, and then nothing changes."""
-        running = {name: self.pool.spec_of(name) for name in self.pool.names()}
+        found = self.discovery.owned if self.discovery is not None else {}
+        running = {name: self.pool.spec_of(name) for name in self.pool.names() if name not in found}
         change = plan(self.cfg, new, running)
         self.cfg = new
         self.settings = PrepareSettings.of(new)
@@ -172,6 +243,7 @@ class Gateway:
         self.dispatcher.reconfigure(new)
         self.admission.reconfigure(new.admission)
         self.shadower.rules = dict(new.shadow)
+        self.adapters.cfg = new.adapters
         if not new.logging.requests:
             self.accounting.log = None
         elif self.accounting.log is None:
@@ -199,6 +271,13 @@ class Gateway:
             if self.kv_events.subscriber(e.name) is not None:
                 m.kv_degraded.labels(e.name).set(1 if self.kv_events.degraded(e.name) else 0)
 
+    def _discovery_event(self, source: str, event: str) -> None:
+        self.metrics.discovery_events.labels(source, event).inc()
+        if self.discovery is not None:
+            for s in self.discovery.statuses():
+                self.metrics.discovery_up.labels(s.source).set(1 if s.up else 0)
+                self.metrics.discovery_engines.labels(s.source).set(s.engines)
+
     def _kv_degraded(self, engine: str) -> bool:
         return self.kv_events.degraded(engine)
 
@@ -209,6 +288,22 @@ class Gateway:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    # -- what GET /admin/status reads (gateway.admin_status) -----------------------------
+    def breakers(self) -> dict[str, BreakerState]:
+        return self.dispatcher.breakers
+
+    def queued(self, model: str) -> int:
+        return self.admission.queue.waiting(model)
+
+    def limit_store(self) -> LimitStore:
+        return self.security.limits
+
+    def ledger(self) -> UsageLedger | None:
+        return self.security.ledger
+
+    def readiness(self) -> tuple[bool, list[str]]:
+        return self.endpoints.readiness()
 
     def start_drain(self) -> None:
         """Readiness turns 503 and new generation requests are refused (503)."""
@@ -259,6 +354,10 @@ class Gateway:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise ClientError(f"Request body is not valid JSON: {exc}", param="body") from None
+        if self.cfg.adapters.on_demand and isinstance(body, dict):
+            model = body.get("model")
+            if isinstance(model, str):  # a registered LoRA adapter no engine has loaded yet
+                await self.adapters.ensure(self.settings.aliases.get(model, model))
         if self.tracer.enabled:
             await self._traced(x, raw, body, ident, rec)
             return

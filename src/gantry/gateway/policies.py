@@ -17,7 +17,7 @@ from typing import Any
 from gantry.config import RoutingConfig
 from gantry.engines.tokens import PromptTokens, prompt_text
 from gantry.engines.transport import EngineTransport
-from gantry.protocol import BlockHasher
+from gantry.protocol import BlockHasher, salt_keys
 from gantry.routing import BlockIndex, Policy, RouteRequest, make_policy, text_chain
 
 MAX_CHAIN_BLOCKS = 256
@@ -100,7 +100,7 @@ class Policies:
         ids = await self.tokens.of(body, route.model, engine)
         if ids:
             size = self.cfg.kv_aware.block_size
-            extra = (("cache_salt", salt),) if salt else None
+            extra = salt_keys(salt)
             route.kv_chain = self.hasher.hashes(ids[: size * MAX_CHAIN_BLOCKS], extra)
 
     def forget(self, engine: str) -> None:

@@ -43,6 +43,9 @@ class CapacityQueue:
         # Every entry is live: leavers remove themselves, wake() pops the woken.
         return len(self._queues.get(model, ()))
 
+    def total_waiting(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
     async def wait_for_room(
         self, model: str, priority: int, deadline: float, has_room: Callable[[], bool]
     ) -> None:

@@ -35,6 +35,7 @@ RESTART = (
     "limits",
     "health",
     "launch",
+    "discovery",
 )
 
 

@@ -45,6 +45,10 @@ ROUTES: dict[str, Route] = {
     "/admin/routing": _r("/admin/routing", ADMIN, "GET", "admin"),
     "/admin/reload": _r("/admin/reload", ADMIN, "POST", "admin"),
     "/admin/engines": _r("/admin/engines", ADMIN, "POST", "admin"),
+    "/admin/status": _r("/admin/status", ADMIN, "GET", "admin"),
+    "/admin/adapters": _r("/admin/adapters", ADMIN, "GET", "admin"),
+    "/admin/adapters/load": _r("/admin/adapters/load", ADMIN, "POST", "admin"),
+    "/admin/adapters/unload": _r("/admin/adapters/unload", ADMIN, "POST", "admin"),
 }
 # Paths with an id in them: prefix -> route.
 PREFIXES: tuple[tuple[str, Route], ...] = (
@@ -56,9 +60,22 @@ PREFIXES: tuple[tuple[str, Route], ...] = (
 )
 
 
+# Batch jobs (when batches are on): exact paths and paths with an id.
+BATCH_ROUTES: dict[str, Route] = {
+    "/v1/files": _r("/v1/files", API, "GET POST", "files"),
+    "/v1/batches": _r("/v1/batches", API, "GET POST", "batches"),
+}
+BATCH_PREFIXES: tuple[tuple[str, Route], ...] = (
+    ("/v1/files/", _r("/v1/files/{id}", API, "GET DELETE", "files")),
+    ("/v1/batches/", _r("/v1/batches/{id}", API, "GET POST", "batches")),
+)
+
+
 def route_table(cfg: GatewayConfig) -> dict[str, Route]:
     """The table with the configured public switches applied."""
     table = dict(ROUTES)
+    if cfg.batches_on:
+        table.update(BATCH_ROUTES)
     if cfg.security.readyz_public:
         table["/readyz"] = _r("/readyz", PUBLIC, "GET", "readyz")
     if cfg.security.metrics_public:
@@ -72,4 +89,8 @@ def match(table: dict[str, Route], path: str) -> Route | None:
         for prefix, r in PREFIXES:
             if path.startswith(prefix) and len(path) > len(prefix):
                 return r
+        if "/v1/files" in table:
+            for prefix, r in BATCH_PREFIXES:
+                if path.startswith(prefix) and len(path) > len(prefix):
+                    return r
     return route

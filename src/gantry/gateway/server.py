@@ -134,6 +134,7 @@ class Worker:
                 max_header_bytes=cfg.security.max_header_bytes,
                 max_url_bytes=cfg.limits.max_url_bytes,
                 max_body_bytes=cfg.limits.max_body_bytes,
+                body_limits=self.gateway.body_limits,
                 header_timeout_s=cfg.security.body_timeout_s,
                 keepalive_s=cfg.limits.keepalive_timeout_s,
                 on_refused=self._refused,

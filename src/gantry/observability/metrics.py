@@ -246,6 +246,28 @@ class GatewayMetrics:
             multiprocess_mode="max",
         )
 
+        self.discovery_events = Counter(
+            "gantry_discovery_events",
+            "Engine discovery events, by source (kubernetes, dns) and event: update (a set "
+            "seen), added, removed, error (API server or resolver failed), resync (re-list).",
+            ["source", "event"],
+            registry=reg,
+        )
+        self.discovery_up = Gauge(
+            "gantry_discovery_up",
+            "1 while a discovery source works; 0 while it fails (the last set is kept).",
+            ["source"],
+            registry=reg,
+            multiprocess_mode="min",
+        )
+        self.discovery_engines = Gauge(
+            "gantry_discovery_engines",
+            "Engines in the last set a discovery source saw.",
+            ["source"],
+            registry=reg,
+            multiprocess_mode="max",
+        )
+
     def on_snapshot(self, snap: PoolSnapshot) -> None:
         names = {e.name for e in snap.engines}
         for gone in self._engines - names:  # an engine left the pool: so do its series

@@ -29,6 +29,7 @@ from gantry.protocol._blockhash import (
     block_hashes,
     event_hash,
     hash_block,
+    salt_keys,
 )
 from gantry.protocol._errors import error_body, error_bytes, flat_error_message
 from gantry.protocol._request import (
@@ -85,6 +86,7 @@ __all__ = [
     "inspect_request",
     "read_body",
     "respond",
+    "salt_keys",
     "start_stream",
     "stream_chunk",
     "usage_of",

@@ -32,6 +32,12 @@ def event_hash(digest: bytes) -> int:
     return int.from_bytes(digest, "big") & _MASK64
 
 
+def salt_keys(salt: str | None) -> tuple[Any, ...] | None:
+    """The extra keys a ``cache_salt`` adds to a prompt's first block, as vLLM's
+    ``generate_block_hash_extra_keys`` (v1/core/kv_cache_utils.py) builds them."""
+    return (salt,) if salt else None
+
+
 def block_hashes(
     tokens: list[int],
     block_size: int,

@@ -23,6 +23,7 @@ class EngineView:
     has_metrics: bool = False
     group: str | None = None  # the engine's group (traffic splits)
     draining: bool = False  # taken out of routing by an operator: probed and listed still
+    role: str | None = None  # disaggregated serving: prefill, decode or both
 
 
 @dataclass(frozen=True, slots=True)

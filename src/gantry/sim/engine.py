@@ -1,8 +1,10 @@
-"""The simulated engine: an asyncio loop that runs scheduler steps on a model clock.
+"""The simulated engine: an asyncio loop that runs engine-core steps in real time.
 
-Each step: the scheduler decides the batch, the latency model gives its duration,
-the loop sleeps until the step's end on a virtual clock (so time lost to the event
-loop is caught up on the next steps, bounded), then delivers each request's output.
+Each step (``EngineCore.step``): the scheduler decides the batch, the latency model
+gives its duration, the scheduler applies it; the loop sleeps until the step's end on
+a model clock (so time lost to the event loop is caught up on the next steps,
+bounded), then delivers each request's output. ``gantry.sim.virtual`` runs the same
+core without sleeping.
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ import enum
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from gantry.sim.kvcache import KVCache, KVEvent
+from gantry.sim.core import EngineConfig, EngineCore
+from gantry.sim.kvcache import KVEvent
 from gantry.sim.latency import LatencyModel
+from gantry.sim.lora import LoraMetrics
 from gantry.sim.metrics import SimMetrics
-from gantry.sim.scheduler import ScheduledStep, Scheduler, SchedulerConfig
+from gantry.sim.scheduler import ScheduledStep
 from gantry.sim.sequence import SimRequest, Status, StepOutput
 
 _MAX_LAG_S = 0.25  # catch up at most this much lost wall-clock time
@@ -60,17 +63,6 @@ class RequestStream:
         return items
 
 
-@dataclass(frozen=True, slots=True)
-class EngineConfig:
-    model_name: str
-    max_model_len: int
-    num_gpu_blocks: int
-    block_size: int = 16
-    scheduler: SchedulerConfig = SchedulerConfig()
-    speedup: float = 1.0
-    prefix_caching: bool = True
-
-
 class SimEngine:
     def __init__(
         self,
@@ -83,17 +75,25 @@ class SimEngine:
         self.config = config
         self.latency = latency
         self.metrics = metrics
-        self.kv = KVCache(
-            config.num_gpu_blocks, config.block_size, prefix_caching=config.prefix_caching
-        )
+        self.core = EngineCore(config, latency)
+        self.kv = self.core.kv
         self.kv.collect_events = on_kv_events is not None
-        self.scheduler = Scheduler(config.scheduler, self.kv)
+        self.scheduler = self.core.scheduler
         self._on_kv_events = on_kv_events
         self._streams: dict[int, RequestStream] = {}  # bounded by admitted requests
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.state = EngineState.NEW
-        self.slowdown = 1.0  # fault injection multiplies step time
+        self.lora_metrics: LoraMetrics | None = None  # vllm:lora_requests_info, LoRA on
+
+    @property
+    def slowdown(self) -> float:
+        """Fault injection: every step time is multiplied by this."""
+        return self.core.slowdown
+
+    @slowdown.setter
+    def slowdown(self, value: float) -> None:
+        self.core.slowdown = value
 
     async def __aenter__(self) -> SimEngine:
         self._task = asyncio.create_task(self._run(), name="sim-engine")
@@ -155,9 +155,9 @@ class SimEngine:
                 # Step period = start-to-start of back-to-back steps (delivery included).
                 m.step_model_l.inc(prev[1])
                 m.step_wall_l.inc(start - prev[0])
-            step = self.scheduler.schedule()
-            dt = self.latency.step_time(step.shape()) * self.slowdown / speed
-            outputs = self.scheduler.complete(step)
+            done = self.core.step()
+            step, outputs = done.step, done.outputs
+            dt = done.duration / speed
             virtual = max(virtual + dt, start + dt - _MAX_LAG_S)
             delay = virtual - loop.time()
             await asyncio.sleep(delay if delay > 0 else 0)
@@ -169,9 +169,6 @@ class SimEngine:
         self, step: ScheduledStep, outputs: list[tuple[SimRequest, StepOutput]], now: float
     ) -> None:
         m = self.metrics
-        if step.num_tokens:
-            m.iteration_tokens_l.observe(step.num_tokens)
-            m.prompt_tokens_l.inc(step.prefill_tokens)
         if step.cache_query_tokens:
             m.prefix_queries_l.inc(step.cache_query_tokens)
             m.prefix_hits_l.inc(step.cache_hit_tokens)
@@ -180,10 +177,13 @@ class SimEngine:
         for req, _ in step.items:
             if req.first_scheduled is None:
                 req.first_scheduled = now
-        gen = 0
+        gen = prompt = 0
         for req, out in outputs:
             gen += 1
             if req.first_token is None:
+                # v1/metrics/stats.py::IterationStats: a prompt counts whole (cached
+                # tokens included) in the step that ends its prefill.
+                prompt += req.num_prompt_tokens
                 req.first_token = now
                 m.ttft_l.observe(now - req.arrival)
             elif req.last_token is not None:
@@ -198,9 +198,15 @@ class SimEngine:
                     del self._streams[id(req)]
         if gen:
             m.generation_tokens_l.inc(gen)
+            m.prompt_tokens_l.inc(prompt)
+            # loggers.py: iteration_tokens_total observes prompt + generation tokens.
+            m.iteration_tokens_l.observe(prompt + gen)
         m.running_l.set(self.num_running)
         m.waiting_l.set(self.num_waiting)
         m.kv_usage_l.set(self.kv.usage)
+        if self.lora_metrics is not None:
+            s = self.scheduler
+            self.lora_metrics.update((r.lora for r in s.running), (r.lora for r in s.waiting))
         if self._on_kv_events is not None and self.kv.events:
             self._on_kv_events(self.kv.take_events())
 

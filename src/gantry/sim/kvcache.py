@@ -16,12 +16,13 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 # The hashing lives in ``gantry.protocol`` (the gateway hashes prompts the same way);
 # re-exported here for the simulator's callers.
 from gantry.protocol import NONE_HASH as NONE_HASH
 from gantry.protocol import block_hashes as block_hashes
-from gantry.protocol import event_hash
+from gantry.protocol import event_hash, salt_keys
 from gantry.protocol import hash_block as hash_block
 
 
@@ -31,6 +32,7 @@ class BlockStored:
     parent_block_hash: int | None
     token_ids: list[int]
     block_size: int
+    extra_keys: list[tuple[Any, ...] | None] | None = None  # one entry per block
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +135,13 @@ class KVCache:
         owned.clear()
 
     def cache_full_blocks(
-        self, owned: list[int], hashes: list[bytes], num_cached: int, tokens: list[int]
+        self,
+        owned: list[int],
+        hashes: list[bytes],
+        num_cached: int,
+        tokens: list[int],
+        *,
+        salt: str | None = None,
     ) -> int:
         """Register blocks ``num_cached..len(hashes)`` of a request; returns the new count."""
         if not self.prefix_caching:
@@ -155,6 +163,7 @@ class KVCache:
                     parent_block_hash=event_hash(hashes[first - 1]) if first else None,
                     token_ids=tokens[first * bs : (last + 1) * bs],
                     block_size=bs,
+                    extra_keys=[salt_keys(salt) if i == 0 else None for i in stored],
                 )
             )
         return upto

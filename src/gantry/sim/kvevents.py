@@ -15,8 +15,10 @@ from gantry.sim.kvcache import AllBlocksCleared, BlockRemoved, BlockStored, KVEv
 
 
 def encode_event(ev: KVEvent) -> dict[str, Any]:
+    """vllm/distributed/kv_events.py: msgspec structs with ``omit_defaults``, so the
+    optional fields appear only when set; one KV-cache group (``group_idx`` 0)."""
     if isinstance(ev, BlockStored):
-        return {
+        out: dict[str, Any] = {
             "type": "BlockStored",
             "block_hashes": ev.block_hashes,
             "parent_block_hash": ev.parent_block_hash,
@@ -26,8 +28,17 @@ def encode_event(ev: KVEvent) -> dict[str, Any]:
             "medium": "GPU",
             "lora_name": None,
         }
+        if ev.extra_keys:
+            out["extra_keys"] = [list(k) if k is not None else None for k in ev.extra_keys]
+        out["group_idx"] = 0
+        return out
     if isinstance(ev, BlockRemoved):
-        return {"type": "BlockRemoved", "block_hashes": ev.block_hashes, "medium": "GPU"}
+        return {
+            "type": "BlockRemoved",
+            "block_hashes": ev.block_hashes,
+            "medium": "GPU",
+            "group_idx": 0,
+        }
     assert isinstance(ev, AllBlocksCleared)
     return {"type": "AllBlocksCleared"}
 

@@ -9,6 +9,8 @@ One engine step runs every scheduled token through the model once::
                                                    overlapped with the GPU by async scheduling)
     attention_flops = 4 * layers * heads * head_dim * sum(tokens_i * context_i)
 
+A step with LoRA adapters adds their kernels (``_lora_time``).
+
 Decode steps are memory-bound (weights are streamed once per step, whatever the
 batch), prefill chunks compute-bound, very large decode batches CPU-bound. Each
 request also pays a fixed API-server overhead (tokenisation, hand-off to the engine)
@@ -32,6 +34,9 @@ class StepShape:
     attn_token_ctx: float  # sum over requests of tokens_in_step * context_len
     kv_tokens_read: int  # sum over requests of context length (KV read once per step)
     num_seqs: int
+    lora_tokens: int = 0  # tokens of requests that use a LoRA adapter
+    num_loras: int = 0  # distinct adapters in the step
+    loras_loaded: int = 0  # adapters copied into a GPU slot before the step
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +48,10 @@ class LatencyParams:
     request_overhead_s: float = 0.005  # API server: tokenise, hand off, first detokenise
     tp_overhead_s_per_layer: float = 12e-6  # two all-reduces per layer at TP > 1
     jitter: float = 0.0  # relative standard deviation of step time
+    # LoRA (punica/SGMV kernels). Assumed, not fitted: the kernels reach a small fraction
+    # of peak (~10%), and each layer's shrink/expand launches cost a few microseconds.
+    lora_mfu: float = 0.10
+    lora_s_per_layer: float = 8e-6
 
 
 class LatencyModel:
@@ -58,6 +67,7 @@ class LatencyModel:
         params: LatencyParams | None = None,
         seed: int = 0,
         instant: bool = False,
+        lora_rank: int = 0,
     ) -> None:
         self.gpu, self.model, self.tp = gpu, model, max(1, tp)
         self.params = params or LatencyParams()
@@ -69,6 +79,15 @@ class LatencyModel:
         p = self.params
         self._compute_rate = self.tp * gpu.peak_flops * p.mfu
         self._mem_rate = self.tp * gpu.hbm_bandwidth * p.bw_eff
+        from gantry.sim.lora import PCIE_BYTES_PER_S, adapter_params
+
+        # One adapter at the engine's max rank (vLLM pads every slot to it), per GPU.
+        lora_params = adapter_params(model, lora_rank) / self.tp if lora_rank else 0
+        self._lora_flops_per_token = 2.0 * lora_params
+        self._lora_bytes = 2.0 * lora_params
+        self._lora_copy_s = self._lora_bytes / PCIE_BYTES_PER_S
+        self._lora_fixed = model.num_layers * p.lora_s_per_layer
+        self._lora_rate = self.tp * gpu.peak_flops * p.lora_mfu
         self._fixed = p.step_overhead_s + (
             model.num_layers * p.tp_overhead_s_per_layer if self.tp > 1 else 0.0
         )
@@ -82,9 +101,18 @@ class LatencyModel:
         memory = (self.model.weight_bytes + self._kv_bpt * shape.kv_tokens_read) / self._mem_rate
         cpu = self.params.cpu_per_seq_s * shape.num_seqs
         t = max(compute, memory, cpu) + self._fixed
+        if shape.num_loras and self._lora_bytes:
+            t += self._lora_time(shape)
         if self.params.jitter:
             t *= max(0.3, self._rng.gauss(1.0, self.params.jitter))
         return t
+
+    def _lora_time(self, shape: StepShape) -> float:
+        """The LoRA kernels of a step: their own matmuls at low efficiency, each
+        adapter's weights read once, slots filled over PCIe, per-layer launches."""
+        compute = self._lora_flops_per_token * shape.lora_tokens / self._lora_rate
+        memory = self._lora_bytes * shape.num_loras / self._mem_rate
+        return max(compute, memory) + self._lora_fixed + shape.loras_loaded * self._lora_copy_s
 
     @property
     def request_overhead(self) -> float:

@@ -171,6 +171,12 @@ class SimMetrics:
         self.iteration_tokens = hist(
             "vllm:iteration_tokens_total", "Number of tokens per engine step.", ITERATION
         )
+        self.admission_rejections = Counter(
+            "vllm:admission_rejections",
+            "Requests refused by --max-num-queued-reqs/-tokens (HTTP 503).",
+            [*labels, "reason"],
+            registry=reg,
+        )
         self.faults = Counter(
             "gantry_sim_faults", "Faults injected by the simulator.", ["kind"], registry=reg
         )

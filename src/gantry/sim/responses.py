@@ -53,8 +53,13 @@ class ChunkWriter:
             + b',"choices":['
         )
 
-    def role(self, index: int, cont_usage: dict[str, Any] | None = None) -> bytes:
-        tail = b'],"prompt_token_ids":null,"prompt_text":null'
+    def role(
+        self,
+        index: int,
+        cont_usage: dict[str, Any] | None = None,
+        prompt_token_ids: list[int] | None = None,
+    ) -> bytes:
+        tail = b'],"prompt_token_ids":' + _dumps(prompt_token_ids) + b',"prompt_text":null'
         if cont_usage is not None:
             tail += b',"usage":' + _dumps(cont_usage)
         return (
@@ -75,31 +80,44 @@ class ChunkWriter:
         fingerprint: bool = False,
         cont_usage: dict[str, Any] | None = None,
         tool_delta: list[dict[str, Any]] | None = None,
+        extras: dict[str, Any] | None = None,
     ) -> bytes:
         idx = str(index).encode()
+        lp = ids = pids = b"null"
+        if extras:  # logprobs / return_token_ids were asked for
+            lp = _dumps(extras.get("logprobs"))
+            ids = _dumps(extras.get("token_ids"))
+            pids = _dumps(extras.get("prompt_token_ids"))
         if self._chat:
             if tool_delta is not None:
                 delta = b'{"tool_calls":' + _dumps(tool_delta) + b"}"
             else:
                 delta = b'{"content":' + _dumps(text) + b"}"
-            choice = b'{"index":' + idx + b',"delta":' + delta + b',"logprobs":null'
+            choice = b'{"index":' + idx + b',"delta":' + delta + b',"logprobs":' + lp
         else:
-            choice = b'{"index":' + idx + b',"text":' + _dumps(text) + b',"logprobs":null'
+            choice = b'{"index":' + idx + b',"text":' + _dumps(text) + b',"logprobs":' + lp
         if finish is None:
             choice += (
-                b',"finish_reason":null,"token_ids":null}'
+                b',"finish_reason":null,"token_ids":' + ids + b"}"
                 if self._chat
-                else b',"finish_reason":null,"stop_reason":null,"prompt_token_ids":null,'
-                b'"token_ids":null,"weight_versions":null}'
+                else b',"finish_reason":null,"stop_reason":null,"prompt_token_ids":'
+                + pids
+                + b',"token_ids":'
+                + ids
+                + b',"weight_versions":null}'
             )
         else:
             choice += (
                 b',"finish_reason":' + _dumps(finish) + b',"stop_reason":' + _dumps(stop_reason)
             )
             choice += (
-                b',"token_ids":null,"weight_versions":null}'
+                b',"token_ids":' + ids + b',"weight_versions":null}'
                 if self._chat
-                else b',"prompt_token_ids":null,"token_ids":null,"weight_versions":null}'
+                else b',"prompt_token_ids":'
+                + pids
+                + b',"token_ids":'
+                + ids
+                + b',"weight_versions":null}'
             )
         tail = b'],"kv_transfer_params":null'
         if cont_usage is not None:
@@ -144,12 +162,12 @@ def completion_body(
                 {
                     "index": c["index"],
                     "text": c["text"],
-                    "logprobs": None,
+                    "logprobs": c.get("logprobs"),
                     "finish_reason": c["finish_reason"],
                     "stop_reason": c["stop_reason"],
-                    "token_ids": None,
-                    "prompt_logprobs": None,
-                    "prompt_token_ids": None,
+                    "token_ids": c.get("token_ids"),
+                    "prompt_logprobs": c.get("prompt_logprobs"),
+                    "prompt_token_ids": c.get("prompt_token_ids"),
                     "routed_experts": None,
                     "weight_versions": None,
                 }
@@ -174,7 +192,10 @@ def chat_body(
     choices: list[dict[str, Any]],
     usage_: dict[str, Any],
     tool: ToolPlan | None,
+    prompt: dict[str, Any] | None = None,
 ) -> bytes:
+    """``prompt`` holds the response-level ``prompt_logprobs``/``prompt_token_ids``."""
+    prompt = prompt or {}
     full_usage = {**usage_, "completion_tokens_details": None}
     full_usage.setdefault("prompt_tokens_details", None)
     out = []
@@ -190,7 +211,9 @@ def chat_body(
         }
         finish = c["finish_reason"]
         if tool is not None:
-            message["content"] = None
+            # A forced call (named or "required") answers content "" in vLLM's
+            # serving.py; a call the parser extracted under "auto" has no content.
+            message["content"] = None if tool.auto else ""
             message["tool_calls"] = [
                 {
                     "id": tool_call_id(),
@@ -204,10 +227,10 @@ def chat_body(
             {
                 "index": c["index"],
                 "message": message,
-                "logprobs": None,
+                "logprobs": c.get("logprobs"),
                 "finish_reason": finish,
                 "stop_reason": c["stop_reason"],
-                "token_ids": None,
+                "token_ids": c.get("token_ids"),
                 "routed_experts": None,
                 "weight_versions": None,
             }
@@ -222,8 +245,8 @@ def chat_body(
             "service_tier": None,
             "system_fingerprint": fingerprint,
             "usage": full_usage,
-            "prompt_logprobs": None,
-            "prompt_token_ids": None,
+            "prompt_logprobs": prompt.get("prompt_logprobs"),
+            "prompt_token_ids": prompt.get("prompt_token_ids"),
             "prompt_text": None,
             "kv_transfer_params": None,
             "ec_transfer_params": None,

@@ -3,8 +3,10 @@
 Each step has a token budget (``max_num_batched_tokens``). Running requests are
 scheduled first (one token each for decode, a chunk for prefill), then waiting
 requests are admitted first-come-first-served while ``max_num_seqs``, the budget and
-free KV blocks allow. When a running request cannot get a block, the most recently
-admitted running request is preempted (its blocks freed, recomputed later).
+free KV blocks allow; with LoRA, a request whose adapter would make more than
+``max_loras`` adapters in the batch is skipped (left waiting, in order). When a
+running request cannot get a block, the most recently admitted running request is
+preempted (its blocks freed, recomputed later).
 
 Pure and synchronous: ``schedule()`` decides, ``complete()`` applies a finished step.
 """
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 
 from gantry.sim.kvcache import KVCache
 from gantry.sim.latency import StepShape
+from gantry.sim.lora import fits
 from gantry.sim.sequence import SimRequest, Status, StepOutput
 
 
@@ -26,6 +29,7 @@ class SchedulerConfig:
     max_model_len: int = 8192
     chunked_prefill: bool = True
     long_prefill_token_threshold: int = 0
+    max_loras: int = 0  # LoRA adapters in one batch (0: LoRA off)
 
 
 @dataclass(slots=True)
@@ -36,6 +40,7 @@ class ScheduledStep:
     decode_tokens: int = 0
     cache_hit_tokens: int = 0
     cache_query_tokens: int = 0
+    loras_loaded: int = 0  # adapters copied into a GPU slot for this step
 
     @property
     def num_tokens(self) -> int:
@@ -43,12 +48,21 @@ class ScheduledStep:
 
     def shape(self) -> StepShape:
         attn = 0.0
-        kv = 0
+        kv = lora_tokens = 0
+        loras = set()
         for req, n in self.items:
             ctx = req.num_computed + n
             attn += n * (req.num_computed + ctx) / 2
             kv += ctx
-        return StepShape(self.num_tokens, attn, kv, len(self.items))
+            if req.lora is not None:
+                lora_tokens += n
+                loras.add(req.lora)
+        return StepShape(
+            self.num_tokens, attn, kv, len(self.items), lora_tokens, len(loras), self.loras_loaded
+        )
+
+    def loras(self) -> list[str]:
+        return list(dict.fromkeys(r.lora for r, _ in self.items if r.lora is not None))
 
 
 class Scheduler:
@@ -107,8 +121,13 @@ class Scheduler:
 
     def _admit(self, step: ScheduledStep, budget: int) -> int:
         cfg = self.config
+        loras = {r.lora for r in self.running if r.lora is not None}
+        skipped: list[SimRequest] = []  # their adapter would exceed max_loras: left waiting
         while self.waiting and budget > 0 and len(self.running) < cfg.max_num_seqs:
             req = self.waiting[0]
+            if cfg.max_loras and not fits(loras, req.lora, cfg.max_loras):
+                skipped.append(self.waiting.popleft())
+                continue
             req.update_hashes(self.kv.block_size)
             hit = self.kv.lookup(req.hashes, req.num_tokens)
             cached = len(hit) * self.kv.block_size
@@ -131,8 +150,11 @@ class Scheduler:
                 step.cache_query_tokens += req.num_prompt_tokens
                 step.cache_hit_tokens += cached
             self.running.append(req)
+            if req.lora is not None:
+                loras.add(req.lora)
             self._take(step, req, n)
             budget -= n
+        self.waiting.extendleft(reversed(skipped))
         return budget
 
     def _take(self, step: ScheduledStep, req: SimRequest, n: int) -> None:
@@ -177,5 +199,9 @@ class Scheduler:
             req.update_hashes(bs)
             full = min(len(req.hashes), req.num_computed // bs)
             req.num_hashed_blocks_cached = self.kv.cache_full_blocks(
-                req.blocks, req.hashes[:full], req.num_hashed_blocks_cached, req.all_token_ids()
+                req.blocks,
+                req.hashes[:full],
+                req.num_hashed_blocks_cached,
+                req.all_token_ids(),
+                salt=req.cache_salt,
             )

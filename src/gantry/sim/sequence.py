@@ -8,7 +8,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from gantry.protocol import block_hashes
+from gantry.protocol import block_hashes, salt_keys
 from gantry.sim.tokenizer import Tokenizer
 
 # Words the simulated model "writes": common English, so output looks like text.
@@ -191,6 +191,7 @@ class SimRequest:
     arrival: float
     cache_salt: str | None = None
     index: int = 0
+    lora: str | None = None  # the LoRA adapter's name (None: the base model)
     status: Status = Status.WAITING
     output_token_ids: list[int] = field(default_factory=list)
     num_computed: int = 0
@@ -246,7 +247,9 @@ class SimRequest:
 
     def update_hashes(self, block_size: int) -> None:
         if self.num_tokens // block_size > len(self.hashes):
-            extra = (("cache_salt", self.cache_salt),) if self.cache_salt else None
+            extra = salt_keys(self.cache_salt)
+            if self.lora is not None:  # vLLM keys every block by the adapter; the chain
+                extra = (self.lora, *(extra or ()))  # from the first block does the same
             self.hashes = block_hashes(self.all_token_ids(), block_size, extra, self.hashes)
 
     def _next_planned(self) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -31,8 +32,13 @@ from gantry.protocol import (
     start_stream,
     stream_chunk,
 )
+from gantry.sim.admission import QueueLimits, orca_header, refusal
+from gantry.sim.chat_format import prompt_ids
 from gantry.sim.engine import EngineConfig, RequestStream, SimEngine
 from gantry.sim.faults import Action, FaultConfig, decide
+from gantry.sim.frontend import frontend
+from gantry.sim.logprobs import Candidates
+from gantry.sim.lora_api import SimLoraAPI
 from gantry.sim.metrics import SimMetrics
 from gantry.sim.responses import (
     ChunkWriter,
@@ -44,7 +50,8 @@ from gantry.sim.responses import (
 )
 from gantry.sim.sequence import SimRequest, StepOutput
 from gantry.sim.settings import VLLM_VERSION, ResolvedSim
-from gantry.sim.tokenizer import Tokenizer, load_tokenizer, render_chat
+from gantry.sim.token_outputs import TokenOutputs
+from gantry.sim.tokenizer import Tokenizer
 from gantry.sim.validate import VLLMError, Work, parse, schema_error
 
 log = logging.getLogger("gantry.sim")
@@ -62,13 +69,17 @@ class SimServer:
     def __init__(self, resolved: ResolvedSim, *, engine_index: str = "0") -> None:
         self.r = resolved
         s = resolved.settings
-        self.tokenizer: Tokenizer = load_tokenizer(s.tokenizer)
+        front = frontend(resolved)
+        self.chat_format = front.chat_format
+        self.tokenizer: Tokenizer = front.tokenizer
+        self._candidates = Candidates(self.tokenizer)
         self.metrics = SimMetrics(resolved.served[0], resolved.max_model_len, engine_index)
         self.faults: FaultConfig = s.faults
+        self._opts = front.options
         self._rng = random.Random(s.seed)
         self._publisher: Any = None
         self.engine: SimEngine | None = None
-        self._in_flight = 0
+        self.in_flight = 0
         self._requests_seen = 0
         self._keys = [hashlib.sha256(k.encode()).digest() for k in s.api_keys]
         self._created = int(time.time())
@@ -85,15 +96,18 @@ class SimServer:
             "/v1/chat/completions": {"POST": self._chat},
             "/kv_event_sources": {"GET": self._kv_sources},
         }
+        self.lora = SimLoraAPI(self)
+        self._routes.update(self.lora.routes())
         if s.admin:
-            self._routes.update(
-                {
-                    "/sim/faults": {"GET": self._faults_get, "POST": self._faults_post},
-                    "/sim/crash": {"POST": self._crash},
-                    "/sim/stats": {"GET": self._stats},
-                    "/reset_prefix_cache": {"POST": self._reset_prefix_cache},
-                }
-            )
+            from gantry.sim.admin import SimAdmin
+
+            self._routes.update(SimAdmin(self).routes())
+        self.pd: Any = None  # a PDServe when the engine plays a P/D role
+        if s.kv_transfer is not None:
+            from gantry.sim.pd_serve import PDServe
+
+            self.pd = PDServe(self, s.kv_transfer)
+            self._routes.update(self.pd.routes())
 
     # -- lifecycle ------------------------------------------------------------
     async def start(self) -> None:
@@ -129,8 +143,9 @@ class SimServer:
             self.metrics,
             on_kv_events=on_events,
         )
+        self.engine.lora_metrics = self.lora.metrics
         await self.engine.__aenter__()
-        self._apply_engine_faults()
+        self.apply_engine_faults()
         log.info(
             "simulated vLLM engine: model=%s gpu=%s tp=%d blocks=%d (%d tokens) "
             "max_model_len=%d max_num_seqs=%d max_num_batched_tokens=%d%s",
@@ -151,7 +166,7 @@ class SimServer:
         if self._publisher is not None:
             self._publisher.close()
 
-    def _apply_engine_faults(self) -> None:
+    def apply_engine_faults(self) -> None:
         if self.engine is None:
             return
         self.engine.slowdown = self.faults.slowdown
@@ -208,7 +223,9 @@ class SimServer:
         await respond(send, 200 if alive else 503, b"", TEXT)
 
     async def _load(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await respond(send, 200, orjson.dumps({"server_load": self._in_flight}))
+        # serve/instrumentator/basic.py: the counter moves only with the tracking flag.
+        load = self.in_flight if self.r.settings.enable_server_load_tracking else 0
+        await respond(send, 200, orjson.dumps({"server_load": load}))
 
     async def _version(self, scope: Scope, receive: Receive, send: Send) -> None:
         await respond(send, 200, orjson.dumps({"version": VLLM_VERSION}))
@@ -231,28 +248,30 @@ class SimServer:
                 "root": self.r.model.hf_id,
                 "parent": None,
                 "max_model_len": self.r.max_model_len,
-                "permission": [
-                    {
-                        "id": "modelperm-" + random_id(),
-                        "object": "model_permission",
-                        "created": self._created,
-                        "allow_create_engine": False,
-                        "allow_sampling": True,
-                        "allow_logprobs": True,
-                        "allow_search_indices": False,
-                        "allow_view": True,
-                        "allow_fine_tuning": False,
-                        "organization": "*",
-                        "group": None,
-                        "is_blocking": False,
-                    }
-                ],
+                "permission": [self._permission()],
             }
             for name in self.r.served
         ]
+        cards += self.lora.cards(self._created, self._permission)
         await respond(send, 200, orjson.dumps({"object": "list", "data": cards}))
 
-    async def _json_body(self, scope: Scope, receive: Receive) -> dict[str, Any]:
+    def _permission(self) -> dict[str, Any]:
+        return {
+            "id": "modelperm-" + random_id(),
+            "object": "model_permission",
+            "created": self._created,
+            "allow_create_engine": False,
+            "allow_sampling": True,
+            "allow_logprobs": True,
+            "allow_search_indices": False,
+            "allow_view": True,
+            "allow_fine_tuning": False,
+            "organization": "*",
+            "group": None,
+            "is_blocking": False,
+        }
+
+    async def json_body(self, scope: Scope, receive: Receive) -> dict[str, Any]:
         ctype = header(scope, b"content-type") or ""
         if ctype.split(";")[0].strip().lower() != "application/json":
             raise VLLMError(
@@ -270,7 +289,7 @@ class SimServer:
             raise schema_error("body", "Input should be a valid dictionary", "...")
         return body
 
-    async def _guard(self, handler: Handler, scope: Scope, receive: Receive, send: Send) -> None:
+    async def guard(self, handler: Handler, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await handler(scope, receive, send)
         except VLLMError as err:
@@ -280,19 +299,21 @@ class SimServer:
 
     async def _tokenize(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def run(scope: Scope, receive: Receive, send: Send) -> None:
-            body = await self._json_body(scope, receive)
+            body = await self.json_body(scope, receive)
             if "messages" in body:
                 msgs = body["messages"]
                 if not isinstance(msgs, list):
                     raise schema_error("messages", "Input should be a valid list", msgs)
-                text = render_chat(
+                text = self.chat_format.render(
                     msgs, add_generation_prompt=body.get("add_generation_prompt", True) is not False
                 )
+                ids = self.tokenizer.encode(text)  # add_special_tokens: false for messages
             elif isinstance(body.get("prompt"), str):
-                text = body["prompt"]
+                ids = prompt_ids(self.tokenizer, self.chat_format, body["prompt"])
+                if body.get("add_special_tokens") is False:
+                    ids = self.tokenizer.encode(body["prompt"])
             else:
                 raise schema_error("prompt", "Field required", None)
-            ids = self.tokenizer.encode(text)
             strs = (
                 [self.tokenizer.token_text(t) for t in ids]
                 if body.get("return_token_strs")
@@ -311,11 +332,11 @@ class SimServer:
                 ),
             )
 
-        await self._guard(run, scope, receive, send)
+        await self.guard(run, scope, receive, send)
 
     async def _detokenize(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def run(scope: Scope, receive: Receive, send: Send) -> None:
-            body = await self._json_body(scope, receive)
+            body = await self.json_body(scope, receive)
             tokens = body.get("tokens")
             if not isinstance(tokens, list) or not all(
                 isinstance(t, int) and not isinstance(t, bool) for t in tokens
@@ -328,86 +349,49 @@ class SimServer:
                 )
             await respond(send, 200, orjson.dumps({"prompt": self.tokenizer.decode(tokens)}))
 
-        await self._guard(run, scope, receive, send)
-
-    # -- admin (fault injection) -------------------------------------------------
-    async def _faults_get(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await respond(send, 200, orjson.dumps(self.faults.as_dict()))
-
-    async def _faults_post(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async def run(scope: Scope, receive: Receive, send: Send) -> None:
-            body = await self._json_body(scope, receive)
-            if body.pop("reset", False):
-                self.faults = FaultConfig()
-            try:
-                self.faults.update(body)
-            except ValueError as exc:
-                raise VLLMError(400, str(exc), "BadRequestError") from None
-            self._apply_engine_faults()
-            log.warning("fault injection set: %s", self.faults.as_dict())
-            await respond(send, 200, orjson.dumps(self.faults.as_dict()))
-
-        await self._guard(run, scope, receive, send)
-
-    async def _crash(self, scope: Scope, receive: Receive, send: Send) -> None:
-        log.error("fault injection: crashing the engine process on command")
-        await respond(send, 200, b'{"crashing":true}')
-        asyncio.get_running_loop().call_later(0.05, os.kill, os.getpid(), signal.SIGKILL)
-
-    async def _stats(self, scope: Scope, receive: Receive, send: Send) -> None:
-        m = self.metrics
-        e = self.engine
-        await respond(
-            send,
-            200,
-            orjson.dumps(
-                {
-                    "steps": m.steps._value.get(),
-                    "step_seconds_model": m.step_model_l._value.get(),
-                    "step_seconds_wall": m.step_wall_l._value.get(),
-                    "running": e.num_running if e else 0,
-                    "waiting": e.num_waiting if e else 0,
-                    "kv_usage": e.kv.usage if e else 0.0,
-                    "num_gpu_blocks": self.r.num_gpu_blocks,
-                    "in_flight": self._in_flight,
-                }
-            ),
-        )
-
-    async def _reset_prefix_cache(self, scope: Scope, receive: Receive, send: Send) -> None:
-        ok = self.engine is not None and self.engine.kv.reset_prefix_cache()
-        await respond(send, 200 if ok else 400, orjson.dumps({"reset": ok}))
+        await self.guard(run, scope, receive, send)
 
     # -- generation -----------------------------------------------------------------
     async def _completions(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._guard(self._generate_chat_or_text(False), scope, receive, send)
+        await self.guard(self._generate_chat_or_text(False), scope, receive, send)
 
     async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._guard(self._generate_chat_or_text(True), scope, receive, send)
+        await self.guard(self._generate_chat_or_text(True), scope, receive, send)
 
     def _generate_chat_or_text(self, chat: bool) -> Handler:
         async def run(scope: Scope, receive: Receive, send: Send) -> None:
-            body = await self._json_body(scope, receive)
+            body = await self.json_body(scope, receive)
             rid_base = header(scope, b"x-request-id") or body.get("request_id") or random_id()
+            lora = self.lora.adapter_of(body)
             work = parse(
                 body,
                 chat=chat,
-                served=self.r.served,
+                served=self.r.served if lora is None else [lora],
                 tok=self.tokenizer,
                 max_model_len=self.r.max_model_len,
                 request_seed=self._rng.getrandbits(32),
+                server=self._opts,
             )
             rid = ("chatcmpl-" if chat else "cmpl-") + str(rid_base)
-            self._in_flight += 1
+            self.in_flight += 1
+            pinned = None
             try:
-                await self._serve(work, rid, scope, receive, send)
+                if self.pd is not None:
+                    work = dataclasses.replace(work, kv_params=body.get("kv_transfer_params"))
+                    pinned = await self.pd.before(work, work.kv_params, rid)
+                await self._serve(work, rid, scope, receive, send, lora)
             finally:
-                self._in_flight -= 1
+                self.in_flight -= 1
+                if pinned:
+                    self.pd.release(pinned)
 
         return run
 
-    async def _serve(self, work: Work, rid: str, scope: Scope, receive: Receive, send: Send):
+    async def _serve(
+        self, work: Work, rid: str, scope: Scope, receive: Receive, send: Send, lora: str | None
+    ) -> None:
         assert self.engine is not None
+        self._admit(work)  # before any byte: vLLM's _preflight refuses with a real 503
         self._requests_seen += 1
         f = self.faults
         if f.crash_after and self._requests_seen > f.crash_after:
@@ -445,6 +429,7 @@ class SimServer:
                     arrival=now,
                     cache_salt=work.cache_salt,
                     index=p_idx * work.n + i,
+                    lora=lora,
                 )
                 streams.append(self.engine.add(req))
         watcher = asyncio.create_task(self._watch_disconnect(receive, streams))
@@ -452,12 +437,43 @@ class SimServer:
             if work.stream:
                 await self._stream(work, rid, streams, send, decision, receive)
             else:
-                await self._complete(work, rid, streams, send)
+                await self._complete(work, rid, streams, send, scope)
         finally:
             watcher.cancel()
             for s in streams:
                 if not s.closed:
                     self.engine.abort(s)
+
+    def _admit(self, work: Work) -> None:
+        """--max-num-queued-reqs/-tokens: 503 beyond the limits, counted by reason."""
+        s = self.r.settings
+        if s.max_num_queued_reqs is None and s.max_num_queued_tokens is None:
+            return
+        assert self.engine is not None
+        sched = self.engine.scheduler
+        live = [*sched.running, *sched.waiting]
+        reason = refusal(
+            QueueLimits(s.max_num_queued_reqs, s.max_num_queued_tokens),
+            unfinished=len(live),
+            prefill_tokens=sum(
+                r.num_prompt_tokens for r in live if r.num_computed < r.num_prompt_tokens
+            ),
+            new_reqs=work.n * len(work.prompts),
+        )
+        if reason is not None:
+            self.metrics.admission_rejections.labels(
+                model_name=self.r.served[0], engine="0", reason=reason
+            ).inc()
+            raise _fault_error(503)
+
+    def _load_headers(self, scope: Scope) -> list[tuple[bytes, bytes]]:
+        e = self.engine
+        value = orca_header(
+            header(scope, b"endpoint-load-metrics-format"),
+            e.kv.usage if e else 0.0,
+            e.num_waiting if e else 0,
+        )
+        return [(b"endpoint-load-metrics", value)] if value else []
 
     async def _watch_disconnect(self, receive: Receive, streams: list[RequestStream]) -> None:
         await _until_disconnect(receive)
@@ -478,8 +494,24 @@ class SimServer:
             cached = sum(max(0, s.req.num_cached_prompt) for s in streams[:: work.n])
         return usage(prompt, completion, cached)
 
-    async def _complete(self, work: Work, rid: str, streams: list[RequestStream], send: Send):
+    def _token_outputs(self, work: Work) -> TokenOutputs | None:
+        if not work.logprobs.any:
+            return None
+        echo = work.echo_prompts is not None
+        return TokenOutputs(
+            work.logprobs, self.tokenizer, self._candidates, chat=work.chat, echo=echo
+        )
+
+    async def _complete(
+        self,
+        work: Work,
+        rid: str,
+        streams: list[RequestStream],
+        send: Send,
+        scope: Scope,
+    ) -> None:
         choices = []
+        outs = self._token_outputs(work)
         for s in streams:
             text, finish, stop_reason = [], None, None
             while finish is None:
@@ -499,6 +531,7 @@ class SimServer:
                     "text": prefix + "".join(text),
                     "finish_reason": finish,
                     "stop_reason": stop_reason,
+                    **(outs.final(s.req) if outs else {}),
                 }
             )
         kw: dict[str, Any] = dict(
@@ -509,8 +542,16 @@ class SimServer:
             choices=choices,
             usage_=self._usage(work, streams),
         )
-        body = chat_body(**kw, tool=work.tool) if work.chat else completion_body(**kw)
-        await respond(send, 200, body)
+        if work.chat:
+            prompt = outs.prompt_fields(streams[0].req) if outs else None
+            body = chat_body(**kw, tool=work.tool, prompt=prompt)
+        else:
+            body = completion_body(**kw)
+        if self.pd is not None:
+            params = self.pd.produced(work, work.kv_params, rid, scope)
+            if params is not None:  # vLLM's response field for the decode engine
+                body = orjson.dumps({**orjson.loads(body), "kv_transfer_params": params})
+        await respond(send, 200, body, headers=self._load_headers(scope))
 
     async def _stream(
         self,
@@ -530,6 +571,8 @@ class SimServer:
         )
         prompt_len = {s.req.index: len(s.req.prompt_token_ids) for s in streams}
         counts = {s.req.index: 0 for s in streams}
+        sent = dict.fromkeys(counts, 0)  # output characters sent (completions' text_offset)
+        outs = self._token_outputs(work)
         tool_ids = {s.req.index: tool_call_id() for s in streams} if work.tool else {}
         chunks_sent = 0
         limit = (
@@ -539,17 +582,20 @@ class SimServer:
         )
         async for s, batch in _merge(streams):
             idx = s.req.index
-            first = counts[idx] == 0
+            first, start = counts[idx] == 0, counts[idx]
             counts[idx] += len(batch)
             finish = batch[-1].finish_reason
             if finish == "abort":
                 return
             stop_reason = batch[-1].stop_reason
             text = "".join(o.text for o in batch)
+            extras = outs.delta(s.req, start, len(batch), sent[idx], first) if outs else None
+            sent[idx] += len(text)
             cu = usage(prompt_len[idx], counts[idx], None) if work.continuous_usage else None
             out = b""
             if work.chat and first:
-                out += w.role(idx, usage(prompt_len[idx], 0, None) if cu else None)
+                pids = list(s.req.prompt_token_ids) if work.logprobs.token_ids else None
+                out += w.role(idx, usage(prompt_len[idx], 0, None) if cu else None, pids)
             if work.echo_prompts and first:
                 text = work.echo_prompts[idx // work.n] + text
             tool_delta = None
@@ -567,6 +613,7 @@ class SimServer:
                 stop_reason,
                 cont_usage=cu,
                 tool_delta=tool_delta,
+                extras=extras,
                 fingerprint=finish is not None and not work.include_usage,
             )
             await stream_chunk(send, out)

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from gantry.sim.faults import FaultConfig
 from gantry.sim.kvcache import num_gpu_blocks
 from gantry.sim.latency import LatencyModel, LatencyParams
+from gantry.sim.lora import LoraConfigError, LoraSettings, check, reserve_bytes
+from gantry.sim.pd import KVTransferConfig
 from gantry.sim.profiles import GiB, GPUProfile, ModelProfile, gpu_profile, model_profile
 from gantry.sim.scheduler import SchedulerConfig
 
@@ -50,6 +52,15 @@ class SimSettings:
     max_body_bytes: int = 64 * 1024 * 1024
     dtype: str = "auto"  # vLLM's --dtype: auto, half, float16, bfloat16, float, float32
     quantization: str | None = None  # vLLM's --quantization: awq, gptq, fp8 (and *_marlin)
+    enable_auto_tool_choice: bool = False
+    tool_call_parser: str | None = None
+    max_logprobs: int = 20
+    max_num_queued_reqs: int | None = None  # in-flight requests (waiting + running), n counted
+    max_num_queued_tokens: int | None = None  # prompt tokens of requests still in prefill
+    enable_server_load_tracking: bool = False
+    kv_events_replay: str | None = None  # ZMQ ROUTER endpoint answering replay requests
+    kv_transfer: KVTransferConfig | None = None  # P/D role (--kv-transfer-config, --pd-role)
+    lora: LoraSettings = field(default_factory=LoraSettings)  # gantry.sim.lora
 
     def resolve(self) -> ResolvedSim:
         try:
@@ -82,6 +93,7 @@ class ResolvedSim:
             params=LatencyParams(jitter=s.jitter),
             seed=s.seed,
             instant=s.instant,
+            lora_rank=s.lora.max_lora_rank if s.lora.enabled else 0,
         )
 
 
@@ -162,6 +174,14 @@ def resolve(s: SimSettings, gpu: GPUProfile, model: ModelProfile) -> ResolvedSim
         raise SimConfigError("--gpu-memory-utilization must be in (0, 1]")
     if s.speedup <= 0:
         raise SimConfigError("--speedup must be positive")
+    try:
+        check(s.lora)
+    except LoraConfigError as exc:
+        raise SimConfigError(str(exc)) from None
+    if s.enable_auto_tool_choice and not s.tool_call_parser:
+        raise SimConfigError(
+            "When `--enable-auto-tool-choice` is set, `--tool-call-parser` must be set as well."
+        )
     kv_bytes = {
         "auto": 4.0 if dtype == "float32" else 2.0,
         "bfloat16": 2.0,
@@ -189,7 +209,8 @@ def resolve(s: SimSettings, gpu: GPUProfile, model: ModelProfile) -> ResolvedSim
             weight_bytes=model.weight_bytes,
             kv_bytes_per_token=per_token,
             block_size=s.block_size,
-            activation_reserve_bytes=activation_reserve(model, max_batched),
+            activation_reserve_bytes=activation_reserve(model, max_batched)
+            + reserve_bytes(s.lora, model, tp),
             tp=tp,
         )
     if blocks < 2:
@@ -216,6 +237,7 @@ def resolve(s: SimSettings, gpu: GPUProfile, model: ModelProfile) -> ResolvedSim
         max_model_len=max_len,
         chunked_prefill=s.enable_chunked_prefill,
         long_prefill_token_threshold=s.long_prefill_token_threshold,
+        max_loras=s.lora.max_loras if s.lora.enabled else 0,
     )
     tag = f"{model.name}|{gpu.name}|{tp}|{blocks}".encode()
     fp = f"vllm-{VLLM_VERSION}" + (f"-tp{tp}" if tp > 1 else "")

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from gantry.sim.lora import LoraConfigError, LoraSettings, parse_modules, runtime_updating
+from gantry.sim.pd import PDConfigError, kv_transfer_config
 from gantry.sim.settings import SimConfigError, SimSettings
 
 PROG = "gantry.sim serve"
@@ -79,6 +82,18 @@ def _parser() -> _Parser:
     a("--api-key", action="append", default=[])
     a("--kv-events-config")
     a("--enable-prompt-tokens-details", action="store_true")
+    a("--enable-auto-tool-choice", action="store_true")
+    a("--tool-call-parser")
+    a("--max-logprobs", type=int, default=20)
+    a("--max-num-queued-reqs", type=int)
+    a("--max-num-queued-tokens", type=int)
+    a("--enable-server-load-tracking", action="store_true")
+    a("--kv-transfer-config")
+    a("--enable-lora", action="store_true")
+    a("--max-loras", type=int, default=1)
+    a("--max-lora-rank", type=int, default=16)
+    a("--max-cpu-loras", type=int)  # accepted; the simulator keeps every adapter in "CPU"
+    a("--lora-modules", nargs="+", action="extend", default=[])
     for flag in NO_EFFECT_SWITCHES:
         a(flag, action="store_true", help=argparse.SUPPRESS)
     for flag in NO_EFFECT_VALUES:
@@ -89,6 +104,8 @@ def _parser() -> _Parser:
     a("--speedup", type=float, default=1.0)
     a("--slow-start", type=float, default=0.0)
     a("--enable-admin", action="store_true")
+    a("--pd-role", choices=["prefill", "decode", "both"])
+    a("--kv-link")
     a("--log-level", default="warning")
     return p
 
@@ -112,7 +129,13 @@ def parse(argv: Sequence[str]) -> ServeArgs:
     model = ns.model_tag or ns.model_opt
     if not model:
         raise SimConfigError("the following arguments are required: MODEL")
-    kv_endpoint, kv_topic = _kv_events(ns.kv_events_config)
+    kv_endpoint, kv_topic, kv_replay = _kv_events(ns.kv_events_config)
+    try:
+        kv_transfer = kv_transfer_config(
+            ns.kv_transfer_config, pd_role=ns.pd_role, link=ns.kv_link, env=dict(os.environ)
+        )
+    except PDConfigError as exc:
+        raise SimConfigError(str(exc)) from None
     settings = SimSettings(
         model=model,
         gpu=ns.gpu,
@@ -140,13 +163,36 @@ def parse(argv: Sequence[str]) -> ServeArgs:
         slow_start_s=ns.slow_start,
         dtype=ns.dtype,
         quantization=ns.quantization,
+        enable_auto_tool_choice=ns.enable_auto_tool_choice,
+        tool_call_parser=ns.tool_call_parser,
+        max_logprobs=ns.max_logprobs,
+        max_num_queued_reqs=ns.max_num_queued_reqs,
+        max_num_queued_tokens=ns.max_num_queued_tokens,
+        enable_server_load_tracking=ns.enable_server_load_tracking,
+        kv_events_replay=kv_replay,
+        kv_transfer=kv_transfer,
+        lora=_lora(ns),
     )
     return ServeArgs(settings, ns.host, ns.port, ns.log_level)
 
 
-def _kv_events(text: str | None) -> tuple[str | None, str]:
+def _lora(ns: argparse.Namespace) -> LoraSettings:
+    try:
+        modules = parse_modules(ns.lora_modules)
+    except LoraConfigError as exc:
+        raise SimConfigError(f"argument --lora-modules: {exc}") from None
+    return LoraSettings(
+        enabled=ns.enable_lora,
+        max_loras=ns.max_loras,
+        max_lora_rank=ns.max_lora_rank,
+        modules=modules,
+        runtime_updating=runtime_updating(os.environ),  # read once, at start-up
+    )
+
+
+def _kv_events(text: str | None) -> tuple[str | None, str, str | None]:
     if not text:
-        return None, ""
+        return None, "", None
     try:
         cfg: Any = json.loads(text)
     except ValueError as exc:
@@ -154,9 +200,10 @@ def _kv_events(text: str | None) -> tuple[str | None, str]:
     if not isinstance(cfg, dict):
         raise SimConfigError("argument --kv-events-config: expected a JSON object")
     if not cfg.get("enable_kv_cache_events"):
-        return None, ""
+        return None, "", None
     endpoint = str(cfg.get("endpoint") or "tcp://*:5557")
-    return endpoint, str(cfg.get("topic") or "")
+    replay = cfg.get("replay_endpoint")
+    return endpoint, str(cfg.get("topic") or ""), str(replay) if replay else None
 
 
 def main(argv: Sequence[str]) -> int:

@@ -67,6 +67,10 @@ class UsageLedger:
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="usage-ledger")
 
+    def stats(self) -> dict[str, int]:
+        """Rows waiting to be written, written and dropped (queue full) since start."""
+        return {"queued": len(self._q), "written": self.written, "dropped": self.dropped}
+
     def record(self, rec: UsageRecord) -> None:
         if len(self._q) >= self._max:
             self.dropped += 1

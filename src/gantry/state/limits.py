@@ -59,6 +59,8 @@ class LimitStore(Protocol):
         now: float | None = None,
     ) -> None: ...
 
+    async def ping(self) -> bool: ...  # the store answers (for status pages)
+
     async def aclose(self) -> None: ...
 
 
@@ -158,6 +160,9 @@ class MemoryLimitStore:
                 st.buckets["tpm"] = (max(-sp.tpm, min(sp.tpm, t - delta)), now)
             if sp.tokens_per_day and delta and st.day[0] == day:
                 st.day = (day, max(0, st.day[1] + delta))
+
+    async def ping(self) -> bool:
+        return True
 
     async def aclose(self) -> None:
         self._s.clear()
@@ -304,6 +309,14 @@ class RedisLimitStore:
             await self._settle(keys=self._keys(charges, now), args=args)
         except (redis.exceptions.RedisError, OSError):
             pass  # leases expire by themselves; token counts drift by one request
+
+    async def ping(self) -> bool:
+        import redis.exceptions
+
+        try:
+            return bool(await self._r.ping())
+        except (redis.exceptions.RedisError, OSError):
+            return False
 
     async def aclose(self) -> None:
         await self._r.aclose()

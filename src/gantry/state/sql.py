@@ -82,8 +82,66 @@ audit = Table(
     Column("detail", Text, nullable=False, default=""),
 )
 
+files = Table(
+    "gantry_files",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("tenant", String(128), nullable=False),
+    Column("filename", String(512), nullable=False),
+    Column("purpose", String(32), nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Index("ix_gantry_files_tenant", "tenant", "created_at"),
+)
+
+batches = Table(
+    "gantry_batches",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("tenant", String(128), nullable=False),
+    Column("identity", Text, nullable=False),  # the creating key's identity (JSON)
+    Column("endpoint", String(64), nullable=False),
+    Column("input_file_id", String(64), nullable=False),
+    Column("completion_window", String(16), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("times", Text, nullable=False, default="{}"),  # status -> when it was reached
+    Column("metadata", Text, nullable=True),
+    Column("errors", Text, nullable=True),  # batch-level errors (JSON list)
+    Column("output_file_id", String(64), nullable=True),
+    Column("error_file_id", String(64), nullable=True),
+    Column("total", Integer, nullable=False, default=0),
+    Column("completed", Integer, nullable=False, default=0),
+    Column("failed", Integer, nullable=False, default=0),
+    Column("owner", String(64), nullable=True),  # replica validating or finalizing it
+    Column("lease_until", Float, nullable=False, default=0.0),
+    Index("ix_gantry_batches_tenant", "tenant", "created_at"),
+    Index("ix_gantry_batches_status", "status"),
+)
+
+batch_lines = Table(
+    "gantry_batch_lines",
+    metadata,
+    Column("batch_id", String(64), primary_key=True),
+    Column("line", Integer, primary_key=True),
+    Column("custom_id", String(512), nullable=False),
+    Column("state", String(8), nullable=False),  # pending, claimed, done
+    Column("owner", String(64), nullable=True),
+    Column("lease_until", Float, nullable=False, default=0.0),  # also: not before
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("offset", BigInteger, nullable=False),
+    Column("length", Integer, nullable=False),
+    Column("ok", Integer, nullable=True),  # 1: output file, 0: error file
+    Column("result", Text, nullable=True),  # the output or error line
+    Index("ix_gantry_batch_lines_state", "state", "lease_until"),
+)
+
 # version -> tables created at that version (append new steps; never edit old ones)
-MIGRATIONS: list[tuple[int, list[Table]]] = [(1, [api_keys, usage, audit])]
+MIGRATIONS: list[tuple[int, list[Table]]] = [
+    (1, [api_keys, usage, audit]),
+    (2, [files, batches, batch_lines]),
+]
 
 
 def _creator(table: Table) -> Callable[[Connection], None]:

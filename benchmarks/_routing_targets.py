@@ -1,0 +1,306 @@
+"""What `routing.py` measures and routes through: simulated engines (with their metrics
+and admin endpoints), the routers in front of them, and the oracle's placement."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from prometheus_client.parser import text_string_to_metric_families
+
+from gantry.engines.h1 import H1Transport
+from gantry.engines.transport import EngineRequest, EngineResponse
+from gantry.netutil import free_port
+
+VLLM_ROUTER_VERSION = "0.1.17"
+MODEL = "llama"
+
+
+def http_json(url: str, body: bytes | None = None, timeout: float = 10) -> Any:
+    req = urllib.request.Request(url, data=body, headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return orjson.loads(r.read())
+
+
+def wait_until(check: Any, timeout: float, what: str, proc: subprocess.Popen[bytes] | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what}: the process exited with {proc.returncode}")
+        try:
+            if check():
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(what)
+
+
+def ok(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=2) as r:
+        return bool(r.status == 200)
+
+
+@dataclass
+class Proc:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def spawn(name: str, args: list[str], workdir: Path, env: Mapping[str, str] = {}) -> Proc:
+    log = workdir / f"{name}.log"
+    with open(log, "wb") as fh:
+        p = subprocess.Popen(
+            args, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, **env},
+        )  # fmt: skip
+    return Proc(name, p, log)
+
+
+# -- engines ------------------------------------------------------------------------------
+
+
+@dataclass
+class Engine:
+    name: str
+    port: int
+    kv_port: int
+    proc: Proc
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def kv_endpoint(self) -> str:
+        return f"tcp://127.0.0.1:{self.kv_port}"
+
+
+def start_engines(n: int, sim_args: list[str], workdir: Path) -> list[Engine]:
+    engines = []
+    for i in range(n):
+        port, kv = free_port(), free_port()
+        args = [sys.executable, "-m", "gantry", "sim", "--port", str(port), *sim_args]
+        args += ["--served-model-name", MODEL, "--kv-events", f"tcp://*:{kv}", "--enable-admin"]
+        args += ["--seed", str(i)]
+        engines.append(Engine(f"e{i}", port, kv, spawn(f"engine-{i}", args, workdir)))
+    for e in engines:
+        wait_until(lambda e=e: ok(e.url + "/health"), 60, f"engine {e.name}", e.proc.proc)
+    return engines
+
+
+def scrape(e: Engine) -> dict[str, float]:
+    """The engine's counters this benchmark reads, summed over labels."""
+    with urllib.request.urlopen(e.url + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    want = {
+        "vllm:prefix_cache_hits_total": "hits",
+        "vllm:prefix_cache_queries_total": "queries",
+        "vllm:request_success_total": "requests",
+        "vllm:prompt_tokens_total": "prompt_tokens",
+    }
+    out = dict.fromkeys(want.values(), 0.0)
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name in want:
+                out[want[s.name]] += s.value
+    stats = http_json(e.url + "/sim/stats")
+    out["step_model_s"] = stats["step_seconds_model"]
+    out["step_wall_s"] = stats["step_seconds_wall"]
+    out["steps"] = stats["steps"]
+    out["busy"] = stats["running"] + stats["waiting"] + stats["in_flight"]
+    return out
+
+
+def reset_caches(engines: list[Engine]) -> None:
+    """Wait for every engine to be idle, then clear its prefix cache."""
+    for e in engines:
+        wait_until(
+            lambda e=e: http_json(e.url + "/reset_prefix_cache", b"")["reset"],
+            120,
+            f"{e.name} idle and reset",
+        )
+
+
+# -- routers ----------------------------------------------------------------------------
+
+
+def gantry_router(policy: str, engines: list[Engine], workdir: Path) -> tuple[Proc, str]:
+    port = free_port()
+    cfg = workdir / f"gantry-{policy}.yaml"
+    lines = ["engines:"]
+    for e in engines:
+        lines.append(f"  - {{url: {e.url}, name: {e.name}, kv_events: '{e.kv_endpoint}'}}")
+    lines.append(f"routing: {{policy: {policy}}}")
+    cfg.write_text("\n".join(lines) + "\n")
+    env = {
+        "GANTRY_SECURITY__AUTH": "off",
+        "GANTRY_SECURITY__DATABASE_URL": f"sqlite:///{workdir}/gantry-{port}.db",
+        "GANTRY_SHUTDOWN__READINESS_DELAY_S": "0",
+    }
+    args = [sys.executable, "-m", "gantry", "serve", "-c", str(cfg), "--port", str(port)]
+    p = spawn(f"gantry-{policy}", [*args, "--no-request-logs"], workdir, env)
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: ok(url + "/readyz"), 60, f"gantry serve --policy {policy}", p.proc)
+    if policy == "kv_aware":  # subscribed to every engine before the run starts
+        wait_until(lambda: _kv_connected(url, engines), 30, "KV-event subscriptions")
+    return p, url
+
+
+def _kv_connected(url: str, engines: list[Engine]) -> bool:
+    """The gateway's subscriber has connected to every engine's publisher."""
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
+        text = r.read().decode()
+    up = set()
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == "gantry_kv_events_total" and s.labels.get("kind") == "up":
+                up.add(s.labels.get("engine"))
+    return all(e.name in up for e in engines)
+
+
+def vllm_router_binary(venv: Path, install: bool) -> Path | None:
+    """vllm-router from PyPI, pinned, in its own venv (created when ``install``)."""
+    exe = venv / "bin" / "vllm-router"
+    py = venv / "bin" / "python"
+    check = "import importlib.metadata as m; print(m.version('vllm-router'))"
+    if exe.exists():
+        got = subprocess.run([py, "-c", check], capture_output=True, text=True).stdout.strip()
+        if got == VLLM_ROUTER_VERSION:
+            return exe
+    if not install:
+        return None
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, f"vllm-router=={VLLM_ROUTER_VERSION}"], check=True)
+    return exe
+
+
+def vllm_router(exe: Path, policy: str, engines: list[Engine], workdir: Path) -> tuple[Proc, str]:
+    port, prom = free_port(), free_port()
+    args = [str(exe), "--worker-urls", *(e.url for e in engines), "--policy", policy]
+    args += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    args += ["--prometheus-host", "127.0.0.1", "--prometheus-port", str(prom)]
+    if policy == "kv_aware":
+        for e in engines:
+            args += ["--kv-event-source", f"{e.url}={e.kv_endpoint}"]
+        args += ["--kv-event-model", MODEL]
+    p = spawn(f"vllm-router-{policy}", args, workdir)
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: ok(url + "/readiness"), 90, f"vllm-router --policy {policy}", p.proc)
+    return p, url
+
+
+# -- the oracle -------------------------------------------------------------------------
+
+
+@dataclass
+class OracleStats:
+    decisions: int = 0
+    by_cache: int = 0  # the chosen engine held more of the prompt than the least loaded
+    match_ms: list[float] = field(default_factory=list)
+
+
+class _Counted:
+    """An engine response that gives its in-flight slot back when closed."""
+
+    def __init__(self, resp: EngineResponse, release: Any) -> None:
+        self._resp, self._release = resp, release
+        self.status, self.headers = resp.status, resp.headers
+
+    async def read(self) -> bytes:
+        try:
+            return await self._resp.read()
+        finally:
+            self.close()
+
+    async def iter_chunks(self) -> Any:
+        async for chunk in self._resp.iter_chunks():
+            yield chunk
+
+    async def next_chunk(self) -> bytes | None:
+        return await self._resp.next_chunk()
+
+    def close(self) -> None:
+        self._resp.close()
+        if self._release is not None:
+            self._release()
+            self._release = None
+
+
+class OracleTransport:
+    """Client-side placement straight to the engines, from their real cache state.
+
+    For each request it asks every engine ``POST /sim/cache_match`` (how many of the
+    prompt's tokens its prefix cache holds now), then sends the request to the engine
+    with the largest hit among those whose load — this client's requests in flight
+    there, exact since it is the only client — is under the bounded-load cap
+    ``1.25 x average + 1`` (consistent hashing with bounded loads); ties go to the less
+    loaded. No router process is in the path."""
+
+    def __init__(self, engines: list[Engine], load_factor: float = 1.25) -> None:
+        self.engines = engines
+        self.load_factor = load_factor
+        self._t = {e.name: H1Transport(e.url, max_idle=1024) for e in engines}
+        self.inflight = dict.fromkeys(self._t, 0)
+        self.stats = OracleStats()
+
+    async def _match(self, name: str, body: bytes) -> int:
+        req = EngineRequest("POST", "/sim/cache_match", body, _JSON, read_timeout=30)
+        resp = await self._t[name].send(req)
+        data = await resp.read()
+        return int(orjson.loads(data)["cached_tokens"]) if resp.status == 200 else 0
+
+    async def send(self, request: EngineRequest) -> EngineResponse:
+        body = request.body or b"{}"
+        t = time.perf_counter()
+        hits = await asyncio.gather(*(self._match(n, body) for n in self._t))
+        self.stats.match_ms.append((time.perf_counter() - t) * 1000)
+        name = self.choose(dict(zip(self._t, hits, strict=True)))
+        self.inflight[name] += 1
+        try:
+            resp = await self._t[name].send(request)
+        except BaseException:
+            self.inflight[name] -= 1
+            raise
+
+        def release() -> None:
+            self.inflight[name] -= 1
+
+        return _Counted(resp, release)  # type: ignore[return-value]
+
+    def choose(self, hits: dict[str, int]) -> str:
+        load = self.inflight
+        cap = self.load_factor * (sum(load.values()) + 1) / len(load) + 1
+        fits = [n for n in load if load[n] < cap] or list(load)
+        best = min(fits, key=lambda n: (-hits[n], load[n], n))
+        least = min(load, key=lambda n: (load[n], n))
+        self.stats.decisions += 1
+        self.stats.by_cache += hits[best] > hits[least]
+        return best
+
+    async def aclose(self) -> None:
+        for t in self._t.values():
+            await t.aclose()
+
+
+_JSON = {"content-type": "application/json"}
