@@ -8,7 +8,7 @@
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 FROM ${BASE_IMAGE} AS build
-ARG EXTRAS=postgres,otel,jwt,tokenizers,gpu
+ARG EXTRAS=postgres,otel,jwt,tokenizers,gpu,k8s
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./

@@ -482,7 +482,11 @@ def config_show(
 def config_check(file: Annotated[Path, typer.Argument(metavar="PATH", hidden=True)]) -> None:
     """Validate the config file PATH; exit 0 if it is valid."""
     cfg = _load(file)
-    where = f"{len(cfg.engines)} engine(s)" if cfg.engines else "embedded default"
+    d = cfg.discovery
+    sources = [f"{len(cfg.engines)} engine(s)"] if cfg.engines else []
+    sources += [f"{len(cfg.launch)} launched"] if cfg.launch else []
+    sources += [f"{k} discovery" for k in ("kubernetes", "dns") if getattr(d, k) is not None]
+    where = ", ".join(sources) or "embedded default"
     typer.echo(f"{file}: ok ({where}, routing {cfg.routing.policy})")
 
 

@@ -129,9 +129,15 @@ def test_rendered_gantry_yaml_passes_gantry_config_check(
         gantry_cmd("config", "check", str(path)), capture_output=True, text=True, timeout=60
     )
     assert r.returncode == 0, r.stderr
-    engines = yaml.safe_load(path.read_text())["engines"]
-    sts = by_kind(objects, "StatefulSet")
-    assert len(engines) == sts["spec"]["replicas"]  # one static entry per engine pod
+    assert "kubernetes discovery" in r.stdout, r.stdout  # not the embedded default
+    k8s = yaml.safe_load(path.read_text())["engines"]["discovery"]["kubernetes"]
+    # the slices watched are the engines' headless Service's, in the gateway's namespace
+    svc = next(
+        o for o in objects if o["kind"] == "Service" and o["spec"].get("clusterIP") == "None"
+    )
+    assert k8s["label_selector"] == f"kubernetes.io/service-name={svc['metadata']['name']}"
+    assert k8s["namespace"] == svc["metadata"]["namespace"]
+    assert k8s["port"] in [p["port"] for p in svc["spec"]["ports"]]
 
 
 def test_only_the_gateway_reaches_engines(objects: list[dict[str, Any]]) -> None:
