@@ -22,7 +22,9 @@ than vLLM's own (0: it keeps up, its work is in ``cpu_per_seq_s``). One process
 detokenises and streams every running request's tokens, so once the number of
 running streams times that cost exceeds the GPU's step, the front end sets the pace
 of every stream: TPOT grows with concurrency while the GPU idles. The engine core
-runs in its own process, so the term overlaps the step rather than adding to it.
+runs in its own process, so the term overlaps the step rather than adding to it. A
+new request waits in the same process behind one round of those tokens before it is
+tokenised (``request_overhead_at``).
 See docs/simulator.md for the sources and the calibration.
 """
 
@@ -129,6 +131,13 @@ class LatencyModel:
     def request_overhead(self) -> float:
         """Seconds every request spends in the API server before scheduling."""
         return 0.0 if self.instant else self.params.request_overhead_s
+
+    def request_overhead_at(self, running: int) -> float:
+        """``request_overhead`` with ``running`` streams: the one front-end process
+        tokenises a new request after the round of streamed tokens already queued."""
+        if self.instant:
+            return 0.0
+        return self.params.request_overhead_s + self.params.stream_s_per_token * running
 
     def decode_time(self, batch: int, context: int) -> float:
         """Convenience: one decode step of ``batch`` sequences at ``context`` tokens."""
