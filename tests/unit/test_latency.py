@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from gantry.sim.latency import LatencyModel, StepShape
+from gantry.sim.latency import LatencyModel, LatencyParams, StepShape
 from gantry.sim.profiles import gpu_profile, model_profile
 
 
@@ -65,3 +65,19 @@ def test_model_from_local_config(tmp_path):
     bad.write_text("[1]")
     with pytest.raises(ValueError):
         model_profile(str(bad))
+
+
+def test_slow_front_end_paces_decode_and_delays_new_requests():
+    g, m = gpu_profile("H100"), model_profile("llama-3.1-8b")
+    default = LatencyModel(g, m)
+    slow = LatencyModel(g, m, params=LatencyParams(stream_s_per_token=0.001))
+    # One stream: the GPU's step is longer than one token of front-end work.
+    assert slow.decode_time(1, 200) == pytest.approx(default.decode_time(1, 200))
+    # 32 streams x 1 ms exceed the GPU's step: the front end sets the pace.
+    assert slow.decode_time(32, 200) == pytest.approx(0.032 + 0.0005)
+    assert default.decode_time(32, 200) < 0.01
+    # A new request waits behind one round of the running streams' tokens.
+    assert default.request_overhead_at(16) == default.request_overhead
+    assert slow.request_overhead_at(16) == pytest.approx(slow.request_overhead + 0.016)
+    instant = LatencyModel(g, m, instant=True, params=LatencyParams(stream_s_per_token=0.001))
+    assert instant.request_overhead_at(16) == 0.0

@@ -7,6 +7,7 @@ One engine step runs every scheduled token through the model once::
     t_memory  = (weight_bytes + kv_bytes_read) / (TP * hbm_bw * bw_eff)
     t_cpu     = cpu_per_seq * sequences_in_step   (API server and scheduler work per output,
                                                    overlapped with the GPU by async scheduling)
+    t_stream  = stream_per_token * sequences_in_step   (a slower serial front end, below)
     attention_flops = 4 * layers * heads * head_dim * sum(tokens_i * context_i)
 
 A step with LoRA adapters adds their kernels (``_lora_time``).
@@ -14,7 +15,17 @@ A step with LoRA adapters adds their kernels (``_lora_time``).
 Decode steps are memory-bound (weights are streamed once per step, whatever the
 batch), prefill chunks compute-bound, very large decode batches CPU-bound. Each
 request also pays a fixed API-server overhead (tokenisation, hand-off to the engine)
-before it is scheduled. See docs/simulator.md for the sources and the calibration.
+before it is scheduled.
+
+``stream_s_per_token`` is the serial cost per streamed token of a front end slower
+than vLLM's own (0: it keeps up, its work is in ``cpu_per_seq_s``). One process
+detokenises and streams every running request's tokens, so once the number of
+running streams times that cost exceeds the GPU's step, the front end sets the pace
+of every stream: TPOT grows with concurrency while the GPU idles. The engine core
+runs in its own process, so the term overlaps the step rather than adding to it. A
+new request waits in the same process behind one round of those tokens before it is
+tokenised (``request_overhead_at``).
+See docs/simulator.md for the sources and the calibration.
 """
 
 from __future__ import annotations
@@ -46,6 +57,7 @@ class LatencyParams:
     step_overhead_s: float = 0.0005  # launch and sampling per step, CUDA graphs on
     cpu_per_seq_s: float = 65e-6  # output processing per sequence per step (overlapped)
     request_overhead_s: float = 0.005  # API server: tokenise, hand off, first detokenise
+    stream_s_per_token: float = 0.0  # serial front end per streamed token (0: keeps up)
     tp_overhead_s_per_layer: float = 12e-6  # two all-reduces per layer at TP > 1
     jitter: float = 0.0  # relative standard deviation of step time
     # LoRA (punica/SGMV kernels). Assumed, not fitted: the kernels reach a small fraction
@@ -99,7 +111,8 @@ class LatencyModel:
         flops = self._flops_per_token * shape.num_tokens + self._attn_coeff * shape.attn_token_ctx
         compute = flops / self._compute_rate
         memory = (self.model.weight_bytes + self._kv_bpt * shape.kv_tokens_read) / self._mem_rate
-        cpu = self.params.cpu_per_seq_s * shape.num_seqs
+        p = self.params
+        cpu = max(p.cpu_per_seq_s, p.stream_s_per_token) * shape.num_seqs
         t = max(compute, memory, cpu) + self._fixed
         if shape.num_loras and self._lora_bytes:
             t += self._lora_time(shape)
@@ -118,6 +131,13 @@ class LatencyModel:
     def request_overhead(self) -> float:
         """Seconds every request spends in the API server before scheduling."""
         return 0.0 if self.instant else self.params.request_overhead_s
+
+    def request_overhead_at(self, running: int) -> float:
+        """``request_overhead`` with ``running`` streams: the one front-end process
+        tokenises a new request after the round of streamed tokens already queued."""
+        if self.instant:
+            return 0.0
+        return self.params.request_overhead_s + self.params.stream_s_per_token * running
 
     def decode_time(self, batch: int, context: int) -> float:
         """Convenience: one decode step of ``batch`` sequences at ``context`` tokens."""

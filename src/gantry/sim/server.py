@@ -415,7 +415,8 @@ class SimServer:
                 await _until_disconnect(receive)
                 return
         now = time.monotonic()
-        overhead = self.engine.latency.request_overhead / self.r.settings.speedup
+        lat, running = self.engine.latency, self.engine.num_running
+        overhead = lat.request_overhead_at(running) / self.r.settings.speedup
         if overhead:
             await asyncio.sleep(overhead)  # API-server work before the engine sees it
         streams: list[RequestStream] = []

@@ -40,6 +40,7 @@ class SimSettings:
     speedup: float = 1.0
     instant: bool = False
     jitter: float = 0.0
+    stream_s_per_token: float = 0.0  # serial front end per streamed token (LatencyParams)
     seed: int = 0
     tokenizer: str | None = None
     api_keys: tuple[str, ...] = ()
@@ -90,7 +91,7 @@ class ResolvedSim:
             self.model,
             tp=s.tensor_parallel_size,
             kv_dtype_bytes=self.kv_dtype_bytes,
-            params=LatencyParams(jitter=s.jitter),
+            params=LatencyParams(jitter=s.jitter, stream_s_per_token=s.stream_s_per_token),
             seed=s.seed,
             instant=s.instant,
             lora_rank=s.lora.max_lora_rank if s.lora.enabled else 0,

@@ -153,7 +153,11 @@ class VirtualEngine:
         res = VirtualResult()
         core, lim = self.core, self.limits
         sched = core.scheduler
-        overhead = core.latency.request_overhead
+        lat = core.latency
+
+        def ready(a: Arrival) -> float:  # when the API server hands ``a`` to the engine
+            return a.time + lat.request_overhead_at(len(sched.running))
+
         source = _ordered(arrivals, lim.max_requests)
         slots = _Slots(source, concurrency)
         nxt = slots.peek(0.0)
@@ -162,8 +166,8 @@ class VirtualEngine:
         index = 0
         while nxt is not None or core.has_work:
             if not core.has_work and nxt is not None:
-                self.now = max(self.now, nxt.time + overhead)  # idle: jump to the arrival
-            while nxt is not None and nxt.time + overhead <= self.now:
+                self.now = max(self.now, ready(nxt))  # idle: jump to the arrival
+            while nxt is not None and ready(nxt) <= self.now:
                 core.add(self._request(nxt, index))
                 index += 1
                 nxt = slots.take(self.now)
@@ -175,7 +179,7 @@ class VirtualEngine:
             if done.step.num_tokens == 0:  # nothing fits (a prompt larger than the cache)
                 if nxt is None:
                     break
-                self.now = max(self.now, nxt.time + overhead)
+                self.now = max(self.now, ready(nxt))
                 continue
             self.now += done.duration
             res.preemptions += len(done.step.preempted)
