@@ -135,7 +135,7 @@ def reset_caches(engines: list[Engine]) -> None:
     """Wait for every engine to be idle, then clear its prefix cache."""
     for e in engines:
         wait_until(
-            lambda e=e: http_json(e.url + "/reset_prefix_cache", b"")["reset"],
+            lambda e=e: http_json(e.url + "/reset_prefix_cache", b"")["success"],
             120,
             f"{e.name} idle and reset",
         )
