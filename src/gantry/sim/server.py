@@ -35,6 +35,7 @@ from gantry.protocol import (
 from gantry.sim.admission import QueueLimits, orca_header, refusal
 from gantry.sim.chat_format import prompt_ids
 from gantry.sim.engine import EngineConfig, RequestStream, SimEngine
+from gantry.sim.extras import SimExtras
 from gantry.sim.faults import Action, FaultConfig, decide
 from gantry.sim.frontend import frontend
 from gantry.sim.logprobs import Candidates
@@ -99,6 +100,7 @@ class SimServer:
         }
         self.lora = SimLoraAPI(self)
         self._routes.update(self.lora.routes())
+        self._routes.update(SimExtras(self).routes())
         if s.admin:
             from gantry.sim.admin import SimAdmin
 
@@ -352,6 +354,14 @@ class SimServer:
         await self.guard(run, scope, receive, send)
 
     # -- generation -----------------------------------------------------------------
+    @property
+    def chat_handler(self) -> Handler:
+        return self._chat
+
+    @property
+    def completions_handler(self) -> Handler:
+        return self._completions
+
     async def _completions(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.guard(self._generate_chat_or_text(False), scope, receive, send)
 
