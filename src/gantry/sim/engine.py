@@ -85,6 +85,7 @@ class SimEngine:
         self._task: asyncio.Task[None] | None = None
         self.state = EngineState.NEW
         self.lora_metrics: LoraMetrics | None = None  # vllm:lora_requests_info, LoRA on
+        self._deferred = 0  # waiting requests the last step skipped (LoRA budget)
 
     @property
     def slowdown(self) -> float:
@@ -127,7 +128,7 @@ class SimEngine:
         stream = RequestStream(req)
         self._streams[id(req)] = stream
         self.scheduler.add(req)
-        self.metrics.waiting_l.set(self.num_waiting)
+        self._set_gauges()
         self._wake.set()
         return stream
 
@@ -174,16 +175,18 @@ class SimEngine:
             m.prefix_hits_l.inc(step.cache_hit_tokens)
         if step.preempted:
             m.preemptions_l.inc(len(step.preempted))
+        self._deferred = step.deferred
         for req, _ in step.items:
             if req.first_scheduled is None:
                 req.first_scheduled = now
-        gen = prompt = 0
+        gen = prompt = cached = 0
         for req, out in outputs:
             gen += 1
             if req.first_token is None:
                 # v1/metrics/stats.py::IterationStats: a prompt counts whole (cached
                 # tokens included) in the step that ends its prefill.
                 prompt += req.num_prompt_tokens
+                cached += max(0, req.num_cached_prompt)
                 req.first_token = now
                 m.ttft_l.observe(now - req.arrival)
             elif req.last_token is not None:
@@ -199,11 +202,14 @@ class SimEngine:
         if gen:
             m.generation_tokens_l.inc(gen)
             m.prompt_tokens_l.inc(prompt)
+            if prompt:
+                # PromptTokenStats: computed + local hit + external = the whole prompt.
+                m.prompt_by_source_l["local_compute"].inc(prompt - cached)
+                m.prompt_by_source_l["local_cache_hit"].inc(cached)
+                m.prompt_cached_l.inc(cached)
             # loggers.py: iteration_tokens_total observes prompt + generation tokens.
             m.iteration_tokens_l.observe(prompt + gen)
-        m.running_l.set(self.num_running)
-        m.waiting_l.set(self.num_waiting)
-        m.kv_usage_l.set(self.kv.usage)
+        self._set_gauges()
         if self.lora_metrics is not None:
             s = self.scheduler
             self.lora_metrics.update((r.lora for r in s.running), (r.lora for r in s.waiting))
@@ -227,8 +233,24 @@ class SimEngine:
                 m.decode_time_l.observe(now - req.first_token)
                 if n_out > 1:
                     m.tpot_l.observe((now - req.first_token) / (n_out - 1))
+        m.req_preemptions_l.observe(req.num_preemptions)
+        if req.num_cached_prompt >= 0:  # it was scheduled: its prefill KV was computed
+            m.req_prefill_kv_l.observe(req.num_prompt_tokens - req.num_cached_prompt)
+        # parallel_sampling.py::ParentRequest: once per request, when its last choice ends.
+        most = n_out if req.parent is None else req.parent.finish_child(n_out)
+        if most is not None:
+            m.req_n_l.observe(1 if req.parent is None else req.parent.n)
+            m.req_max_gen_l.observe(most)
+        self._set_gauges()
+
+    def _set_gauges(self) -> None:
+        m = self.metrics
+        waiting = self.num_waiting
+        deferred = min(self._deferred, waiting)
         m.running_l.set(self.num_running)
-        m.waiting_l.set(self.num_waiting)
+        m.waiting_l.set(waiting)
+        m.waiting_by_reason_l["capacity"].set(waiting - deferred)
+        m.waiting_by_reason_l["deferred"].set(deferred)
         m.kv_usage_l.set(self.kv.usage)
 
     def __repr__(self) -> str:

@@ -73,7 +73,12 @@ ITL: list[float] = [
     80,
 ]
 ITERATION: list[float] = [1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384]
+PARAMS_N: list[float] = [1, 2, 5, 10, 20]
+NUM_PREEMPTIONS: list[float] = [1, 2, 3, 4, 5, 10, 20]
 FINISH_REASONS = ("stop", "length", "abort", "error", "repetition")
+PROMPT_SOURCES = ("local_compute", "local_cache_hit", "external_kv_transfer")
+WAITING_REASONS = ("capacity", "deferred")
+SLEEP_STATES = ("awake", "weights_offloaded", "discard_all")
 
 
 def request_token_buckets(max_model_len: int) -> list[float]:
@@ -89,11 +94,34 @@ def request_token_buckets(max_model_len: int) -> list[float]:
         base *= 10
 
 
+def cache_config_labels(
+    *,
+    block_size: int,
+    cache_dtype: str,
+    enable_prefix_caching: bool,
+    gpu_memory_utilization: float,
+    num_gpu_blocks: int,
+) -> dict[str, str]:
+    """vllm:cache_config_info's labels: CacheConfig's fields, str()-ed as vLLM does."""
+    return {
+        "block_size": str(block_size),
+        "cache_dtype": cache_dtype,
+        "enable_prefix_caching": str(enable_prefix_caching),
+        "gpu_memory_utilization": str(gpu_memory_utilization),
+        "num_gpu_blocks": str(num_gpu_blocks),
+        "num_gpu_blocks_override": "None",
+        "prefix_caching_hash_algo": "sha256",
+        "kv_cache_memory_bytes": "None",
+        "kv_offloading_size": "None",
+    }
+
+
 class SimMetrics:
     """One registry per engine so several engines can live in one process (tests)."""
 
     def __init__(self, model_name: str, max_model_len: int, engine: str = "0") -> None:
         self.registry = reg = CollectorRegistry()
+        self._engine = engine
         labels = ["model_name", "engine"]
         lv = {"model_name": model_name, "engine": engine}
         tok_buckets = request_token_buckets(max_model_len)
@@ -110,26 +138,37 @@ class SimMetrics:
         self.running = gauge("vllm:num_requests_running", "Requests in the running batch.")
         self.waiting = gauge("vllm:num_requests_waiting", "Requests waiting to be processed.")
         self.kv_usage = gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent.")
-        self.cache_info = Gauge(
-            "vllm:cache_config_info",
-            "Information of the LLMEngine CacheConfig",
-            [
-                "engine",
-                "block_size",
-                "cache_dtype",
-                "enable_prefix_caching",
-                "gpu_memory_utilization",
-                "num_gpu_blocks",
-                "prefix_caching_hash_algo",
-            ],
-            registry=reg,
-        )
         self.prefix_queries = counter(
             "vllm:prefix_cache_queries", "Prefix cache queries, in tokens."
         )
         self.prefix_hits = counter("vllm:prefix_cache_hits", "Prefix cache hits, in tokens.")
         self.preemptions = counter("vllm:num_preemptions", "Cumulative number of preemptions.")
         self.prompt_tokens = counter("vllm:prompt_tokens", "Number of prefill tokens processed.")
+        self.prompt_by_source = Counter(
+            "vllm:prompt_tokens_by_source",
+            "Number of prompt tokens by source.",
+            [*labels, "source"],
+            registry=reg,
+        )
+        self.prompt_cached = counter(
+            "vllm:prompt_tokens_cached", "Number of cached prompt tokens (local + external)."
+        )
+        self.prompt_recomputed = counter(
+            "vllm:prompt_tokens_recomputed",
+            "Number of cached tokens recomputed for forward pass.",
+        )
+        self.waiting_by_reason = Gauge(
+            "vllm:num_requests_waiting_by_reason",
+            "Number of waiting requests by reason (capacity, deferred).",
+            [*labels, "reason"],
+            registry=reg,
+        )
+        self.sleep_state = Gauge(
+            "vllm:engine_sleep_state",
+            "Engine sleep state; awake = 1 means engine is awake.",
+            [*labels, "sleep_state"],
+            registry=reg,
+        )
         self.generation_tokens = counter(
             "vllm:generation_tokens", "Number of generation tokens processed."
         )
@@ -168,6 +207,20 @@ class SimMetrics:
         self.req_max_tokens = hist(
             "vllm:request_params_max_tokens", "The max_tokens request parameter.", tok_buckets
         )
+        self.req_max_gen = hist(
+            "vllm:request_max_num_generation_tokens",
+            "Histogram of maximum number of requested generation tokens.",
+            tok_buckets,
+        )
+        self.req_n = hist("vllm:request_params_n", "The n request parameter.", PARAMS_N)
+        self.req_preemptions = hist(
+            "vllm:request_num_preemptions", "Preemptions per finished request.", NUM_PREEMPTIONS
+        )
+        self.req_prefill_kv = hist(
+            "vllm:request_prefill_kv_computed_tokens",
+            "New KV tokens computed during prefill (excluding cached tokens).",
+            tok_buckets,
+        )
         self.iteration_tokens = hist(
             "vllm:iteration_tokens_total", "Number of tokens per engine step.", ITERATION
         )
@@ -196,6 +249,16 @@ class SimMetrics:
         self.prefix_hits_l = self.prefix_hits.labels(**lv)
         self.preemptions_l = self.preemptions.labels(**lv)
         self.prompt_tokens_l = self.prompt_tokens.labels(**lv)
+        self.prompt_by_source_l = {
+            src: self.prompt_by_source.labels(**lv, source=src) for src in PROMPT_SOURCES
+        }
+        self.prompt_cached_l = self.prompt_cached.labels(**lv)
+        self.prompt_recomputed.labels(**lv)  # always 0: a hit never covers the whole prompt
+        self.waiting_by_reason_l = {
+            r: self.waiting_by_reason.labels(**lv, reason=r) for r in WAITING_REASONS
+        }
+        for state in SLEEP_STATES:  # the simulator never sleeps
+            self.sleep_state.labels(**lv, sleep_state=state).set(state == "awake")
         self.generation_tokens_l = self.generation_tokens.labels(**lv)
         self.success_l = {r: self.success.labels(**lv, finished_reason=r) for r in FINISH_REASONS}
         self.ttft_l = self.ttft.labels(**lv)
@@ -209,6 +272,20 @@ class SimMetrics:
         self.req_prompt_tokens_l = self.req_prompt_tokens.labels(**lv)
         self.req_gen_tokens_l = self.req_gen_tokens.labels(**lv)
         self.req_max_tokens_l = self.req_max_tokens.labels(**lv)
+        self.req_max_gen_l = self.req_max_gen.labels(**lv)
+        self.req_n_l = self.req_n.labels(**lv)
+        self.req_preemptions_l = self.req_preemptions.labels(**lv)
+        self.req_prefill_kv_l = self.req_prefill_kv.labels(**lv)
         self.iteration_tokens_l = self.iteration_tokens.labels(**lv)
         self.step_model_l = self.step_seconds.labels(clock="model")
         self.step_wall_l = self.step_seconds.labels(clock="wall")
+
+    def set_cache_config(self, labels: dict[str, str]) -> None:
+        """vllm:cache_config_info: an info gauge (value 1) whose labels are the config."""
+        info = Gauge(
+            "vllm:cache_config_info",
+            "Information of the LLMEngine CacheConfig",
+            ["engine", *labels],
+            registry=self.registry,
+        )
+        info.labels(engine=self._engine, **labels).set(1)

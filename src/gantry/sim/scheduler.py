@@ -41,6 +41,7 @@ class ScheduledStep:
     cache_hit_tokens: int = 0
     cache_query_tokens: int = 0
     loras_loaded: int = 0  # adapters copied into a GPU slot for this step
+    deferred: int = 0  # waiting requests skipped for the LoRA budget (vLLM's "deferred")
 
     @property
     def num_tokens(self) -> int:
@@ -155,6 +156,7 @@ class Scheduler:
             self._take(step, req, n)
             budget -= n
         self.waiting.extendleft(reversed(skipped))
+        step.deferred = len(skipped)
         return budget
 
     def _take(self, step: ScheduledStep, req: SimRequest, n: int) -> None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gantry.protocol import block_hashes, salt_keys
+from gantry.sim.parent import ParentRequest
 from gantry.sim.tokenizer import Tokenizer
 
 # Words the simulated model "writes": common English, so output looks like text.
@@ -192,6 +193,7 @@ class SimRequest:
     cache_salt: str | None = None
     index: int = 0
     lora: str | None = None  # the LoRA adapter's name (None: the base model)
+    parent: ParentRequest | None = None  # shared by a request's n choices (n > 1)
     status: Status = Status.WAITING
     output_token_ids: list[int] = field(default_factory=list)
     num_computed: int = 0

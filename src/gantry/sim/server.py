@@ -35,11 +35,13 @@ from gantry.protocol import (
 from gantry.sim.admission import QueueLimits, orca_header, refusal
 from gantry.sim.chat_format import prompt_ids
 from gantry.sim.engine import EngineConfig, RequestStream, SimEngine
+from gantry.sim.extras import SimExtras
 from gantry.sim.faults import Action, FaultConfig, decide
 from gantry.sim.frontend import frontend
 from gantry.sim.logprobs import Candidates
 from gantry.sim.lora_api import SimLoraAPI
-from gantry.sim.metrics import SimMetrics
+from gantry.sim.metrics import SimMetrics, cache_config_labels
+from gantry.sim.parent import ParentRequest
 from gantry.sim.responses import (
     ChunkWriter,
     chat_body,
@@ -98,6 +100,7 @@ class SimServer:
         }
         self.lora = SimLoraAPI(self)
         self._routes.update(self.lora.routes())
+        self._routes.update(SimExtras(self).routes())
         if s.admin:
             from gantry.sim.admin import SimAdmin
 
@@ -113,16 +116,15 @@ class SimServer:
     async def start(self) -> None:
         r = self.r
         s = r.settings
-        cache_info = {
-            "engine": "0",
-            "block_size": str(s.block_size),
-            "cache_dtype": s.kv_cache_dtype,
-            "enable_prefix_caching": str(s.enable_prefix_caching),
-            "gpu_memory_utilization": str(s.gpu_memory_utilization),
-            "num_gpu_blocks": str(r.num_gpu_blocks),
-            "prefix_caching_hash_algo": "sha256",
-        }
-        self.metrics.cache_info.labels(**cache_info).set(1)
+        self.metrics.set_cache_config(
+            cache_config_labels(
+                block_size=s.block_size,
+                cache_dtype=s.kv_cache_dtype,
+                enable_prefix_caching=s.enable_prefix_caching,
+                gpu_memory_utilization=s.gpu_memory_utilization,
+                num_gpu_blocks=r.num_gpu_blocks,
+            )
+        )
         on_events = None
         if s.kv_events:
             from gantry.sim.kvevents import KVEventPublisher
@@ -352,6 +354,14 @@ class SimServer:
         await self.guard(run, scope, receive, send)
 
     # -- generation -----------------------------------------------------------------
+    @property
+    def chat_handler(self) -> Handler:
+        return self._chat
+
+    @property
+    def completions_handler(self) -> Handler:
+        return self._completions
+
     async def _completions(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.guard(self._generate_chat_or_text(False), scope, receive, send)
 
@@ -421,6 +431,7 @@ class SimServer:
             await asyncio.sleep(overhead)  # API-server work before the engine sees it
         streams: list[RequestStream] = []
         for p_idx, ids in enumerate(work.prompts):
+            parent = ParentRequest(work.n) if work.n > 1 else None
             for i in range(work.n):
                 req = SimRequest(
                     request_id=f"{rid}-{p_idx}",
@@ -431,6 +442,7 @@ class SimServer:
                     cache_salt=work.cache_salt,
                     index=p_idx * work.n + i,
                     lora=lora,
+                    parent=parent,
                 )
                 streams.append(self.engine.add(req))
         watcher = asyncio.create_task(self._watch_disconnect(receive, streams))
