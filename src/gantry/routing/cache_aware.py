@@ -86,8 +86,11 @@ class KVAware:
     * prefix: matched blocks / chain length. From ``kv`` (KV events) over
       ``req.kv_chain`` for healthy engines; from ``approx`` over ``req.prefix_chain`` for
       engines where ``degraded(name)`` is true, or for all when ``req.kv_chain`` is None.
-    * queue: (max - load) / (max - min) over the candidates on ``load_of`` (1 for all
-      when equal).
+    * queue: 1 - load / the largest load among the candidates, on ``load_of`` (1 for all
+      when every engine is idle). Relative to the busiest engine rather than min-max
+      normalised: the load counts running requests, so min-max would make a difference
+      of one request weigh as much as a whole cached prompt (llm-d's queue scorer is
+      min-max over the waiting queue, which stays 0 until an engine saturates).
     * kv: 1 - ``kv_usage`` (1 when unknown).
 
     Ties go to the less loaded, then the lower name. ``chosen`` records the decision in
@@ -129,11 +132,11 @@ class KVAware:
             return candidates[0]
         prefix = self.prefix_scores(req, candidates)
         loads = [load_of(e, inflight) for e in candidates]
-        hi, lo = max(loads), min(loads)
+        hi = max(loads)
         wp, wq, wk = self.weights
         keyed = []
         for i, (e, load, p) in enumerate(zip(candidates, loads, prefix, strict=True)):
-            q = 1.0 if hi == lo else (hi - load) / (hi - lo)
+            q = 1.0 if hi <= 0 else (hi - load) / hi
             k = 1.0 if e.kv_usage is None else 1.0 - min(max(e.kv_usage, 0.0), 1.0)
             keyed.append((-(wp * p + wq * q + wk * k), load, e.name, i))
         return candidates[min(keyed)[3]]
