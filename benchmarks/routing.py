@@ -305,9 +305,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--turns", type=int, default=4)
     add("--turn-tokens", type=int, default=2500)
     add("--think-s", type=float, default=5.0, help="pause between a reply and the next turn")
-    add("--rate-tenants", type=float, default=12.0)
-    add("--rate-chat", type=float, default=1.2, help="conversations started per second")
-    add("--rate-control", type=float, default=8.0)
+    add("--rate-tenants", type=float, default=8.0)
+    add("--rate-chat", type=float, default=3.5, help="conversations started per second")
+    add("--rate-control", type=float, default=12.0)
     add("--vllm-router-venv", type=Path, default=Path("/tmp/vr-venv"))
     add("--no-install", action="store_true", help="skip vllm-router if not installed")
     add("--output", type=Path, default=Path(tempfile.gettempdir()) / "routing-bench.json")
@@ -363,6 +363,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         r = _guarded(policy, w, a, engines, rep, workdir, vr)
                         runs[w.name].setdefault(policy, []).append(r)
                         _progress(rep, w.name, policy, r)
+                        partial = {"conditions": conditions, "runs": runs, "partial": True}
+                        a.output.write_text(json.dumps(partial, indent=1, default=str))
         finally:
             for e in engines:
                 e.proc.stop()

@@ -93,15 +93,17 @@ class KVAware:
       min-max over the waiting queue, which stays 0 until an engine saturates).
     * kv: 1 - ``kv_usage`` (1 when unknown).
 
-    Ties go to the less loaded, then the lower name. ``chosen`` records the decision in
-    ``approx`` (so the fallback stays warm) and, for an engine with live events, adds the
-    chain as a speculative entry: the engine's KV events arrive only after its prefill,
-    and a burst of requests sharing a new prefix should not scatter meanwhile
+    Where every candidate has the same prefix score (a prompt nobody holds, or one everybody
+    holds), the choice is ``least_loaded``'s: the live in-flight count is a better signal
+    than KV usage scraped seconds ago, which would herd such requests onto one engine until
+    the next scrape. Ties go to the less loaded, then the lower name. ``chosen`` records the
+    decision in ``approx`` (so the fallback stays warm) and, for an engine with live events,
+    adds the chain as a speculative entry: the engine's KV events arrive only after its
+    prefill, and a burst of requests sharing a new prefix should not scatter meanwhile
     (vllm-router's ``kv_aware`` does the same, for 2 s). Speculative entries live in two
-    generations of a small ``BlockIndex`` of their own (``speculative_blocks`` per
-    engine) that rotate every ``speculative_ttl_s``, so each lives between one and two
-    TTLs and never masks or deletes what the events say. ``speculative_ttl_s=0`` turns
-    this off.
+    generations of a small ``BlockIndex`` of their own (``speculative_blocks`` per engine)
+    that rotate every ``speculative_ttl_s``, so each lives between one and two TTLs and
+    never masks or deletes what the events say. ``speculative_ttl_s=0`` turns this off.
     """
 
     def __init__(
@@ -131,6 +133,8 @@ class KVAware:
         if len(candidates) == 1:
             return candidates[0]
         prefix = self.prefix_scores(req, candidates)
+        if max(prefix) - min(prefix) < 1e-9:  # the caches do not tell them apart
+            return least_loaded(req, candidates, inflight)
         loads = [load_of(e, inflight) for e in candidates]
         hi = max(loads)
         wp, wq, wk = self.weights
