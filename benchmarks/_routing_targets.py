@@ -20,6 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from gantry.engines.h1 import H1Transport
 from gantry.engines.transport import EngineRequest, EngineResponse
 from gantry.netutil import free_port
+from gantry.protocol import block_hashes
+from gantry.sim.tokenizer import load_tokenizer, render_chat
 
 VLLM_ROUTER_VERSION = "0.1.17"
 MODEL = "llama"
@@ -66,14 +68,32 @@ class Proc:
                 self.proc.wait()
 
 
+def _die_with_parent() -> None:
+    """Linux: the child gets SIGTERM when this benchmark dies, however it dies."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def spawn(name: str, args: list[str], workdir: Path, env: Mapping[str, str] = {}) -> Proc:
     log = workdir / f"{name}.log"
     with open(log, "wb") as fh:
         p = subprocess.Popen(
             args, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, **env},
+            env={**os.environ, **env}, preexec_fn=_die_with_parent,
         )  # fmt: skip
     return Proc(name, p, log)
+
+
+def started(p: Proc, check: Any, timeout: float, what: str) -> Proc:
+    """``p`` once ``check()`` holds; stopped if it never does."""
+    try:
+        wait_until(check, timeout, what, p.proc)
+    except BaseException:
+        p.stop()
+        raise
+    return p
 
 
 # -- engines ------------------------------------------------------------------------------
@@ -103,8 +123,13 @@ def start_engines(n: int, sim_args: list[str], workdir: Path) -> list[Engine]:
         args += ["--served-model-name", MODEL, "--kv-events", f"tcp://*:{kv}", "--enable-admin"]
         args += ["--seed", str(i)]
         engines.append(Engine(f"e{i}", port, kv, spawn(f"engine-{i}", args, workdir)))
-    for e in engines:
-        wait_until(lambda e=e: ok(e.url + "/health"), 60, f"engine {e.name}", e.proc.proc)
+    try:
+        for e in engines:
+            wait_until(lambda e=e: ok(e.url + "/health"), 60, f"engine {e.name}", e.proc.proc)
+    except BaseException:
+        for e in engines:
+            e.proc.stop()
+        raise
     return engines
 
 
@@ -160,10 +185,11 @@ def gantry_router(policy: str, engines: list[Engine], workdir: Path) -> tuple[Pr
     args = [sys.executable, "-m", "gantry", "serve", "-c", str(cfg), "--port", str(port)]
     p = spawn(f"gantry-{policy}", [*args, "--no-request-logs"], workdir, env)
     url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: ok(url + "/readyz"), 60, f"gantry serve --policy {policy}", p.proc)
-    if policy == "kv_aware":  # subscribed to every engine before the run starts
-        wait_until(lambda: _kv_connected(url, engines), 30, "KV-event subscriptions")
-    return p, url
+
+    def ready() -> bool:  # kv_aware: subscribed to every engine before the run starts
+        return ok(url + "/readyz") and (policy != "kv_aware" or _kv_connected(url, engines))
+
+    return started(p, ready, 60, f"gantry serve --policy {policy}"), url
 
 
 def _kv_connected(url: str, engines: list[Engine]) -> bool:
@@ -206,8 +232,7 @@ def vllm_router(exe: Path, policy: str, engines: list[Engine], workdir: Path) ->
         args += ["--kv-event-model", MODEL]
     p = spawn(f"vllm-router-{policy}", args, workdir)
     url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: ok(url + "/readiness"), 90, f"vllm-router --policy {policy}", p.proc)
-    return p, url
+    return started(p, lambda: ok(url + "/readiness"), 90, f"vllm-router --policy {policy}"), url
 
 
 # -- the oracle -------------------------------------------------------------------------
@@ -250,8 +275,11 @@ class _Counted:
 class OracleTransport:
     """Client-side placement straight to the engines, from their real cache state.
 
-    For each request it asks every engine ``POST /sim/cache_match`` (how many of the
-    prompt's tokens its prefix cache holds now), then sends the request to the engine
+    For each request it tokenizes the prompt as the simulator does (its built-in
+    tokenizer and chat rendering), hashes its blocks once, asks every engine
+    ``POST /sim/cache_match`` with those hashes (how many of the prompt's tokens its
+    prefix cache holds now: a dictionary lookup per block there, so the question does
+    not load the engines), then sends the request to the engine
     with the largest hit among those whose load — this client's requests in flight
     there, exact since it is the only client — is under the bounded-load cap
     ``1.25 x average + 1`` (consistent hashing with bounded loads); ties go to the less
@@ -263,6 +291,20 @@ class OracleTransport:
         self._t = {e.name: H1Transport(e.url, max_idle=1024) for e in engines}
         self.inflight = dict.fromkeys(self._t, 0)
         self.stats = OracleStats()
+        self._tok = load_tokenizer(None)
+
+    def question(self, body: bytes) -> bytes:
+        """``/sim/cache_match``'s body for a chat or completions request."""
+        req = orjson.loads(body)
+        if "messages" in req:
+            gen = req.get("add_generation_prompt", True) is not False
+            text = render_chat(req["messages"], add_generation_prompt=gen)
+        else:
+            text = req["prompt"]
+        ids = self._tok.encode(text)
+        salt = req.get("cache_salt")
+        hashes = block_hashes(ids, 16, (("cache_salt", salt),) if salt else None, [])
+        return orjson.dumps({"block_hashes": [h.hex() for h in hashes], "num_tokens": len(ids)})
 
     async def _match(self, name: str, body: bytes) -> int:
         req = EngineRequest("POST", "/sim/cache_match", body, _JSON, read_timeout=30)
@@ -271,8 +313,8 @@ class OracleTransport:
         return int(orjson.loads(data)["cached_tokens"]) if resp.status == 200 else 0
 
     async def send(self, request: EngineRequest) -> EngineResponse:
-        body = request.body or b"{}"
         t = time.perf_counter()
+        body = self.question(request.body or b"{}")
         hits = await asyncio.gather(*(self._match(n, body) for n in self._t))
         self.stats.match_ms.append((time.perf_counter() - t) * 1000)
         name = self.choose(dict(zip(self._t, hits, strict=True)))

@@ -36,6 +36,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -88,14 +89,25 @@ class Workload:
             per = -(-count // a.tenants)
             jobs = shared(a.tenants, per, a.prefix_tokens, a.question_tokens, a.output_tokens,
                           seed=seed)  # fmt: skip
-            return jobs[:count]
+            return _each_tenant_first(jobs)[:count]
         if self.name == "chat":
             system = "You are the support assistant of a software company. " * (
                 a.chat_system_tokens // 9
             )
             convs = multi_turn_jobs(count, a.turns, a.turn_tokens, a.output_tokens, seed=seed)
             return [dataclasses.replace(j, system=system) for j in convs]
-        return random_jobs(count, a.prefix_tokens, a.output_tokens, range_ratio=0.2, seed=seed)
+        return random_jobs(count, a.control_tokens, a.output_tokens, range_ratio=0.2, seed=seed)
+
+
+def _each_tenant_first(jobs: list[Job]) -> list[Job]:
+    """One request of every tenant first (in random order), so that the warm-up, not the
+    measured stretch, pays each system prompt's first prefill."""
+    seen: set[str | None] = set()
+    first, rest = [], []
+    for j in jobs:
+        (rest if j.system in seen else first).append(j)
+        seen.add(j.system)
+    return first + rest
 
 
 def workloads(a: argparse.Namespace) -> dict[str, Workload]:
@@ -107,9 +119,15 @@ def workloads(a: argparse.Namespace) -> dict[str, Workload]:
 
 
 async def drive(
-    transport: EngineTransport, w: Workload, jobs: list[Job], duration: float, seed: int
-) -> tuple[list[Any], float]:
-    """Open loop: job i starts at its Poisson send time whatever the others are doing."""
+    transport: EngineTransport,
+    w: Workload,
+    jobs: list[Job],
+    a: argparse.Namespace,
+    seed: int,
+    engines: list[Engine],
+) -> tuple[list[Any], list[dict[str, float]]]:
+    """Open loop: job i starts at its Poisson send time whatever the others are doing.
+    The engines' counters are read when the warm-up ends."""
     target = Target(model=MODEL, chat=True, stream=True, ignore_eos=True)
     headers = {"content-type": "application/json"}
     loop = asyncio.get_running_loop()
@@ -120,15 +138,20 @@ async def drive(
     async def one(job: Job) -> None:
         results.extend(await run_job(transport, target, job, t0, headers, think_s=w.think_s))
 
+    async def snapshot() -> list[dict[str, float]]:
+        await asyncio.sleep(a.warmup)
+        return await loop.run_in_executor(None, lambda: [scrape(e) for e in engines])
+
+    at_warm = asyncio.create_task(snapshot())
     tasks = []
-    for job, at in zip(jobs, send_times(Schedule(rate=w.rate, seed=seed), len(jobs), duration),
-                       strict=False):  # fmt: skip
+    times = send_times(Schedule(rate=w.rate, seed=seed), len(jobs), a.duration)
+    for job, at in zip(jobs, times, strict=False):
         delay = start + at - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(job)))
     await asyncio.gather(*tasks)
-    return results, time.perf_counter() - t0
+    return results, await at_warm
 
 
 def run_once(
@@ -146,25 +169,25 @@ def run_once(
     else:
         router, url = gantry_router(policy, engines, workdir)
     jobs = w.jobs(a, seed, int(w.rate * a.duration * 1.5) + 8)
-    before = [scrape(e) for e in engines]
     cpu0 = _cpu(engines, router)
     load0 = os.getloadavg()[0]
 
-    async def go() -> tuple[list[Any], float]:
+    async def go() -> tuple[list[Any], list[dict[str, float]]]:
         transport = oracle or H1Transport(url, max_idle=4096)
         try:
-            return await drive(transport, w, jobs, a.duration, seed)
+            return await drive(transport, w, jobs, a, seed, engines)
         finally:
             await transport.aclose()
 
     try:
-        results, elapsed = _run(go())
+        results, before = _run(go())
         after = [scrape(e) for e in engines]
         cpu1 = _cpu(engines, router)
     finally:
         if router is not None:
             router.stop()
-    out = _figures(results, elapsed, before, after)
+    out = _figures([r for r in results if r.start >= a.warmup], a.warmup, before, after)
+    out["warmup_requests"] = sum(1 for r in results if r.start < a.warmup)
     out["cpu_s"] = {k: round(cpu1[k] - cpu0[k], 1) for k in cpu1}
     out["loadavg_1m"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
     if oracle is not None:
@@ -193,10 +216,14 @@ def _cpu(engines: list[Engine], router: Proc | None) -> dict[str, float]:
 
 def _figures(
     results: list[Any],
-    elapsed: float,
+    warmup: float,
     before: list[dict[str, float]],
     after: list[dict[str, float]],
 ) -> dict[str, Any]:
+    """Requests started after the warm-up; throughput over the time from the end of the
+    warm-up to the last answer; engine counters over the same stretch."""
+    end = max((r.start + r.e2el for r in results if r.ok), default=warmup)
+    elapsed = max(end - warmup, 1e-9)
     s = summarize(results, elapsed, {})
     delta = [{k: a[k] - b[k] for k in a} for a, b in zip(after, before, strict=True)]
     per_engine = [d["requests"] for d in delta]
@@ -265,20 +292,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--workloads", default="tenants,chat,control")
     add("--policies", default=",".join(DEFAULT_POLICIES))
     add("--duration", type=float, default=60.0, help="seconds of arrivals per run")
+    add("--warmup", type=float, default=20.0, help="first seconds left out of the figures")
     add("--engines", type=int, default=4)
-    add("--gpu-blocks", type=int, default=4096, help="KV blocks per engine (16 tokens each)")
+    add("--gpu-blocks", type=int, default=0, help="KV blocks per engine (0: as sized on H100)")
     add("--speedup", type=float, default=1.0, help="the simulators' clock (1 = real time)")
-    add("--tenants", type=int, default=32)
-    add("--prefix-tokens", type=int, default=3000, help="system prompt (and control prompt)")
-    add("--question-tokens", type=int, default=64)
+    add("--tenants", type=int, default=96)
+    add("--prefix-tokens", type=int, default=12000, help="a tenant's system prompt")
+    add("--question-tokens", type=int, default=100)
+    add("--control-tokens", type=int, default=6000, help="a control prompt (±20%%)")
     add("--output-tokens", type=int, default=64)
-    add("--chat-system-tokens", type=int, default=500)
-    add("--turns", type=int, default=8)
-    add("--turn-tokens", type=int, default=400)
-    add("--think-s", type=float, default=3.0, help="pause between a reply and the next turn")
-    add("--rate-tenants", type=float, default=12.0)
-    add("--rate-chat", type=float, default=1.2, help="conversations started per second")
-    add("--rate-control", type=float, default=8.0)
+    add("--chat-system-tokens", type=int, default=1000)
+    add("--turns", type=int, default=4)
+    add("--turn-tokens", type=int, default=2500)
+    add("--think-s", type=float, default=5.0, help="pause between a reply and the next turn")
+    add("--rate-tenants", type=float, default=8.0)
+    add("--rate-chat", type=float, default=3.5, help="conversations started per second")
+    add("--rate-control", type=float, default=12.0)
     add("--vllm-router-venv", type=Path, default=Path("/tmp/vr-venv"))
     add("--no-install", action="store_true", help="skip vllm-router if not installed")
     add("--output", type=Path, default=Path(tempfile.gettempdir()) / "routing-bench.json")
@@ -286,7 +315,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a = p.parse_args(argv)
     if a.quick:
         a.duration, a.tenants, a.gpu_blocks = min(a.duration, 4.0), 6, 512
+        a.warmup = min(a.warmup, a.duration / 4)
         a.prefix_tokens, a.chat_system_tokens, a.turns, a.turn_tokens = 200, 60, 3, 40
+        a.control_tokens, a.question_tokens = 200, 20
         a.output_tokens, a.think_s = 8, 0.2
         a.rate_tenants, a.rate_chat, a.rate_control = 4.0, 1.0, 3.0
     return a
@@ -294,6 +325,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     a = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up on `kill`
     policies = [x for x in a.policies.split(",") if x]
     known = {*GANTRY, "oracle", "vllm-router:cache_aware", "vllm-router:kv_aware"}
     bad = [x for x in policies if x not in known]
@@ -307,8 +339,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"vllm-router {a.vllm_router_venv} not installed: skipped", file=sys.stderr)
             policies = [x for x in policies if not x.startswith("vllm-router:")]
     sim_args = ["--model", "llama-3.1-8b", "--gpu", "H100-80GB", "--profile", "realistic"]
-    sim_args += ["--num-gpu-blocks-override", str(a.gpu_blocks), "--speedup", str(a.speedup)]
-    sim_args += ["--max-model-len", str(min(32768, (a.gpu_blocks - 1) * 16))]
+    max_len = min(32768, (a.gpu_blocks - 1) * 16) if a.gpu_blocks else 32768
+    sim_args += ["--speedup", str(a.speedup), "--max-model-len", str(max_len)]
+    if a.gpu_blocks:
+        sim_args += ["--num-gpu-blocks-override", str(a.gpu_blocks)]
     conditions = {
         "command": " ".join(["python", "benchmarks/routing.py", *(argv or sys.argv[1:])]),
         "cpus": os.cpu_count(),
@@ -329,6 +363,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         r = _guarded(policy, w, a, engines, rep, workdir, vr)
                         runs[w.name].setdefault(policy, []).append(r)
                         _progress(rep, w.name, policy, r)
+                        partial = {"conditions": conditions, "runs": runs, "partial": True}
+                        a.output.write_text(json.dumps(partial, indent=1, default=str))
         finally:
             for e in engines:
                 e.proc.stop()

@@ -101,3 +101,63 @@ def test_kv_aware_without_events_falls_back_to_prefix_scoring(tmp_path):
                 )
                 assert r.status_code == 200
             assert hits(a.url) + hits(b.url) >= 5 * 500
+
+
+@pytest.mark.parametrize("policy", ["kv_aware", "prefix", "power_of_two"])
+def test_serve_policy_flag_with_engines_on_the_command_line(tmp_path, policy):
+    """`gantry serve --engine URL --policy P`: no config file, so no KV-event endpoints;
+    kv_aware scores every engine by the approximate index (its fallback)."""
+    with (
+        sim(tmp_path, "--served-model-name", "m", "--profile", "instant") as a,
+        sim(tmp_path, "--served-model-name", "m", "--profile", "instant") as b,
+    ):
+        flags = ("--engine", a.url, "--engine", b.url, "--policy", policy)
+        with gateway(tmp_path, *flags) as gw:
+            for i in range(6):
+                r = httpx.post(
+                    gw.url + "/v1/chat/completions", json=chat(PREFIX, f"q{i}"), timeout=30
+                )
+                assert r.status_code == 200, r.text
+            text = httpx.get(gw.url + "/metrics").text
+            assert metric_value(text, "gantry_routing_decisions_total", policy=policy) == 6
+            if policy != "power_of_two":  # the cache-aware ones keep the prefix together
+                assert hits(a.url) + hits(b.url) >= 5 * 500
+
+
+def test_serve_policy_flag_with_kv_events_from_the_config(tmp_path):
+    port = free_port()
+    with sim(
+        tmp_path,
+        "--served-model-name",
+        "m",
+        "--profile",
+        "instant",
+        "--kv-events",
+        f"tcp://*:{port}",
+    ) as a:
+        cfg = tmp_path / "g.yaml"
+        cfg.write_text(
+            f"engines:\n  - {{url: {a.url}, name: a, kv_events: 'tcp://127.0.0.1:{port}'}}\n"
+        )
+        with gateway(tmp_path, "-c", str(cfg), "--policy", "kv_aware") as gw:
+
+            def stored() -> bool:
+                r = httpx.post(gw.url + "/v1/chat/completions", json=chat(PREFIX, "q"), timeout=30)
+                assert r.status_code == 200, r.text
+                text = httpx.get(gw.url + "/metrics").text
+                return metric_value(text, "gantry_kv_events_total", kind="stored") > 0
+
+            wait_until(stored, what="the gateway receiving the engine's KV events")
+            text = httpx.get(gw.url + "/metrics").text
+            assert metric_value(text, "gantry_routing_decisions_total", policy="kv_aware") >= 1
+            wait_until(  # the index gauges are refreshed in the background
+                lambda: (
+                    metric_value(
+                        httpx.get(gw.url + "/metrics").text,
+                        "gantry_routing_index_blocks",
+                        index="kv",
+                    )
+                    > 0
+                ),
+                what="the KV index gauge",
+            )

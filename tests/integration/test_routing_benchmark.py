@@ -28,8 +28,10 @@ def check(result: dict, workloads: list[str], policies: list[str]) -> None:
         for policy, r in result["median"][w].items():
             assert "error" not in r, (w, policy, r)
             assert r["requests"] > 0 and r["failed"] == 0
-            # what the engines counted is what the client completed, engine by engine
-            assert sum(r["per_engine"]) == r["requests"], (w, policy, r)
+            # the engines counted what the client completed after the warm-up, and some
+            # warm-up requests that finished after it
+            finished = sum(r["per_engine"])
+            assert r["requests"] <= finished <= r["requests"] + r["warmup_requests"], r
             assert 0 <= r["hit_rate"] <= 1 and r["balance"] >= 1
             assert r["ttft_ms"]["50"] <= r["ttft_ms"]["90"] <= r["ttft_ms"]["99"]
             assert r["clock_lag"] > 0 and r["cpu_s"]["engines"] > 0

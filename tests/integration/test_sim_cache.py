@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import httpx
 
+from gantry.protocol import block_hashes
+from gantry.sim.tokenizer import load_tokenizer, render_chat
 from tests.helpers import Proc, sim, wait_until
 
 SYSTEM = "You answer questions about the Acme company's products, politely. " * 30
@@ -48,6 +50,13 @@ def test_cache_match_predicts_the_hit_and_reset_clears_it(fast_sim: Proc):
     again = match(fast_sim, other)
     assert again["cached_tokens"] == (again["prompt_tokens"] - 1) // 16 * 16
     assert cached_of(fast_sim, other) == again["cached_tokens"]
+    # the same question as block digests of the prompt's token ids (tokenized by the
+    # caller, here with the simulator's own tokenizer and chat rendering)
+    ids = load_tokenizer(None).encode(render_chat(other["messages"], add_generation_prompt=True))
+    hashes = [h.hex() for h in block_hashes(ids, 16, None, [])]
+    by_hash = match(fast_sim, {"block_hashes": hashes, "num_tokens": len(ids)})
+    assert by_hash["cached_tokens"] == again["cached_tokens"]
+    assert by_hash["prompt_tokens"] == again["prompt_tokens"]
     # a salted request shares nothing with unsalted ones
     assert match(fast_sim, chat("and of the rocket skates?", cache_salt="t1"))["cached_tokens"] == 0
     # completions bodies are matched too, and the load comes with the answer
@@ -82,6 +91,9 @@ def test_bad_bodies_and_no_admin(fast_sim: Proc, tmp_path):
     assert r.status_code == 404 and "does not exist" in r.json()["error"]["message"]
     r = httpx.post(fast_sim.url + "/sim/cache_match", content=b"[1]", headers=_JSON)
     assert r.status_code == 400
+    for bad in ({"block_hashes": ["zz"], "num_tokens": 3}, {"block_hashes": [], "num_tokens": -1}):
+        r = httpx.post(fast_sim.url + "/sim/cache_match", json=bad)
+        assert r.status_code == 400 and r.json()["error"]["type"] == "BadRequestError"
     with sim(tmp_path, "--profile", "instant") as plain:
         assert httpx.post(plain.url + "/sim/cache_match", json={"prompt": "x"}).status_code == 404
         assert httpx.post(plain.url + "/reset_prefix_cache").status_code == 404

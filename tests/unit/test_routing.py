@@ -210,10 +210,18 @@ def kv_policy(
         ({"e0": (4, 0.9), "e1": (0, 0.0)}, {"e0": 10}, "e1", "a full KV cache repels"),
         # unknown kv usage counts as empty
         ({"e0": (0, None), "e1": (0, 0.5)}, {}, "e0", "unknown usage scores 1"),
-        # queue normalised: the middle engine scores 0.5
-        ({"a": (0, 0.6), "b": (5, 0.0), "c": (10, 0.0)}, {}, "b", "min-max queue"),
-        # out-of-range usage is clamped
-        ({"e0": (0, 1.7), "e1": (0, -0.5)}, {}, "e1", "clamped"),
+        # queue relative to the busiest: a 0 + 2 + 0.8, b 0 + 1 + 2, c 0.6 + 0 + 2
+        ({"a": (0, 0.6), "b": (5, 0.0), "c": (10, 0.0)}, {"c": 2}, "b", "relative queue"),
+        # 12 vs 10 in flight: queue 0 vs 1/6 (not 0 vs 1, as min-max would have it), so
+        # half a cached prompt keeps the request: 1.5 + 0 + 2 = 3.5 > 0.33 + 2 = 2.33
+        ({"e0": (12, 0.0), "e1": (10, 0.0)}, {"e0": 5}, "e0", "small differences stay small"),
+        # an idle engine against a busy one still counts in full (see the cases above)
+        ({"e0": (12, 0.0), "e1": (0, 0.0)}, {"e0": 5}, "e1", "idle beats half a prefix"),
+        # out-of-range usage is clamped: e0 0 + 2 + 2 (not 3) < e1 0.9 + 2 + 2
+        ({"e0": (0, -0.5), "e1": (0, 0.0)}, {"e1": 3}, "e1", "clamped"),
+        # the same prefix score everywhere: least loaded, whatever the (scraped) KV usage
+        ({"e0": (3, 0.0), "e1": (2, 0.9)}, {}, "e1", "no prefix: least loaded"),
+        ({"e0": (3, 0.0), "e1": (2, 0.9)}, {"e0": 10, "e1": 10}, "e1", "equal: least loaded"),
     ],
 )
 def test_kv_aware_weighted_scores(loads, kv_held, want, why):

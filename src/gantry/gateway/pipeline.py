@@ -87,6 +87,7 @@ class Gateway:
             )
         self.pool = pool
         self.metrics = metrics or GatewayMetrics()
+        self._tokenize_turn = 0  # kv_aware's /tokenize calls take the engines in turn
         self.pool.listeners.append(self.metrics.on_snapshot)
         self.discovery: Discovery | None = None  # engines found at run time (k8s, DNS)
         if cfg.discovery.enabled:
@@ -371,7 +372,10 @@ class Gateway:
     async def _fill_chains(self, p: Prepared, body: Any) -> None:
         """Prefix chains for cache-aware routing (kv_aware may ask an engine to tokenize)."""
         healthy = self.pool.snapshot.healthy_for(p.model)
-        engine = self.pool.transport(healthy[0].name) if healthy else None
+        engine = None
+        if healthy:  # in turn: one engine's API server would tokenize for the whole pool
+            self._tokenize_turn += 1
+            engine = self.pool.transport(healthy[self._tokenize_turn % len(healthy)].name)
         await self.dispatcher.policies.fill_chains(p.route, body, engine)
 
     async def _traced(

@@ -86,19 +86,24 @@ class KVAware:
     * prefix: matched blocks / chain length. From ``kv`` (KV events) over
       ``req.kv_chain`` for healthy engines; from ``approx`` over ``req.prefix_chain`` for
       engines where ``degraded(name)`` is true, or for all when ``req.kv_chain`` is None.
-    * queue: (max - load) / (max - min) over the candidates on ``load_of`` (1 for all
-      when equal).
+    * queue: 1 - load / the largest load among the candidates, on ``load_of`` (1 for all
+      when every engine is idle). Relative to the busiest engine rather than min-max
+      normalised: the load counts running requests, so min-max would make a difference
+      of one request weigh as much as a whole cached prompt (llm-d's queue scorer is
+      min-max over the waiting queue, which stays 0 until an engine saturates).
     * kv: 1 - ``kv_usage`` (1 when unknown).
 
-    Ties go to the less loaded, then the lower name. ``chosen`` records the decision in
-    ``approx`` (so the fallback stays warm) and, for an engine with live events, adds the
-    chain as a speculative entry: the engine's KV events arrive only after its prefill,
-    and a burst of requests sharing a new prefix should not scatter meanwhile
+    Where every candidate has the same prefix score (a prompt nobody holds, or one everybody
+    holds), the choice is ``least_loaded``'s: the live in-flight count is a better signal
+    than KV usage scraped seconds ago, which would herd such requests onto one engine until
+    the next scrape. Ties go to the less loaded, then the lower name. ``chosen`` records the
+    decision in ``approx`` (so the fallback stays warm) and, for an engine with live events,
+    adds the chain as a speculative entry: the engine's KV events arrive only after its
+    prefill, and a burst of requests sharing a new prefix should not scatter meanwhile
     (vllm-router's ``kv_aware`` does the same, for 2 s). Speculative entries live in two
-    generations of a small ``BlockIndex`` of their own (``speculative_blocks`` per
-    engine) that rotate every ``speculative_ttl_s``, so each lives between one and two
-    TTLs and never masks or deletes what the events say. ``speculative_ttl_s=0`` turns
-    this off.
+    generations of a small ``BlockIndex`` of their own (``speculative_blocks`` per engine)
+    that rotate every ``speculative_ttl_s``, so each lives between one and two TTLs and
+    never masks or deletes what the events say. ``speculative_ttl_s=0`` turns this off.
     """
 
     def __init__(
@@ -128,12 +133,14 @@ class KVAware:
         if len(candidates) == 1:
             return candidates[0]
         prefix = self.prefix_scores(req, candidates)
+        if max(prefix) - min(prefix) < 1e-9:  # the caches do not tell them apart
+            return least_loaded(req, candidates, inflight)
         loads = [load_of(e, inflight) for e in candidates]
-        hi, lo = max(loads), min(loads)
+        hi = max(loads)
         wp, wq, wk = self.weights
         keyed = []
         for i, (e, load, p) in enumerate(zip(candidates, loads, prefix, strict=True)):
-            q = 1.0 if hi == lo else (hi - load) / (hi - lo)
+            q = 1.0 if hi <= 0 else (hi - load) / hi
             k = 1.0 if e.kv_usage is None else 1.0 - min(max(e.kv_usage, 0.0), 1.0)
             keyed.append((-(wp * p + wq * q + wk * k), load, e.name, i))
         return candidates[min(keyed)[3]]

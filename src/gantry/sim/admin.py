@@ -106,26 +106,32 @@ class SimAdmin:
 def cache_match(srv: SimServer, body: dict[str, Any]) -> dict[str, Any]:
     """The first prompt of ``body`` against the engine's prefix cache, plus its load.
 
-    ``cached_tokens`` is what the scheduler would take from the cache if the request
-    were admitted now (block-aligned, at most prompt - 1 tokens, as vLLM); 0 with
-    prefix caching off."""
-    work = parse(
-        body,
-        chat="messages" in body,
-        served=srv.r.served,
-        tok=srv.tokenizer,
-        max_model_len=srv.r.max_model_len,
-        request_seed=0,
-    )
-    ids = work.prompts[0]
+    ``body`` is a chat or completions request, or ``{"block_hashes": [hex, ...],
+    "num_tokens": N}``: the prompt's full block digests (``gantry.protocol.block_hashes``
+    of its token ids) from a caller that tokenized it already, so that asking several
+    engines costs each only the lookups. ``cached_tokens`` is what the scheduler would
+    take from the cache if the request were admitted now (block-aligned, at most
+    prompt - 1 tokens, as vLLM); 0 with prefix caching off."""
     e = srv.engine
     assert e is not None
     bs = e.kv.block_size
-    extra = (("cache_salt", work.cache_salt),) if work.cache_salt else None
-    hashes = block_hashes(ids, bs, extra, [])
-    hit = e.kv.lookup(hashes, len(ids))
+    if "block_hashes" in body:
+        hashes, num_tokens = _given_hashes(body)
+    else:
+        work = parse(
+            body,
+            chat="messages" in body,
+            served=srv.r.served,
+            tok=srv.tokenizer,
+            max_model_len=srv.r.max_model_len,
+            request_seed=0,
+        )
+        ids = work.prompts[0]
+        extra = (("cache_salt", work.cache_salt),) if work.cache_salt else None
+        hashes, num_tokens = block_hashes(ids, bs, extra, []), len(ids)
+    hit = e.kv.lookup(hashes, num_tokens)
     return {
-        "prompt_tokens": len(ids),
+        "prompt_tokens": num_tokens,
         "cached_tokens": len(hit) * bs,
         "cached_blocks": len(hit),
         "prompt_blocks": len(hashes),
@@ -135,3 +141,17 @@ def cache_match(srv: SimServer, body: dict[str, Any]) -> dict[str, Any]:
         "kv_usage": e.kv.usage,
         "in_flight": srv.in_flight,
     }
+
+
+def _given_hashes(body: dict[str, Any]) -> tuple[list[bytes], int]:
+    raw, n = body.get("block_hashes"), body.get("num_tokens")
+    if not isinstance(raw, list) or not all(isinstance(h, str) for h in raw):
+        raise VLLMError(400, "block_hashes must be a list of hex strings", "BadRequestError")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise VLLMError(400, "num_tokens must be a non-negative integer", "BadRequestError")
+    try:
+        return [bytes.fromhex(h) for h in raw], n
+    except ValueError:
+        raise VLLMError(
+            400, "block_hashes must be a list of hex strings", "BadRequestError"
+        ) from None
