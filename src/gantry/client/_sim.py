@@ -7,7 +7,6 @@ loop turn are scheduled in the same engine step: that is native batching.
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -18,11 +17,11 @@ import orjson
 from gantry.client._errors import ModeUnavailableError, UnsupportedError, error_for_status
 from gantry.client._tokens import EngineTokenizerCounter, TokenCounter
 from gantry.client._types import Chunk, Completion, Embedding, Request, Usage, parse_completion
-from gantry.sim.engine import EngineConfig, RequestStream, SimEngine
+from gantry.sim.engine import EngineConfig, RequestStream, SimEngine, merge_streams
 from gantry.sim.frontend import frontend
 from gantry.sim.metrics import SimMetrics
 from gantry.sim.responses import chat_body, completion_body, random_id
-from gantry.sim.sequence import SimRequest, StepOutput
+from gantry.sim.sequence import SimRequest
 from gantry.sim.settings import SimConfigError, SimSettings
 from gantry.sim.validate import VLLMError, Work, parse
 
@@ -134,7 +133,7 @@ class SimBackend:
         tool = work.tool
         try:
             started: set[int] = set()
-            async for s, batch in _merge(streams):
+            async for s, batch in merge_streams(streams, stopped=_stopped):
                 idx = s.req.index
                 finish = batch[-1].finish_reason
                 text = "".join(o.text for o in batch)
@@ -192,34 +191,8 @@ async def _collect(s: RequestStream, work: Work) -> dict[str, Any]:
     }
 
 
-async def _merge(
-    streams: list[RequestStream],
-) -> AsyncIterator[tuple[RequestStream, list[StepOutput]]]:
-    """(stream, outputs) as any stream produces, until all have finished."""
-    queue: asyncio.Queue[tuple[RequestStream, list[StepOutput]]] = asyncio.Queue(
-        maxsize=len(streams)  # one pending batch per stream: bounded
-    )
-
-    async def pump(s: RequestStream) -> None:
-        while True:
-            batch = await s.next_batch()
-            await queue.put((s, batch))
-            if not batch or batch[-1].finish_reason is not None:
-                return
-
-    tasks = [asyncio.create_task(pump(s)) for s in streams]
-    try:
-        left = len(streams)
-        while left:
-            s, batch = await queue.get()
-            if not batch:
-                raise error_for_status(503, "the engine stopped during the stream", None)
-            if batch[-1].finish_reason is not None:
-                left -= 1
-            yield s, batch
-    finally:
-        for t in tasks:
-            t.cancel()
+def _stopped() -> Exception:
+    return error_for_status(503, "the engine stopped during the stream", None)
 
 
 __all__ = ["SimBackend"]

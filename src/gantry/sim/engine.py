@@ -13,7 +13,7 @@ import asyncio
 import enum
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from gantry.sim.core import EngineConfig, EngineCore
 from gantry.sim.kvcache import KVEvent
@@ -260,4 +260,47 @@ class SimEngine:
         )
 
 
-__all__ = ["EngineConfig", "EngineState", "RequestStream", "SimEngine", "Status"]
+async def merge_streams(
+    streams: list[RequestStream], *, stopped: Callable[[], Exception] | None = None
+) -> AsyncIterator[tuple[RequestStream, list[StepOutput]]]:
+    """(stream, outputs) as any of the streams produces, until all have finished. A
+    stream whose engine stopped (an empty batch) ends there, or raises ``stopped()``."""
+
+    def ended(batch: list[StepOutput]) -> bool:
+        if not batch and stopped is not None:
+            raise stopped()
+        return not batch or batch[-1].finish_reason is not None
+
+    if len(streams) == 1:
+        s = streams[0]
+        while True:
+            batch = await s.next_batch()
+            if batch:
+                yield s, batch
+            if ended(batch):
+                return
+    # one pending batch per stream: bounded
+    queue: asyncio.Queue[tuple[RequestStream, list[StepOutput]]] = asyncio.Queue(len(streams))
+
+    async def pump(s: RequestStream) -> None:
+        while True:
+            batch = await s.next_batch()
+            await queue.put((s, batch))
+            if not batch or batch[-1].finish_reason is not None:
+                return
+
+    tasks = [asyncio.create_task(pump(s)) for s in streams]
+    try:
+        left = len(streams)
+        while left:
+            s, batch = await queue.get()
+            if batch:
+                yield s, batch
+            if ended(batch):
+                left -= 1
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+__all__ = ["EngineConfig", "EngineState", "RequestStream", "SimEngine", "Status", "merge_streams"]

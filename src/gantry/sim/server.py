@@ -11,7 +11,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -34,7 +34,7 @@ from gantry.protocol import (
 )
 from gantry.sim.admission import QueueLimits, orca_header, refusal
 from gantry.sim.chat_format import prompt_ids
-from gantry.sim.engine import EngineConfig, RequestStream, SimEngine
+from gantry.sim.engine import EngineConfig, RequestStream, SimEngine, merge_streams
 from gantry.sim.extras import SimExtras
 from gantry.sim.faults import Action, FaultConfig, decide
 from gantry.sim.frontend import frontend
@@ -50,7 +50,7 @@ from gantry.sim.responses import (
     tool_call_id,
     usage,
 )
-from gantry.sim.sequence import SimRequest, StepOutput
+from gantry.sim.sequence import SimRequest
 from gantry.sim.settings import VLLM_VERSION, ResolvedSim
 from gantry.sim.token_outputs import TokenOutputs
 from gantry.sim.tokenizer import Tokenizer
@@ -593,7 +593,7 @@ class SimServer:
             if decision and decision.action in (Action.STALL, Action.DROP)
             else -1
         )
-        async for s, batch in _merge(streams):
+        async for s, batch in merge_streams(streams):
             idx = s.req.index
             first, start = counts[idx] == 0, counts[idx]
             counts[idx] += len(batch)
@@ -645,42 +645,6 @@ class SimServer:
         if work.include_usage:
             await stream_chunk(send, w.usage(self._usage(work, streams)))
         await end_stream(send, encode_done())
-
-
-async def _merge(
-    streams: list[RequestStream],
-) -> AsyncIterator[tuple[RequestStream, list[StepOutput]]]:
-    """Yield (stream, outputs) as any of the streams produces, until all finish."""
-    if len(streams) == 1:
-        s = streams[0]
-        while True:
-            batch = await s.next_batch()
-            if not batch:
-                return
-            yield s, batch
-            if batch[-1].finish_reason is not None:
-                return
-    queue: asyncio.Queue[tuple[RequestStream, list[StepOutput]]] = asyncio.Queue()
-
-    async def pump(s: RequestStream) -> None:
-        while True:
-            batch = await s.next_batch()
-            await queue.put((s, batch))
-            if not batch or batch[-1].finish_reason is not None:
-                return
-
-    tasks = [asyncio.create_task(pump(s)) for s in streams]
-    try:
-        left = len(streams)
-        while left:
-            s, batch = await queue.get()
-            if not batch or batch[-1].finish_reason is not None:
-                left -= 1
-            if batch:
-                yield s, batch
-    finally:
-        for t in tasks:
-            t.cancel()
 
 
 async def _until_disconnect(receive: Receive) -> None:
