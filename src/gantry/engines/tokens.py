@@ -79,6 +79,11 @@ class PromptTokens:
         self.hits = 0
         self.misses = 0
 
+    @property
+    def local(self) -> bool:
+        """Tokens come from a local tokenizer (no engine round trip)."""
+        return self._local is not None
+
     async def of(
         self, body: dict[str, Any], model: str, engine: EngineTransport | None
     ) -> list[int] | None:

@@ -97,11 +97,21 @@ class Policies:
             route.prefix_chain = text_chain(text[:limit], p.block_chars, f"{route.model}\0{salt}")
         if name != "kv_aware":
             return
+        if self._unseen(route) and not self.tokens.local:
+            # Nobody was sent this prompt's first block (the approximate index records
+            # every decision): its tokens would not change the choice, so spare the
+            # engine round trip. With several gateways, a prefix another one routed is
+            # scored here as unknown once; this gateway records it then.
+            return
         ids = await self.tokens.of(body, route.model, engine)
         if ids:
             size = self.cfg.kv_aware.block_size
             extra = (("cache_salt", salt),) if salt else None
             route.kv_chain = self.hasher.hashes(ids[: size * MAX_CHAIN_BLOCKS], extra)
+
+    def _unseen(self, route: RouteRequest) -> bool:
+        chain = route.prefix_chain
+        return bool(chain) and not any(self.prefix.match(chain[:1]).values())  # type: ignore[index]
 
     def forget(self, engine: str) -> None:
         """An engine left: what the indexes knew of it goes too."""
