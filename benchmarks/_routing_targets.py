@@ -245,12 +245,18 @@ class OracleStats:
     match_ms: list[float] = field(default_factory=list)
 
 
-class _Counted:
-    """An engine response that gives its in-flight slot back when closed."""
+class _Tracked:
+    """An engine response that tells the oracle when its first bytes came (its prefill
+    is over) and when it was closed (no longer in flight)."""
 
-    def __init__(self, resp: EngineResponse, release: Any) -> None:
-        self._resp, self._release = resp, release
+    def __init__(self, resp: EngineResponse, first: Any, done: Any) -> None:
+        self._resp, self._first, self._done = resp, first, done
         self.status, self.headers = resp.status, resp.headers
+
+    def _started(self) -> None:
+        if self._first is not None:
+            self._first()
+            self._first = None
 
     async def read(self) -> bytes:
         try:
@@ -260,41 +266,47 @@ class _Counted:
 
     async def iter_chunks(self) -> Any:
         async for chunk in self._resp.iter_chunks():
+            self._started()
             yield chunk
 
     async def next_chunk(self) -> bytes | None:
-        return await self._resp.next_chunk()
+        chunk = await self._resp.next_chunk()
+        self._started()
+        return chunk
 
     def close(self) -> None:
         self._resp.close()
-        if self._release is not None:
-            self._release()
-            self._release = None
+        self._started()
+        if self._done is not None:
+            self._done()
+            self._done = None
 
 
 class OracleTransport:
     """Client-side placement straight to the engines, from their real cache state.
 
     For each request it tokenizes the prompt as the simulator does (its built-in
-    tokenizer and chat rendering), hashes its blocks once, asks every engine
-    ``POST /sim/cache_match`` with those hashes (how many of the prompt's tokens its
-    prefix cache holds now: a dictionary lookup per block there, so the question does
-    not load the engines), then sends the request to the engine
-    with the largest hit among those whose load — this client's requests in flight
-    there, exact since it is the only client — is under the bounded-load cap
-    ``1.25 x average + 1`` (consistent hashing with bounded loads); ties go to the less
-    loaded. No router process is in the path."""
+    tokenizer and chat rendering), hashes its blocks once, and asks every engine
+    ``POST /sim/cache_match`` with those hashes: how many of the prompt's tokens its
+    prefix cache holds now (a dictionary lookup per block there, so the question does
+    not load the engines). The request goes where its prefill starts soonest and is
+    shortest: the fewest uncached prompt tokens, counting those of the oracle's own
+    requests there that have not had their first token yet (an engine's prefill queue,
+    known exactly since the oracle is the only client); ties go to the larger hit, then
+    the fewer requests in flight. So the largest cache hit wins unless the prefill work
+    already queued on that engine outweighs it. No router process is in the path."""
 
-    def __init__(self, engines: list[Engine], load_factor: float = 1.25) -> None:
+    def __init__(self, engines: list[Engine]) -> None:
         self.engines = engines
-        self.load_factor = load_factor
         self._t = {e.name: H1Transport(e.url, max_idle=1024) for e in engines}
         self.inflight = dict.fromkeys(self._t, 0)
+        self.pending = dict.fromkeys(self._t, 0)  # uncached tokens awaiting a first token
         self.stats = OracleStats()
         self._tok = load_tokenizer(None)
 
-    def question(self, body: bytes) -> bytes:
-        """``/sim/cache_match``'s body for a chat or completions request."""
+    def question(self, body: bytes) -> tuple[bytes, int]:
+        """``/sim/cache_match``'s body for a chat or completions request, and the
+        prompt's length in tokens."""
         req = orjson.loads(body)
         if "messages" in req:
             gen = req.get("add_generation_prompt", True) is not False
@@ -304,7 +316,8 @@ class OracleTransport:
         ids = self._tok.encode(text)
         salt = req.get("cache_salt")
         hashes = block_hashes(ids, 16, (("cache_salt", salt),) if salt else None, [])
-        return orjson.dumps({"block_hashes": [h.hex() for h in hashes], "num_tokens": len(ids)})
+        q = {"block_hashes": [h.hex() for h in hashes], "num_tokens": len(ids)}
+        return orjson.dumps(q), len(ids)
 
     async def _match(self, name: str, body: bytes) -> int:
         req = EngineRequest("POST", "/sim/cache_match", body, _JSON, read_timeout=30)
@@ -314,28 +327,35 @@ class OracleTransport:
 
     async def send(self, request: EngineRequest) -> EngineResponse:
         t = time.perf_counter()
-        body = self.question(request.body or b"{}")
+        body, tokens = self.question(request.body or b"{}")
         hits = await asyncio.gather(*(self._match(n, body) for n in self._t))
         self.stats.match_ms.append((time.perf_counter() - t) * 1000)
-        name = self.choose(dict(zip(self._t, hits, strict=True)))
+        by_name = dict(zip(self._t, hits, strict=True))
+        name = self.choose(by_name, tokens)
+        work = tokens - by_name[name]
         self.inflight[name] += 1
+        self.pending[name] += work
+
+        def first() -> None:
+            self.pending[name] -= work
+
+        def done() -> None:
+            self.inflight[name] -= 1
+
         try:
             resp = await self._t[name].send(request)
         except BaseException:
-            self.inflight[name] -= 1
+            first()
+            done()
             raise
+        return _Tracked(resp, first, done)  # type: ignore[return-value]
 
-        def release() -> None:
-            self.inflight[name] -= 1
+    def choose(self, hits: dict[str, int], tokens: int) -> str:
+        def cost(n: str) -> tuple[int, int, int, str]:
+            return (self.pending[n] + tokens - hits[n], -hits[n], self.inflight[n], n)
 
-        return _Counted(resp, release)  # type: ignore[return-value]
-
-    def choose(self, hits: dict[str, int]) -> str:
-        load = self.inflight
-        cap = self.load_factor * (sum(load.values()) + 1) / len(load) + 1
-        fits = [n for n in load if load[n] < cap] or list(load)
-        best = min(fits, key=lambda n: (-hits[n], load[n], n))
-        least = min(load, key=lambda n: (load[n], n))
+        best = min(hits, key=cost)
+        least = min(hits, key=lambda n: (self.inflight[n], n))
         self.stats.decisions += 1
         self.stats.by_cache += hits[best] > hits[least]
         return best

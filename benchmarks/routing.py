@@ -6,8 +6,9 @@ and an oracle's, in front of the same four simulated engines.
         [--output results.json] [--markdown table.md]
 
 * 4 engines: ``gantry sim`` Llama-3.1-8B on H100-80GB, realistic profile, KV events on,
-  each KV cache cut to ``--gpu-blocks`` blocks (vLLM's ``--num-gpu-blocks-override``) so
-  that the shared prefixes outgrow one engine's cache but fit in the four together;
+  the KV cache as vLLM sizes it on an H100 (464,768 tokens; ``--gpu-blocks N`` sets vLLM's
+  ``--num-gpu-blocks-override``); the shared prefixes (96 x 12,000 tokens, 2.5x one
+  engine's cache) outgrow one engine's cache but fit in the four together;
 * per run: a fresh router (``gantry serve`` with one policy, or ``vllm-router`` pinned
   from PyPI in its own venv, or the oracle: client-side placement from every engine's
   ``POST /sim/cache_match``), the engines' prefix caches cleared first, then a
