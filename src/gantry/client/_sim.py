@@ -17,7 +17,7 @@ import orjson
 from gantry.client._errors import ModeUnavailableError, UnsupportedError, error_for_status
 from gantry.client._tokens import EngineTokenizerCounter, TokenCounter
 from gantry.client._types import Chunk, Completion, Embedding, Request, Usage, parse_completion
-from gantry.sim.engine import EngineConfig, RequestStream, SimEngine, merge_streams
+from gantry.sim.engine import RequestStream, SimEngine, merge_streams
 from gantry.sim.frontend import frontend
 from gantry.sim.metrics import SimMetrics
 from gantry.sim.responses import chat_body, completion_body, random_id
@@ -43,17 +43,8 @@ class SimBackend:
 
     async def start(self) -> None:
         r = self._r
-        s = self.settings
         engine = SimEngine(
-            EngineConfig(
-                model_name=r.served[0],
-                max_model_len=r.max_model_len,
-                num_gpu_blocks=r.num_gpu_blocks,
-                block_size=s.block_size,
-                scheduler=r.scheduler,
-                speedup=s.speedup,
-                prefix_caching=s.enable_prefix_caching,
-            ),
+            r.engine_config(),
             r.latency_model(),
             SimMetrics(r.served[0], r.max_model_len, "0"),
         )

@@ -34,7 +34,7 @@ from gantry.protocol import (
 )
 from gantry.sim.admission import QueueLimits, orca_header, refusal
 from gantry.sim.chat_format import prompt_ids
-from gantry.sim.engine import EngineConfig, RequestStream, SimEngine, merge_streams
+from gantry.sim.engine import RequestStream, SimEngine, merge_streams
 from gantry.sim.extras import SimExtras
 from gantry.sim.faults import Action, FaultConfig, decide
 from gantry.sim.frontend import frontend
@@ -132,15 +132,7 @@ class SimServer:
             self._publisher = KVEventPublisher(s.kv_events, s.kv_events_topic)
             on_events = self._publisher.publish
         self.engine = SimEngine(
-            EngineConfig(
-                model_name=r.served[0],
-                max_model_len=r.max_model_len,
-                num_gpu_blocks=r.num_gpu_blocks,
-                block_size=s.block_size,
-                scheduler=r.scheduler,
-                speedup=s.speedup,
-                prefix_caching=s.enable_prefix_caching,
-            ),
+            r.engine_config(),
             r.latency_model(),
             self.metrics,
             on_kv_events=on_events,

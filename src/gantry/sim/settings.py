@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 
+from gantry.sim.core import EngineConfig
 from gantry.sim.faults import FaultConfig
 from gantry.sim.kvcache import num_gpu_blocks
 from gantry.sim.latency import LatencyModel, LatencyParams
@@ -83,6 +84,20 @@ class ResolvedSim:
     scheduler: SchedulerConfig
     kv_dtype_bytes: float
     fingerprint: str
+
+    def engine_config(self, *, speedup: float | None = None) -> EngineConfig:
+        """The engine core's arguments, as ``gantry sim`` runs it (``speedup`` defaults
+        to the settings'; virtual time passes 1)."""
+        s = self.settings
+        return EngineConfig(
+            model_name=self.served[0],
+            max_model_len=self.max_model_len,
+            num_gpu_blocks=self.num_gpu_blocks,
+            block_size=s.block_size,
+            scheduler=self.scheduler,
+            speedup=s.speedup if speedup is None else speedup,
+            prefix_caching=s.enable_prefix_caching,
+        )
 
     def latency_model(self) -> LatencyModel:
         s = self.settings

@@ -132,15 +132,7 @@ class VirtualEngine:
     @classmethod
     def from_resolved(cls, r: ResolvedSim, *, limits: Limits | None = None) -> VirtualEngine:
         """An engine with exactly the arguments ``gantry sim`` would run with."""
-        s = r.settings
-        config = EngineConfig(
-            model_name=r.served[0],
-            max_model_len=r.max_model_len,
-            num_gpu_blocks=r.num_gpu_blocks,
-            block_size=s.block_size,
-            scheduler=r.scheduler,
-            prefix_caching=s.enable_prefix_caching,
-        )
+        config = r.engine_config(speedup=1.0)
         return cls(config, r.latency_model(), limits=limits)
 
     def run(self, arrivals: Iterable[Arrival], *, concurrency: int | None = None) -> VirtualResult:
