@@ -193,3 +193,32 @@ def metric_value(text: str, name: str, **labels: str) -> float:
             if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
                 total += s.value
     return total
+
+
+@contextmanager
+def fresh_postgres() -> Iterator[str]:
+    """A new, empty PostgreSQL database on the local server (dropped afterwards): its
+    URL. Skips the test when PostgreSQL or asyncpg is not there."""
+    import asyncio
+    import uuid
+
+    import pytest
+
+    asyncpg = pytest.importorskip("asyncpg")
+    dbname = f"gantry_{uuid.uuid4().hex[:10]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(host="127.0.0.1", port=5432, user="postgres", database="test")
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(admin(f"CREATE DATABASE {dbname}"))
+    except (OSError, asyncpg.PostgresError) as exc:
+        pytest.skip(f"PostgreSQL not available: {exc}")
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{dbname}"
+    finally:
+        asyncio.run(admin(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)"))

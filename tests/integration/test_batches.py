@@ -4,11 +4,9 @@ one PostgreSQL, bad input, and the ``gantry batches`` CLI."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
 import subprocess
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ import pytest
 
 from tests.helpers import (
     bearer,
+    fresh_postgres,
     gantry_cmd,
     gateway,
     metric_value,
@@ -310,22 +309,7 @@ def test_hard_kill_mid_job_loses_nothing(tmp_path):
 
 
 def test_two_replicas_share_one_postgres_without_double_execution(tmp_path):
-    asyncpg = pytest.importorskip("asyncpg")
-    dbname = f"gantry_{uuid.uuid4().hex[:10]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(host="127.0.0.1", port=5432, user="postgres", database="test")
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    try:
-        asyncio.run(admin(f"CREATE DATABASE {dbname}"))
-    except (OSError, asyncpg.PostgresError) as exc:
-        pytest.skip(f"PostgreSQL not available: {exc}")
-    db = f"postgresql://postgres@127.0.0.1:5432/{dbname}"
-    try:
+    with fresh_postgres() as db:
         key, _ = new_key(db, "--tenant", "acme")
         env = batch_env(tmp_path, db, GANTRY_BATCHES__CONCURRENCY="3")  # one shared directory
         with (
@@ -347,5 +331,3 @@ def test_two_replicas_share_one_postgres_without_double_execution(tmp_path):
             ids = [x["custom_id"] for x in lines_of(cb, done.output_file_id)]
             assert sorted(ids) == sorted(f"req-{i}" for i in range(30))
             assert engine_requests(e.url) == 30  # no line ran on both replicas
-    finally:
-        asyncio.run(admin(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)"))

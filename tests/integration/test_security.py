@@ -16,6 +16,7 @@ import pytest
 from gantry.netutil import free_port
 from tests.helpers import (
     bearer,
+    fresh_postgres,
     gantry_cmd,
     gateway,
     keys,
@@ -430,24 +431,10 @@ def test_tls(tmp_path):
 
 
 def test_ledger_on_postgres_survives_sigterm(tmp_path):
-    asyncpg = pytest.importorskip("asyncpg")
     import asyncio
 
-    dbname = f"gantry_{uuid.uuid4().hex[:10]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(host="127.0.0.1", port=5432, user="postgres", database="test")
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    try:
-        asyncio.run(admin(f"CREATE DATABASE {dbname}"))
-    except (OSError, asyncpg.PostgresError) as exc:
-        pytest.skip(f"PostgreSQL not available: {exc}")
-    url = f"postgresql://postgres@127.0.0.1:5432/{dbname}"
-    try:
+    asyncpg = pytest.importorskip("asyncpg")
+    with fresh_postgres() as url:
         cfg = tmp_path / "l.yaml"
         cfg.write_text("ledger:\n  enabled: true\n  flush_interval_s: 30\n  batch_size: 100000\n")
         with (
@@ -473,9 +460,7 @@ def test_ledger_on_postgres_survives_sigterm(tmp_path):
             assert gw.proc.wait(20) in (0, -signal.SIGTERM)
 
         async def count() -> int:
-            conn = await asyncpg.connect(
-                host="127.0.0.1", port=5432, user="postgres", database=dbname
-            )
+            conn = await asyncpg.connect(url)
             try:
                 return int(
                     await conn.fetchval(
@@ -486,8 +471,6 @@ def test_ledger_on_postgres_survives_sigterm(tmp_path):
                 await conn.close()
 
         assert asyncio.run(count()) == 25
-    finally:
-        asyncio.run(admin(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)"))
 
 
 def test_limit_store_unreachable_fails_open_for_rates_and_closed_for_quotas(tmp_path):
