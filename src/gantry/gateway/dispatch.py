@@ -123,20 +123,9 @@ class Dispatcher:
         self.pool = pool
         self.policies = Policies(cfg.routing, degraded or _no_events)
         self.metrics = metrics
-        self.cfg = cfg
         self.tracer = tracer
-        a, b, r = cfg.admission, cfg.breaker, cfg.retry
-        self.limits = CapacityLimits(
-            a.max_inflight_per_engine, a.max_engine_waiting, a.kv_warn, a.kv_shed
-        )
-        self.breaker_cfg = BreakerConfig(
-            b.failure_threshold,
-            b.failure_rate,
-            b.window,
-            b.min_calls,
-            b.cooldown_s,
-            b.half_open_max,
-        )
+        self._take(cfg)
+        r = cfg.retry
         self.breakers: dict[str, BreakerState] = {}
         self.cooldown: dict[str, float] = {}  # engine -> monotonic time it may be used again
         self.budget = RetryBudget(r.budget_ratio, r.budget_min_per_s)
@@ -157,10 +146,10 @@ class Dispatcher:
             for name in [n for n in table if n not in names]:
                 del table[name]
 
-    def reconfigure(self, cfg: GatewayConfig) -> None:
-        """Take new settings (breaker states, cool-downs and the budget's tokens stay)."""
+    def _take(self, cfg: GatewayConfig) -> None:
+        """The settings derived from ``cfg``: capacity limits and the breaker's rules."""
         self.cfg = cfg
-        a, b, r = cfg.admission, cfg.breaker, cfg.retry
+        a, b = cfg.admission, cfg.breaker
         self.limits = CapacityLimits(
             a.max_inflight_per_engine, a.max_engine_waiting, a.kv_warn, a.kv_shed
         )
@@ -172,6 +161,11 @@ class Dispatcher:
             b.cooldown_s,
             b.half_open_max,
         )
+
+    def reconfigure(self, cfg: GatewayConfig) -> None:
+        """Take new settings (breaker states, cool-downs and the budget's tokens stay)."""
+        self._take(cfg)
+        r = cfg.retry
         self.budget.ratio, self.budget.min_per_s = r.budget_ratio, r.budget_min_per_s
         if hasattr(self, "policies"):
             self.policies.reconfigure(cfg.routing)
