@@ -87,13 +87,20 @@ def setup(module_tmp: Path):
     other, _ = new_key(db, "--tenant", "other")
     admin, _ = new_key(db, "--tenant", "ops", "--role", "admin")
     with (
-        sim(module_tmp, "--served-model-name", "m", "--profile", "instant") as e,
+        sim(module_tmp, "--served-model-name", "m", "--profile", "instant", "--enable-admin") as e,
         gateway(
             module_tmp,
             "--engine",
             e.url,
             secure=True,
-            env=batch_env(module_tmp, db, GANTRY_BATCHES__MAX_FILE_BYTES="200000"),
+            env=batch_env(
+                module_tmp,
+                db,
+                GANTRY_BATCHES__MAX_FILE_BYTES="200000",
+                # a line the engine never answers (test_cancel) fails after this
+                GANTRY_TIMEOUTS__TOTAL_S="5",
+                GANTRY_TIMEOUTS__ATTEMPT_S="5",
+            ),
             health="/health",
         ) as gw,
     ):
@@ -188,16 +195,35 @@ def test_bad_uploads_and_batches_are_400(setup):
 
 
 def test_cancel(setup):
-    gw, _, k = setup
+    """A batch whose lines are in flight (the engine holds them: a hang fault) is
+    cancelled: it is ``cancelling`` until those lines end, then ``cancelled``, and a
+    second cancel is refused."""
+    gw, engine, k = setup
     c = client(gw.url, k["acme"])
-    f = c.files.create(file=("in.jsonl", jsonl(3)), purpose="batch")
-    b = c.batches.create(
-        input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"
-    )
-    cancelled = c.batches.cancel(b.id)
-    if cancelled.status in ("cancelling", "cancelled"):
-        assert run_to_end(c, b.id).status == "cancelled"
-    with pytest.raises(openai.BadRequestError):
+
+    def hung() -> float:
+        return metric_value(
+            httpx.get(engine.url + "/metrics").text, "gantry_sim_faults_total", kind="hang"
+        )
+
+    before = hung()
+    httpx.post(engine.url + "/sim/faults", json={"reset": True, "hang_rate": 1.0})
+    try:
+        f = c.files.create(file=("in.jsonl", jsonl(3)), purpose="batch")
+        b = c.batches.create(
+            input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        wait_until(
+            lambda: hung() > before,
+            30,
+            "a line of the batch held by the engine",
+        )
+        assert c.batches.cancel(b.id).status == "cancelling"
+    finally:
+        httpx.post(engine.url + "/sim/faults", json={"reset": True})
+    done = run_to_end(c, b.id)
+    assert done.status == "cancelled"
+    with pytest.raises(openai.BadRequestError, match="cancelled"):
         c.batches.cancel(b.id)
 
 
@@ -331,3 +357,16 @@ def test_two_replicas_share_one_postgres_without_double_execution(tmp_path):
             ids = [x["custom_id"] for x in lines_of(cb, done.output_file_id)]
             assert sorted(ids) == sorted(f"req-{i}" for i in range(30))
             assert engine_requests(e.url) == 30  # no line ran on both replicas
+
+
+def test_the_openapi_document_has_the_batch_api(setup):
+    gw, _, k = setup
+    doc = httpx.get(gw.url + "/openapi.json", headers=bearer(k["acme"])).json()
+    assert {"/v1/files", "/v1/files/{file_id}/content", "/v1/batches/{batch_id}/cancel"} <= set(
+        doc["paths"]
+    )
+    assert doc["components"]["schemas"]["BatchRequest"]["required"] == [
+        "input_file_id",
+        "endpoint",
+        "completion_window",
+    ]

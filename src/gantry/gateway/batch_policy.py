@@ -15,14 +15,14 @@ from gantry.protocol import ENDPOINT_CHAT, ENDPOINT_COMPLETIONS, ENDPOINT_EMBEDD
 from gantry.state.batches import Counts, LineRow
 
 ENDPOINTS = (ENDPOINT_CHAT, ENDPOINT_COMPLETIONS, ENDPOINT_EMBEDDINGS)
-_WINDOW = re.compile(r"^([1-9][0-9]{0,6})([smh])$")
+WINDOW = re.compile(r"^([1-9][0-9]{0,6})([smh])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600}
 EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
 
 
 def window_seconds(window: str, max_s: float) -> float | None:
     """``24h`` (OpenAI's only value), or any ``N[smh]`` up to ``max_s``; None if invalid."""
-    m = _WINDOW.match(window)
+    m = WINDOW.match(window)
     if m is None:
         return None
     seconds = int(m.group(1)) * _UNIT[m.group(2)]

@@ -44,7 +44,7 @@ class Endpoints:
         self.status_page: admin_status.Observed | None = None
         self.adapters: Adapters | None = None
         self.draining = False
-        self._openapi = orjson.dumps(openapi_document(__version__))
+        self._openapi = orjson.dumps(openapi_document(__version__, batches=cfg.batches_on))
 
     async def health(self, x: Exchange, ident: Identity, rec: Record) -> None:
         rec.status = 200

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from gantry.config import EngineSpec, Split, TierLimits
+from gantry.gateway import batch_policy
 from gantry.gateway.adapters import LoadAdapter, UnloadAdapter
 from gantry.gateway.admin_schema import CreateKey, ListKeysQuery, NoBody, UsageQuery
 
@@ -208,7 +209,90 @@ def _oas30(node: Any) -> Any:
     return out
 
 
-def openapi_document(version: str) -> dict[str, Any]:
+_API_ERRORS = {str(code): _ERROR for code in (400, 401, 403, 404, 413)}
+
+
+def _api_op(
+    summary: str, body: dict[str, Any] | None = None, ctype: str = "application/json"
+) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "responses": {
+            "200": {"description": "OK", "content": {ctype: {"schema": {"type": "object"}}}},
+            **_API_ERRORS,
+        },
+    }
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": body}
+    return op
+
+
+def _path_id(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _batch_paths() -> dict[str, Any]:
+    """``/v1/files`` and ``/v1/batches`` (gantry.gateway.batch_api), as OpenAI's: only
+    when batches are on, and every id scoped to the caller's tenant (others' are 404)."""
+    upload = {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["file", "purpose"],
+                "properties": {
+                    "file": {"type": "string", "format": "binary"},
+                    "purpose": {"type": "string", "enum": ["batch"]},
+                },
+            }
+        }
+    }
+    create = {"application/json": {"schema": {"$ref": "#/components/schemas/BatchRequest"}}}
+    return {
+        "/v1/files": {
+            "get": _api_op("Files of the caller's tenant"),
+            "post": _api_op("Upload a batch input file (JSONL)", upload),
+        },
+        "/v1/files/{file_id}": {
+            "parameters": [_path_id("file_id")],
+            "get": _api_op("A file's record"),
+            "delete": _api_op("Delete a file"),
+        },
+        "/v1/files/{file_id}/content": {
+            "parameters": [_path_id("file_id")],
+            "get": _api_op("A file's contents", ctype="application/octet-stream"),
+        },
+        "/v1/batches": {
+            "get": _api_op("Batches of the caller's tenant"),
+            "post": _api_op("Create a batch from an uploaded file", create),
+        },
+        "/v1/batches/{batch_id}": {
+            "parameters": [_path_id("batch_id")],
+            "get": _api_op("A batch: status, counts, output and error files"),
+        },
+        "/v1/batches/{batch_id}/cancel": {
+            "parameters": [_path_id("batch_id")],
+            "post": _api_op("Cancel a validating or in-progress batch"),
+        },
+    }
+
+
+_BATCH_REQUEST = {
+    "type": "object",
+    "required": ["input_file_id", "endpoint", "completion_window"],
+    "properties": {
+        "input_file_id": {"type": "string"},
+        "endpoint": {
+            "type": "string",
+            "enum": list(batch_policy.ENDPOINTS),
+        },
+        "completion_window": {"type": "string", "pattern": batch_policy.WINDOW.pattern},
+        "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+    },
+}
+
+
+def openapi_document(version: str, *, batches: bool = False) -> dict[str, Any]:
+    """The document for a gateway; ``batches``: with the batch API's paths."""
     message = {
         "type": "object",
         "required": ["role"],
@@ -243,6 +327,7 @@ def openapi_document(version: str) -> dict[str, Any]:
             "/metrics": _get("Prometheus metrics", "text/plain"),
             "/openapi.json": _get("This document"),
             **_admin_paths(),
+            **(_batch_paths() if batches else {}),
         },
         "components": {
             "securitySchemes": {
@@ -264,6 +349,7 @@ def openapi_document(version: str) -> dict[str, Any]:
                 "NoBody": _oas30(NoBody.model_json_schema()),
                 "LoadAdapter": _oas30(LoadAdapter.model_json_schema()),
                 "UnloadAdapter": _oas30(UnloadAdapter.model_json_schema()),
+                "BatchRequest": _BATCH_REQUEST,
                 "Error": {
                     "type": "object",
                     "required": ["error"],
