@@ -114,3 +114,35 @@ def test_stop_string_and_min_tokens():
     while r2.status is not Status.FINISHED:
         r2.sample()
     assert r2.text == r.text
+
+
+def test_async_scheduling_a_request_arriving_during_a_step_skips_the_next_one():
+    """vLLM chooses step k+1's batch when step k launches: a request that arrives
+    while step k runs joins step k+2. An idle engine schedules it at once."""
+    for on, joins_at in ((True, 2), (False, 1)):
+        cfg = SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=512, async_scheduling=on)
+        s = Scheduler(cfg, KVCache(100, 16))
+        first = req(10, max_tokens=8, rid="first")
+        s.add(first)  # idle engine: scheduled in the very next step
+        step = s.schedule()
+        assert step.items == [(first, 10)]
+        late = req(10, rid="late")
+        s.add(late)  # arrives while that step runs
+        s.complete(step)
+        steps = []
+        for _ in range(2):
+            steps.append(s.schedule())
+            s.complete(steps[-1])
+        admitted = [i + 1 for i, st in enumerate(steps) if (late, 10) in st.items]
+        assert admitted == [joins_at]
+        assert all((first, 1) in st.items for st in steps)  # its decodes go on meanwhile
+
+
+def test_async_scheduling_does_not_hold_a_request_when_nothing_runs():
+    s = Scheduler(SchedulerConfig(max_num_batched_tokens=512), KVCache(100, 16))
+    a = req(10, max_tokens=1, rid="a")
+    s.add(a)
+    s.complete(s.schedule())  # a finishes in its prefill step
+    b = req(10, rid="b")
+    s.add(b)
+    assert s.schedule().items == [(b, 10)]

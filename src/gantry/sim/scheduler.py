@@ -8,6 +8,11 @@ free KV blocks allow; with LoRA, a request whose adapter would make more than
 running request cannot get a block, the most recently admitted running request is
 preempted (its blocks freed, recomputed later).
 
+With async scheduling (vLLM's default) the engine core chooses step k+1's batch as
+soon as step k is launched, so a request that arrives while step k runs cannot join
+step k+1: it waits for the pass after, one more step. When nothing is running the
+engine is idle and a new request is scheduled at once.
+
 Pure and synchronous: ``schedule()`` decides, ``complete()`` applies a finished step.
 """
 
@@ -30,6 +35,7 @@ class SchedulerConfig:
     chunked_prefill: bool = True
     long_prefill_token_threshold: int = 0
     max_loras: int = 0  # LoRA adapters in one batch (0: LoRA off)
+    async_scheduling: bool = True  # next batch chosen while the current one runs
 
 
 @dataclass(slots=True)
@@ -72,8 +78,12 @@ class Scheduler:
         self.kv = kv
         self.waiting: deque[SimRequest] = deque()
         self.running: list[SimRequest] = []
+        self._passes = 0  # schedule() calls so far
 
     def add(self, req: SimRequest) -> None:
+        if self.config.async_scheduling and self.running:
+            # Arrived while step ``_passes`` runs; the next batch is already chosen.
+            req.not_before = self._passes + 2
         self.waiting.append(req)
 
     def abort(self, req: SimRequest) -> bool:
@@ -96,6 +106,7 @@ class Scheduler:
         return bool(self.waiting or self.running)
 
     def schedule(self) -> ScheduledStep:
+        self._passes += 1
         step = ScheduledStep()
         budget = self.config.max_num_batched_tokens
         cap = self.config.long_prefill_token_threshold
@@ -124,8 +135,11 @@ class Scheduler:
         cfg = self.config
         loras = {r.lora for r in self.running if r.lora is not None}
         skipped: list[SimRequest] = []  # their adapter would exceed max_loras: left waiting
+        idle = not self.running  # no step in flight: nothing was chosen ahead
         while self.waiting and budget > 0 and len(self.running) < cfg.max_num_seqs:
             req = self.waiting[0]
+            if req.not_before > self._passes and not idle:
+                break  # first-come-first-served: the ones behind it arrived later
             if cfg.max_loras and not fits(loras, req.lora, cfg.max_loras):
                 skipped.append(self.waiting.popleft())
                 continue

@@ -209,6 +209,7 @@ class SimRequest:
     first_token: float | None = None
     last_token: float | None = None
     num_preemptions: int = 0
+    not_before: int = 0  # first scheduler pass that may admit it (async scheduling)
     _plan: list[int] = field(default_factory=list)
     _rng: random.Random | None = None
     _eos_at: int = 0

@@ -38,6 +38,7 @@ class SimSettings:
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
     long_prefill_token_threshold: int = 0
+    async_scheduling: bool = True  # vLLM's default: the next batch is chosen during a step
     speedup: float = 1.0
     instant: bool = False
     jitter: float = 0.0
@@ -254,6 +255,7 @@ def resolve(s: SimSettings, gpu: GPUProfile, model: ModelProfile) -> ResolvedSim
         chunked_prefill=s.enable_chunked_prefill,
         long_prefill_token_threshold=s.long_prefill_token_threshold,
         max_loras=s.lora.max_loras if s.lora.enabled else 0,
+        async_scheduling=s.async_scheduling,
     )
     tag = f"{model.name}|{gpu.name}|{tp}|{blocks}".encode()
     fp = f"vllm-{VLLM_VERSION}" + (f"-tp{tp}" if tp > 1 else "")

@@ -75,6 +75,7 @@ def _parser() -> _Parser:
     a("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True)
     a("--enable-chunked-prefill", action=argparse.BooleanOptionalAction, default=True)
     a("--long-prefill-token-threshold", type=int, default=0)
+    a("--async-scheduling", action=argparse.BooleanOptionalAction, default=True)
     a("--dtype", default="auto", choices=list(DTYPES))
     a("--quantization", "-q", choices=["awq", "awq_marlin", "gptq", "gptq_marlin", "fp8"])
     a("--seed", type=int, default=0)
@@ -151,6 +152,7 @@ def parse(argv: Sequence[str]) -> ServeArgs:
         enable_prefix_caching=ns.enable_prefix_caching,
         enable_chunked_prefill=ns.enable_chunked_prefill,
         long_prefill_token_threshold=ns.long_prefill_token_threshold,
+        async_scheduling=ns.async_scheduling,
         speedup=ns.speedup,
         instant=ns.profile == "instant",
         seed=ns.seed,
