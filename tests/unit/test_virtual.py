@@ -110,3 +110,20 @@ def test_closed_loop_keeps_at_most_n_in_flight():
     assert four.output_throughput > 2.5 * one.output_throughput
     with pytest.raises(ValueError, match="concurrency"):
         VirtualEngine.from_resolved(RESOLVED).run(arrivals, concurrency=0)
+
+
+def test_async_scheduling_adds_one_step_to_ttft_on_a_busy_engine_only():
+    """A request reaching a busy engine waits for the batch already chosen; one reaching
+    an idle engine does not."""
+
+    def ttfts(on: bool, concurrency: int) -> list[float]:
+        r = SimSettings(model="llama-3.1-8b", gpu="H100-80GB", async_scheduling=on).resolve()
+        work = [Arrival(0.0, prompt(100, i), 64) for i in range(4 * concurrency)]
+        res = VirtualEngine.from_resolved(r).run(work, concurrency=concurrency)
+        return [t.ttft for t in res.timings]
+
+    assert ttfts(True, 1) == pytest.approx(ttfts(False, 1))
+    step = RESOLVED.latency_model().decode_time(4, 150)
+    busy_on, busy_off = ttfts(True, 4)[4:], ttfts(False, 4)[4:]  # past the first wave
+    extra = sum(busy_on) / len(busy_on) - sum(busy_off) / len(busy_off)
+    assert 0.5 * step < extra < 1.5 * step
