@@ -127,6 +127,13 @@ def sim(
     long_prefill_token_threshold: Annotated[
         int, typer.Option(metavar="TOKENS", help="Prefill tokens per request and step (0: no cap).")
     ] = 0,
+    async_scheduling: Annotated[
+        bool,
+        typer.Option(
+            "--async-scheduling/--no-async-scheduling",
+            help="Choose the next batch while a step runs (vLLM's default).",
+        ),
+    ] = True,
     profile: Annotated[
         str, typer.Option(metavar="PROFILE", help="'realistic' or 'instant' (no delays).")
     ] = "realistic",
@@ -295,6 +302,7 @@ def sim(
             enable_prefix_caching=enable_prefix_caching,
             enable_chunked_prefill=enable_chunked_prefill,
             long_prefill_token_threshold=long_prefill_token_threshold,
+            async_scheduling=async_scheduling,
             speedup=speedup,
             instant=profile == "instant",
             jitter=jitter,
