@@ -40,27 +40,38 @@ class BlockIndex:
         self._names: list[str | None] = []  # id -> engine; freed ids are reused
 
     # -- updates ---------------------------------------------------------------
-    def add(self, engine: str, hashes: Iterable[int]) -> None:
+    def add(self, engine: str, hashes: Iterable[int], *, touch: bool = True) -> None:
         """Record that ``engine`` holds ``hashes`` (a chain, head first) and touch them.
 
         A chain is touched tail first, so its head is the most recently used: eviction
         takes the tails of chains before their heads, as vLLM frees a request's blocks
-        tail first, and a shared head stays warmest.
+        tail first, and a shared head stays warmest. ``touch=False`` adds the blocks not
+        held yet and leaves the held ones where they are in the LRU (cheaper: for an
+        index that only needs to be roughly warm).
         """
         bit = self._bit.get(engine) or self._register(engine)
         lru = self._lru[engine]
         holders = self._holders
+        held = holders.get
+        move = lru.move_to_end
         seq = hashes if isinstance(hashes, Sequence) else list(hashes)
         for h in reversed(seq):
             if h in lru:
-                lru.move_to_end(h)
+                if touch:
+                    move(h)
             else:
                 lru[h] = None
-                holders[h] = holders.get(h, 0) | bit
+                holders[h] = held(h, 0) | bit
         excess = len(lru) - self.max_blocks_per_engine
-        for _ in range(excess):
-            old, _ = lru.popitem(last=False)
-            self._unset(old, bit)
+        if excess > 0:  # _unset inlined: this runs for most adds once the index is full
+            pop, keep = lru.popitem, ~bit
+            for _ in range(excess):
+                old = pop(False)[0]
+                rest = holders[old] & keep
+                if rest:
+                    holders[old] = rest
+                else:
+                    del holders[old]
 
     def remove(self, engine: str, hashes: Iterable[int]) -> None:
         """``engine`` no longer holds ``hashes`` (unknown ones are ignored)."""

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from gantry.routing.base import RouteRequest, least_loaded, load_of
 from gantry.routing.blocks import BlockIndex
 from gantry.routing.snapshot import EngineView
+from gantry.routing.speculative import Speculation
 
 
 class PrefixAware:
@@ -100,10 +101,10 @@ class KVAware:
     decision in ``approx`` (so the fallback stays warm) and, for an engine with live events,
     adds the chain as a speculative entry: the engine's KV events arrive only after its
     prefill, and a burst of requests sharing a new prefix should not scatter meanwhile
-    (vllm-router's ``kv_aware`` does the same, for 2 s). Speculative entries live in two
-    generations of a small ``BlockIndex`` of their own (``speculative_blocks`` per engine)
-    that rotate every ``speculative_ttl_s``, so each lives between one and two TTLs and
-    never masks or deletes what the events say. ``speculative_ttl_s=0`` turns this off.
+    (vllm-router's ``kv_aware`` does the same, for 2 s). Speculative entries
+    (``gantry.routing.speculative``, at most ``speculative_blocks`` hashes a generation)
+    live between one and two ``speculative_ttl_s`` and never mask or delete what the
+    events say. ``speculative_ttl_s=0`` turns this off.
     """
 
     def __init__(
@@ -114,7 +115,7 @@ class KVAware:
         degraded: Callable[[str], bool] = _never,
         weights: tuple[float, float, float] = (3.0, 2.0, 2.0),  # prefix, queue, kv usage
         speculative_ttl_s: float = 2.0,
-        speculative_blocks: int = 4096,
+        speculative_blocks: int = 32_768,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.kv = kv
@@ -122,10 +123,8 @@ class KVAware:
         self.degraded = degraded
         self.weights = weights
         self.speculative_ttl_s = speculative_ttl_s
-        self.speculative_blocks = speculative_blocks
         self.clock = clock
-        self._spec = (BlockIndex(speculative_blocks), BlockIndex(speculative_blocks))
-        self._rotate_at = clock() + speculative_ttl_s
+        self._spec = Speculation(speculative_ttl_s, speculative_blocks, clock)
 
     def __call__(
         self, req: RouteRequest, candidates: Sequence[EngineView], inflight: Mapping[str, int]
@@ -163,30 +162,19 @@ class KVAware:
         return out
 
     def chosen(self, req: RouteRequest, engine: str) -> None:
-        if req.prefix_chain:
-            self.approx.add(engine, req.prefix_chain)
-        if self.speculative_ttl_s > 0 and req.kv_chain and not self.degraded(engine):
-            self._speculative()[0].add(engine, req.kv_chain)
+        degraded = self.degraded(engine)
+        if req.prefix_chain:  # kept roughly warm (no LRU touch) while the events are live
+            self.approx.add(engine, req.prefix_chain, touch=degraded)
+        if self.speculative_ttl_s > 0 and req.kv_chain and not degraded:
+            self._spec.add(engine, req.kv_chain)
 
     def _kv_match(self, chain: Sequence[int]) -> dict[str, int]:
         hits = self.kv.match(chain)
         if self.speculative_ttl_s > 0:
-            for spec in self._speculative():
-                if len(spec):
-                    for name, n in spec.match(chain).items():
-                        if n > hits.get(name, 0):
-                            hits[name] = n
+            for name, n in self._spec.match(chain).items():
+                if n > hits.get(name, 0):
+                    hits[name] = n
         return hits
-
-    def _speculative(self) -> tuple[BlockIndex, BlockIndex]:
-        """(current, previous) generations, rotated when the current one is a TTL old."""
-        now = self.clock()
-        if now >= self._rotate_at:
-            fresh = BlockIndex(self.speculative_blocks)
-            expired = now >= self._rotate_at + self.speculative_ttl_s
-            self._spec = (fresh, BlockIndex(self.speculative_blocks) if expired else self._spec[0])
-            self._rotate_at = now + self.speculative_ttl_s
-        return self._spec
 
     def __repr__(self) -> str:
         return f"<KVAware weights={self.weights} kv={self.kv!r} approx={self.approx!r}>"
