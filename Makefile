@@ -3,6 +3,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# test files run on this many processes (pytest-xdist); 0 runs them in pytest itself
+TEST_WORKERS ?= 2
 
 .PHONY: serve test test-fast lint fmt bench clean
 
@@ -24,7 +26,7 @@ serve: $(VENV)/.installed
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
-	$(BIN)/pytest -q $(ARGS)
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 test-fast: $(VENV)/.installed-dev
 	$(BIN)/pytest -q -m "not slow" $(ARGS)
