@@ -15,8 +15,11 @@ import zmq
 import zmq.asyncio
 
 from gantry.engines.kv_events import KVEventHub, KVEventSubscriber
+from gantry.engines.kv_replay import fetch_replay
+from gantry.engines.kv_wire import decode_message
 from gantry.netutil import free_port
-from gantry.sim.kvcache import block_hashes, event_hash
+from gantry.sim.kvcache import BlockStored, block_hashes, event_hash
+from gantry.sim.kvevents import KVEventPublisher
 from tests.helpers import sim
 
 
@@ -244,3 +247,91 @@ async def test_a_failing_sink_stops_the_subscriber_degraded(caplog):
     finally:
         pub.close(linger=0)
         ctx.term()
+
+
+# -- the replay socket ----------------------------------------------------------------------
+def stored(*hashes: int) -> list[BlockStored]:
+    return [BlockStored(list(hashes), None, list(range(16 * len(hashes))), 16)]
+
+
+async def test_the_simulators_replay_socket_answers_as_vllms():
+    """vllm/distributed/kv_events.py ZmqEventPublisher: a ROUTER on replay_endpoint keeps
+    the last buffer_steps batches, answers [b"", start_seq] with every kept batch from
+    there, then the end marker seq -1; batches no longer kept are not invented."""
+    port, rport = free_port(), free_port()
+    pub = KVEventPublisher(
+        f"tcp://*:{port}", "kv@", replay_endpoint=f"tcp://*:{rport}", buffer_steps=3
+    )
+    ctx = zmq.asyncio.Context()
+    try:
+        assert pub.config()["replay_endpoint"] == f"tcp://*:{rport}"
+        for i in range(5):
+            pub.publish(stored(100 + i))
+        assert [seq for seq, _ in pub.replay_from(0)] == [2, 3, 4]  # a ring of 3
+        ep = f"tcp://127.0.0.1:{rport}"
+        got = await fetch_replay(ctx, ep, 3, 5, 10.0)
+        assert got is not None
+        assert [decode_message(m).seq for m in got] == [3, 4]
+        assert list(decode_message(got[0]).events[0].block_hashes) == [103]
+        assert await fetch_replay(ctx, ep, 0, 4, 10.0) is None  # 0 and 1 are gone
+        # the raw exchange: a DEALER sees the delimiter, topic, seq, payload; then the end
+        dealer = ctx.socket(zmq.DEALER)
+        dealer.connect(ep)
+        await dealer.send_multipart([b"", (4).to_bytes(8, "big")])
+        first = await asyncio.wait_for(dealer.recv_multipart(), 10)
+        assert first[:3] == [b"", b"kv@", (4).to_bytes(8, "big")]
+        end = await asyncio.wait_for(dealer.recv_multipart(), 10)
+        assert end == [b"", b"", (-1).to_bytes(8, "big", signed=True), b""]
+        dealer.close(linger=0)
+    finally:
+        pub.close()
+        ctx.term()
+
+
+async def test_a_lost_batch_is_replayed_not_cleared():
+    port, rport, clock = free_port(), free_port(), Clock()
+    sink, counts = RecordingSink(), Counter[str]()
+    pub = KVEventPublisher(f"tcp://*:{port}", "kv@", replay_endpoint=f"tcp://*:{rport}")
+    try:
+        async with KVEventHub(
+            sink,
+            topic="kv@",
+            recovery_s=30.0,
+            on_event=lambda e, k: counts.update([k]),
+            clock=clock,
+        ) as hub:
+            await hub.add_engine("e0", f"tcp://127.0.0.1:{port}", replay=f"tcp://127.0.0.1:{rport}")
+            sub = hub.subscriber("e0")
+            assert sub is not None
+
+            def heard() -> bool:  # PUB drops what it sends before the subscription lands
+                if sub.last_seq is None:
+                    pub.publish(stored(1))
+                return sub.last_seq is not None
+
+            await until(heard, "a batch through to the subscriber")
+            clock.now += 30  # past the recovery of joining late
+            assert not hub.degraded("e0")
+            before = sub.last_seq
+            sent = pub._send
+            pub._send = lambda frames: None  # the network loses the next batch
+            pub.publish(stored(2))
+            pub._send = sent
+            pub.publish(stored(3))
+            await until(lambda: counts["replayed"] == 1, "the replay")
+            assert sub.last_seq == before + 2
+            assert {2, 3} <= sink.blocks["e0"] and sink.clears["e0"] == 0
+            assert counts["gap"] == 0 and not hub.degraded("e0")
+
+            # A publisher without the lost batches any more: the gap as before.
+            pub._send = lambda frames: None
+            pub.publish(stored(4))
+            pub._send = sent
+            with pub._lock:
+                pub._ring.clear()
+            pub.publish(stored(5))
+            await until(lambda: counts["gap"] == 1, "the gap")
+            assert counts["replay_failed"] == 1 and sink.clears["e0"] == 1
+            assert hub.degraded("e0")
+    finally:
+        pub.close()

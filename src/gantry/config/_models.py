@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from gantry.config._adapters import AdaptersConfig
 from gantry.config._discovery import DiscoveryConfig
@@ -23,15 +30,26 @@ class EngineSpec(BaseModel):
     transport: Literal["h1", "aiohttp"] = "h1"  # h1: gantry's lean HTTP/1.1 client
     kv_events: str | None = None  # the engine's KV-event ZMQ endpoint, e.g. tcp://host:5557
     kv_topic: str = ""  # topic prefix its events carry (vLLM's kv_events_config.topic)
+    # its replay socket (vLLM's kv_events_config.replay_endpoint), e.g. tcp://host:5558:
+    # lost batches are asked for again before the engine's blocks are dropped
+    kv_replay: str | None = None
     group: str | None = None  # an engine group, for traffic splits (canary, blue, green)
     role: Literal["prefill", "decode", "both"] | None = None  # P/D; unset: aggregated
 
-    @field_validator("kv_events")
+    @field_validator("kv_events", "kv_replay")
     @classmethod
-    def _kv(cls, v: str | None) -> str | None:
+    def _kv(cls, v: str | None, info: ValidationInfo) -> str | None:
         if v is not None and not v.startswith(("tcp://", "ipc://")):
-            raise ValueError("kv_events must be a ZMQ endpoint: tcp://host:port or ipc://path")
+            raise ValueError(
+                f"{info.field_name} must be a ZMQ endpoint: tcp://host:port or ipc://path"
+            )
         return v
+
+    @model_validator(mode="after")
+    def _replay_needs_events(self) -> EngineSpec:
+        if self.kv_replay is not None and self.kv_events is None:
+            raise ValueError("kv_replay needs kv_events (the stream it replays)")
+        return self
 
     @field_validator("url")
     @classmethod

@@ -29,7 +29,10 @@ Failures (the rules are ``gantry.engines.kv_stream``) make the engine *degraded*
 routing policy should score it by approximate prefix matching instead — and are counted
 through ``on_event(engine, kind)`` and logged once per degraded episode:
 
-    gap        a batch was lost (seq jumped): blocks cleared, degraded ``recovery_s``
+    gap        a batch was lost (seq jumped): blocks cleared, degraded ``recovery_s`` —
+               unless the engine has a replay socket (``replay``; ``gantry.engines.
+               kv_replay``) that still holds the lost batches: they are applied in
+               order first, counted "replayed" (else "replay_failed", then the gap)
     restart    seq went back (a new publisher): blocks cleared, degraded ``recovery_s``
     malformed  skipped; a batch with a readable seq is a lost batch (blocks cleared);
                degraded ``recovery_s``
@@ -69,6 +72,7 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
+from gantry.engines.kv_replay import MAX_REPLAY, REPLAY_TIMEOUT_S, fetch_replay, wire_seq
 from gantry.engines.kv_stream import KVStream, Step
 from gantry.engines.kv_wire import (
     AllBlocksCleared,
@@ -123,6 +127,7 @@ class KVEventSubscriber:
         sink: KVEventSink,
         *,
         topic: str = "",
+        replay: str | None = None,
         recovery_s: float = 30.0,
         on_event: EventCallback | None = None,
         clock: Clock = time.monotonic,
@@ -131,6 +136,7 @@ class KVEventSubscriber:
         self.engine = engine
         self.endpoint = endpoint
         self.topic = topic
+        self.replay = replay
         self._sink = sink
         self._on_event = on_event
         self._clock = clock
@@ -246,12 +252,31 @@ class KVEventSubscriber:
                     for _ in range(DRAIN):
                         if (frames := await _recv(sub)) is None:
                             break
+                        if self.replay is not None:
+                            await self._catch_up(frames)
                         self.handle(frames)
         except Exception:
             # A bug (in the sink, say) must not leave a stale index looking trusted.
             self._failed = True
             log.exception("KV events of engine %s: subscriber stopped", self.engine)
             self._sink.clear(self.engine)
+
+    async def _catch_up(self, frames: list[bytes]) -> None:
+        """Before a batch that follows lost ones, ask the replay socket for the lost ones
+        and apply them in order, so the stream has no gap; when that fails, the gap is
+        handled as without a replay socket (blocks dropped, degraded)."""
+        last = self._stream.last_seq
+        seq = wire_seq(frames)
+        if last is None or seq is None or not last + 1 < seq <= last + 1 + MAX_REPLAY:
+            return
+        assert self._ctx is not None and self.replay is not None
+        got = await fetch_replay(self._ctx, self.replay, last + 1, seq, REPLAY_TIMEOUT_S)
+        if got is None:
+            self._count("replay_failed")
+            return
+        for missed in got:
+            self.handle(missed)
+        self._count("replayed")
 
     def _on_monitor(self, frames: list[bytes]) -> None:
         event = parse_monitor_message(frames)["event"]
@@ -344,8 +369,8 @@ class KVEventHub:
         self._recovery_s = recovery_s
         self._on_event = on_event
         self._clock = clock
-        self._endpoints: dict[str, tuple[str, str]] = {
-            name: (ep, topic) for name, ep in (engines or {}).items()
+        self._endpoints: dict[str, tuple[str, str, str | None]] = {
+            name: (ep, topic, None) for name, ep in (engines or {}).items()
         }
         self._subs: dict[str, KVEventSubscriber] = {}
         self._ctx: zmq.asyncio.Context | None = None
@@ -355,8 +380,8 @@ class KVEventHub:
         self._ctx = zmq.asyncio.Context()
         self.state = SubscriberState.RUNNING
         try:
-            for name, (endpoint, topic) in self._endpoints.items():
-                await self._start(name, endpoint, topic)
+            for name, (endpoint, topic, replay) in self._endpoints.items():
+                await self._start(name, endpoint, topic, replay)
         except BaseException:
             await self.aclose()
             raise
@@ -374,11 +399,13 @@ class KVEventHub:
             self._ctx.term()
             self._ctx = None
 
-    async def add_engine(self, name: str, endpoint: str, *, topic: str | None = None) -> None:
-        """Follow engine ``name`` (again, if its endpoint or topic changed)."""
+    async def add_engine(
+        self, name: str, endpoint: str, *, topic: str | None = None, replay: str | None = None
+    ) -> None:
+        """Follow engine ``name`` (again, if its endpoint, topic or replay socket changed)."""
         if self.state is SubscriberState.CLOSED:
             raise RuntimeError("the KV event hub is closed")
-        want = (endpoint, self._topic if topic is None else topic)
+        want = (endpoint, self._topic if topic is None else topic, replay)
         if self._endpoints.get(name) == want and (
             name in self._subs or self.state is SubscriberState.NEW
         ):
@@ -411,14 +438,15 @@ class KVEventHub:
 
     @property
     def engines(self) -> dict[str, str]:
-        return {name: ep for name, (ep, _) in self._endpoints.items()}
+        return {name: ep for name, (ep, _, _) in self._endpoints.items()}
 
-    async def _start(self, name: str, endpoint: str, topic: str) -> None:
+    async def _start(self, name: str, endpoint: str, topic: str, replay: str | None) -> None:
         sub = KVEventSubscriber(
             name,
             endpoint,
             self._sink,
             topic=topic,
+            replay=replay,
             recovery_s=self._recovery_s,
             on_event=self._on_event,
             clock=self._clock,

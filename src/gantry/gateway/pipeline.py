@@ -176,7 +176,9 @@ class Gateway:
             for name in self.pool.names():
                 spec = self.pool.spec_of(name)
                 if spec.kv_events:
-                    await self.kv_events.add_engine(name, spec.kv_events, topic=spec.kv_topic)
+                    await self.kv_events.add_engine(
+                        name, spec.kv_events, topic=spec.kv_topic, replay=spec.kv_replay
+                    )
             if self.idem_store is not None:
                 stack.push_async_callback(self.idem_store.aclose)
             if self.accounting.log is not None:
@@ -255,7 +257,9 @@ class Gateway:
         for spec in change.added:
             name = await self.pool.add(spec)
             if spec.kv_events:
-                await self.kv_events.add_engine(name, spec.kv_events, topic=spec.kv_topic)
+                await self.kv_events.add_engine(
+                    name, spec.kv_events, topic=spec.kv_topic, replay=spec.kv_replay
+                )
         return change
 
     async def _remove_engine(self, name: str, grace_s: float) -> None:

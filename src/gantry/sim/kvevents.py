@@ -2,11 +2,20 @@
 
 Each batch is ``[topic, seq (8-byte big-endian), msgpack([ts, [event, ...], dp_rank])]``
 with events as tagged maps (vLLM >= 0.26): ``{"type": "BlockStored", ...}``.
+
+With a replay endpoint (vLLM's ``replay_endpoint``), the last ``buffer_steps`` batches
+are kept and a ZMQ ROUTER socket answers catch-up requests as
+``vllm/distributed/kv_events.py`` ``ZmqEventPublisher`` does: a request
+``[b"", start_seq (8 bytes)]`` gets ``[b"", topic, seq, payload]`` for every kept batch
+with ``seq >= start_seq``, then the end marker ``[b"", b"", -1 (8 bytes, signed), b""]``.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
+from collections import deque
 from typing import Any
 
 import msgpack
@@ -48,46 +57,125 @@ def encode_batch(events: list[KVEvent], *, ts: float | None = None, dp_rank: int
     return bytes(msgpack.packb(payload, use_bin_type=True))
 
 
-class KVEventPublisher:
-    """ZMQ PUB socket; binds when the endpoint has ``*`` (as vLLM), else connects."""
+log = logging.getLogger(__name__)
 
-    def __init__(self, endpoint: str, topic: str = "", hwm: int = 100_000) -> None:
+END_SEQ = (-1).to_bytes(8, "big", signed=True)
+
+
+def _binds(endpoint: str) -> bool:
+    return "*" in endpoint or "::" in endpoint or endpoint.startswith(("ipc://", "inproc://"))
+
+
+class KVEventPublisher:
+    """ZMQ PUB socket; binds when the endpoint has ``*`` (as vLLM), else connects. With
+    ``replay_endpoint``, a ROUTER socket served by a thread of its own answers replay
+    requests from a ring of the last ``buffer_steps`` batches; ``close`` stops both."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        topic: str = "",
+        hwm: int = 100_000,
+        *,
+        replay_endpoint: str | None = None,
+        buffer_steps: int = 10_000,
+    ) -> None:
         import zmq
 
         self.endpoint = endpoint
         self.topic = topic
+        self.replay_endpoint = replay_endpoint
+        self.buffer_steps = buffer_steps
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.PUB)
         self._sock.setsockopt(zmq.SNDHWM, hwm)
         self._sock.setsockopt(zmq.LINGER, 0)
-        if "*" in endpoint or "::" in endpoint or endpoint.startswith(("ipc://", "inproc://")):
+        if _binds(endpoint):
             self._sock.bind(endpoint)
         else:
             self._sock.connect(endpoint)
         self._seq = 0
         self._zmq = zmq
+        self._ring: deque[tuple[int, bytes]] = deque(maxlen=buffer_steps)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if replay_endpoint is not None:
+            router = self._ctx.socket(zmq.ROUTER)
+            router.setsockopt(zmq.LINGER, 0)
+            try:
+                if _binds(replay_endpoint):
+                    router.bind(replay_endpoint)
+                else:
+                    router.connect(replay_endpoint)
+            except zmq.ZMQError:
+                router.close(linger=0)
+                self._sock.close(linger=0)
+                raise
+            self._thread = threading.Thread(
+                target=self._serve_replay, args=(router,), name="kv-replay", daemon=True
+            )
+            self._thread.start()
 
     def publish(self, events: list[KVEvent]) -> None:
         if not events:
             return
-        frames = [self.topic.encode(), self._seq.to_bytes(8, "big"), encode_batch(events)]
+        payload = encode_batch(events)
+        if self._thread is not None:
+            with self._lock:
+                self._ring.append((self._seq, payload))
+        self._send([self.topic.encode(), self._seq.to_bytes(8, "big"), payload])
+        self._seq += 1
+
+    def _send(self, frames: list[bytes]) -> None:
         try:
             self._sock.send_multipart(frames, flags=self._zmq.NOBLOCK)
         except self._zmq.Again:
             pass  # high-water mark reached: drop, as a PUB socket does
-        self._seq += 1
+
+    def replay_from(self, start: int) -> list[tuple[int, bytes]]:
+        """The kept batches with ``seq >= start``, oldest first."""
+        with self._lock:
+            return [(seq, payload) for seq, payload in self._ring if seq >= start]
+
+    def _serve_replay(self, router: Any) -> None:
+        zmq = self._zmq
+        poller = zmq.Poller()
+        poller.register(router, zmq.POLLIN)
+        topic = self.topic.encode()
+        try:
+            while not self._stop.is_set():
+                if not poller.poll(100):
+                    continue
+                frames = router.recv_multipart()
+                if len(frames) != 3 or len(frames[2]) != 8:
+                    log.warning("KV events replay: ignored a request of %d frames", len(frames))
+                    continue
+                ident, start = frames[0], int.from_bytes(frames[2], "big")
+                for seq, payload in self.replay_from(start):
+                    router.send_multipart([ident, b"", topic, seq.to_bytes(8, "big"), payload])
+                router.send_multipart([ident, b"", b"", END_SEQ, b""])
+        except zmq.ZMQError as exc:
+            if not self._stop.is_set():
+                log.warning("KV events replay socket stopped: %s", exc)
+        finally:
+            router.close(linger=0)
 
     def config(self) -> dict[str, Any]:
         return {
             "enable_kv_cache_events": True,
             "publisher": "zmq",
             "endpoint": self.endpoint,
-            "replay_endpoint": None,
-            "buffer_steps": 10000,
+            "replay_endpoint": self.replay_endpoint,
+            "buffer_steps": self.buffer_steps,
             "hwm": 100000,
             "max_queue_size": 100000,
             "topic": self.topic,
         }
 
     def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
         self._sock.close(linger=0)

@@ -129,7 +129,9 @@ class SimServer:
         if s.kv_events:
             from gantry.sim.kvevents import KVEventPublisher
 
-            self._publisher = KVEventPublisher(s.kv_events, s.kv_events_topic)
+            self._publisher = KVEventPublisher(
+                s.kv_events, s.kv_events_topic, replay_endpoint=s.kv_events_replay
+            )
             on_events = self._publisher.publish
         self.engine = SimEngine(
             r.engine_config(),

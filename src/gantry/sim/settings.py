@@ -66,6 +66,8 @@ class SimSettings:
     lora: LoraSettings = field(default_factory=LoraSettings)  # gantry.sim.lora
 
     def resolve(self) -> ResolvedSim:
+        if self.kv_events_replay and not self.kv_events:
+            raise SimConfigError("--kv-events-replay needs --kv-events (the stream it replays)")
         try:
             gpu = gpu_profile(self.gpu)
             model = model_profile(self.model)
