@@ -180,6 +180,9 @@ def sim(
         str | None,
         typer.Option(metavar="ENDPOINT", help="Replay KV events on ZMQ ROUTER, e.g. tcp://*:5558."),
     ] = None,
+    tokens_only: Annotated[
+        bool, typer.Option("--tokens-only", help="Serve /inference/v1/generate (else 403).")
+    ] = False,
     kv_transfer_config: Annotated[
         str | None,
         typer.Option(
@@ -318,6 +321,7 @@ def sim(
             max_num_queued_tokens=max_num_queued_tokens,
             enable_server_load_tracking=enable_server_load_tracking,
             kv_events_replay=kv_events_replay,
+            tokens_only=tokens_only,
             lora=LoraSettings(
                 enabled=enable_lora,
                 max_loras=max_loras,

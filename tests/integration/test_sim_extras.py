@@ -18,7 +18,7 @@ from tests.helpers import Proc, sim
 
 @pytest.fixture(scope="module")
 def instant(module_tmp: Path) -> Iterator[Proc]:
-    with sim(module_tmp, "--profile", "instant", "--served-model-name", "m") as p:
+    with sim(module_tmp, "--profile", "instant", "--served-model-name", "m", "--tokens-only") as p:
         yield p
 
 
@@ -91,3 +91,55 @@ def test_generate_tokens_in_tokens_out(instant: Proc):
         instant.url + "/inference/v1/generate", json={"token_ids": "x", "sampling_params": {}}
     )
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "body.token_ids"
+
+
+def test_generate_is_403_without_tokens_only(tmp_path: Path):
+    """vLLM 0.33 serves /inference/v1/generate (serve/disagg) only with --tokens-only or
+    --enable-scale-out; without, the route answers 403 PermissionDeniedError."""
+    with sim(tmp_path, "--profile", "instant", "--served-model-name", "m") as p:
+        body = {"token_ids": [1, 2], "sampling_params": {"max_tokens": 1}}
+        r = httpx.post(p.url + "/inference/v1/generate", json=body)
+        assert r.status_code == 403
+        err = r.json()["error"]
+        assert err["type"] == "PermissionDeniedError" and "--tokens-only" in err["message"]
+
+
+def test_responses_streamed_with_the_openai_sdk(instant: Proc):
+    """vLLM openai/responses/serving.py responses_stream_generator: typed events with a
+    sequence_number from 0, the text as output_text deltas, the whole response (usage
+    included) in the last event, and no [DONE]."""
+    client = openai.OpenAI(base_url=instant.url + "/v1", api_key="x")
+    events = list(
+        client.responses.create(model="m", input="Say hello", max_output_tokens=6, stream=True)
+    )
+    kinds = [e.type for e in events]
+    assert kinds[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
+    deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
+    assert len(deltas) >= 1 and kinds[4 : 4 + len(deltas)] == ["response.output_text.delta"] * len(
+        deltas
+    )
+    assert kinds[4 + len(deltas) :] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.incomplete",  # cut by max_output_tokens
+    ]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    final = events[-1].response
+    assert final.status == "incomplete" and final.usage is not None
+    assert final.usage.output_tokens == 6
+    assert final.output_text == "".join(deltas) == events[-4].text
+    assert final.id == events[0].response.id
+    raw = httpx.post(
+        instant.url + "/v1/responses",
+        json={"model": "m", "input": "Hi", "max_output_tokens": 2, "stream": True},
+    )
+    assert raw.headers["content-type"].startswith("text/event-stream")
+    assert b"[DONE]" not in raw.content and raw.text.startswith("event: response.created\n")
+    with pytest.raises(openai.NotFoundError):  # errors stay errors, not a stream
+        list(client.responses.create(model="nope", input="x", stream=True))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.helpers import sim
+from tests.helpers import metric_value, sim
 
 PROMPT = "The gateway streams tokens from the engine to the client. " * 40
 PREFILL = {
@@ -59,16 +59,36 @@ def test_prefill_answers_with_the_params_a_decode_engine_needs(pd_pair):
     assert len(kv["remote_block_ids"]) == (n_tokens - 1) // 16  # full prompt blocks
 
 
+def by_source(url: str) -> dict[str, float]:
+    text = httpx.get(url + "/metrics").text
+    return {
+        s: metric_value(text, "vllm:prompt_tokens_by_source_total", source=s)
+        for s in ("local_compute", "local_cache_hit", "external_kv_transfer")
+    }
+
+
 def test_decode_skips_the_transferred_prompt_and_pulls_each_transfer_once(pd_pair):
+    """vLLM v1 PromptTokenStats: a decode engine counts the prompt tokens its connector
+    loaded (num_external_computed_tokens) as source="external_kv_transfer", not as a
+    local cache hit; local_compute + local_cache_hit + external = the whole prompt."""
     p, d = pd_pair
     kv = httpx.post(p.url + "/v1/completions", json=body(1, PREFILL), timeout=30).json()
     kv = kv["kv_transfer_params"]
+    before = by_source(d.url)
     r = httpx.post(d.url + "/v1/completions", json=body(8, kv), timeout=30)
     assert r.status_code == 200, r.text
     u = r.json()["usage"]
     assert u["completion_tokens"] == 8
     # the transferred blocks are the decode engine's computed prefix
-    assert u["prompt_tokens_details"]["cached_tokens"] == len(kv["remote_block_ids"]) * 16
+    transferred = len(kv["remote_block_ids"]) * 16
+    assert u["prompt_tokens_details"]["cached_tokens"] == transferred
+    after = by_source(d.url)
+    delta = {k: after[k] - before[k] for k in after}
+    assert delta == {
+        "local_compute": u["prompt_tokens"] - transferred,
+        "local_cache_hit": 0,
+        "external_kv_transfer": transferred,
+    }
     # the prefill engine released the blocks once read: a second pull finds nothing,
     # and the decode engine gives up after its time-out, as vLLM's does
     again = httpx.post(d.url + "/v1/completions", json=body(8, kv), timeout=30)

@@ -179,7 +179,7 @@ class SimEngine:
         for req, _ in step.items:
             if req.first_scheduled is None:
                 req.first_scheduled = now
-        gen = prompt = cached = 0
+        gen = prompt = cached = external = 0
         for req, out in outputs:
             gen += 1
             if req.first_token is None:
@@ -187,6 +187,7 @@ class SimEngine:
                 # tokens included) in the step that ends its prefill.
                 prompt += req.num_prompt_tokens
                 cached += max(0, req.num_cached_prompt)
+                external += min(req.num_external_prompt, max(0, req.num_cached_prompt))
                 req.first_token = now
                 m.ttft_l.observe(now - req.arrival)
             elif req.last_token is not None:
@@ -205,7 +206,8 @@ class SimEngine:
             if prompt:
                 # PromptTokenStats: computed + local hit + external = the whole prompt.
                 m.prompt_by_source_l["local_compute"].inc(prompt - cached)
-                m.prompt_by_source_l["local_cache_hit"].inc(cached)
+                m.prompt_by_source_l["local_cache_hit"].inc(cached - external)
+                m.prompt_by_source_l["external_kv_transfer"].inc(external)
                 m.prompt_cached_l.inc(cached)
             # loggers.py: iteration_tokens_total observes prompt + generation tokens.
             m.iteration_tokens_l.observe(prompt + gen)

@@ -4,11 +4,12 @@ completions paths.
 Each request is rewritten into a chat or completions body, run through the server's
 own handler (same engine, validation, admission, errors), and its answer re-shaped:
 
-* ``/v1/responses`` (vLLM ``openai/responses/serving.py``), non-streaming only:
-  ``input`` as a string or a list of messages (``content`` a string or
-  ``input_text`` parts), ``instructions`` as a system message, ``max_output_tokens``,
-  ``temperature``, ``top_p``; the answer is a ``response`` object with one assistant
-  ``message`` holding an ``output_text`` part, and ``usage`` in the Responses shape.
+* ``/v1/responses`` (vLLM ``openai/responses/serving.py``), streamed as the Responses
+  API's events (``gantry.sim.responses_stream``) or whole: ``input`` as a string or a
+  list of messages (``content`` a string or ``input_text`` parts), ``instructions`` as
+  a system message, ``max_output_tokens``, ``temperature``, ``top_p``; the answer is a
+  ``response`` object with one assistant ``message`` holding an ``output_text`` part,
+  and ``usage`` in the Responses shape.
 * ``/inference/v1/generate`` (vLLM ``serve/disagg``): token ids in, token ids out —
   ``{"token_ids", "sampling_params", "request_id"?, "cache_salt"?}`` →
   ``{"request_id", "choices": [{"index", "logprobs", "finish_reason", "token_ids"}],
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from gantry.protocol import Receive, Scope, Send, respond
+from gantry.sim.responses_stream import ResponsesRelay
 from gantry.sim.validate import VLLMError, schema_error
 
 if TYPE_CHECKING:
@@ -77,10 +79,6 @@ def _message_text(content: Any) -> str:
 
 def responses_to_chat(body: dict[str, Any]) -> dict[str, Any]:
     """A Responses request as the chat request vLLM's serving_responses builds."""
-    if body.get("stream"):
-        raise VLLMError(
-            400, "gantry sim: streaming /v1/responses is not simulated", "BadRequestError"
-        )
     if body.get("previous_response_id") is not None:
         raise VLLMError(400, "gantry sim: previous_response_id is not simulated", "BadRequestError")
     messages: list[dict[str, Any]] = []
@@ -104,18 +102,28 @@ def responses_to_chat(body: dict[str, Any]) -> dict[str, Any]:
             chat[key] = body[key]
     if body.get("max_output_tokens") is not None:
         chat["max_tokens"] = body["max_output_tokens"]
+    if body.get("stream"):
+        chat["stream"] = True
+        chat["stream_options"] = {"include_usage": True}
     return chat
 
 
-def chat_to_response(chat: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
+def chat_to_response(
+    chat: dict[str, Any],
+    request: dict[str, Any],
+    *,
+    response_id: str | None = None,
+    message_id: str | None = None,
+    created_at: int | None = None,
+) -> dict[str, Any]:
     choice = chat["choices"][0]
     usage = chat.get("usage") or {}
     details = usage.get("prompt_tokens_details") or {}
     complete = choice.get("finish_reason") != "length"
     text = choice["message"].get("content") or ""
     return {
-        "id": "resp_" + secrets.token_hex(16),
-        "created_at": int(time.time()),
+        "id": response_id or "resp_" + secrets.token_hex(16),
+        "created_at": int(time.time()) if created_at is None else created_at,
         "incomplete_details": None if complete else {"reason": "max_output_tokens"},
         "instructions": request.get("instructions"),
         "metadata": request.get("metadata"),
@@ -123,7 +131,7 @@ def chat_to_response(chat: dict[str, Any], request: dict[str, Any]) -> dict[str,
         "object": "response",
         "output": [
             {
-                "id": "msg_" + secrets.token_hex(16),
+                "id": message_id or "msg_" + secrets.token_hex(16),
                 "content": [
                     {"annotations": [], "text": text, "type": "output_text", "logprobs": None}
                 ],
@@ -219,6 +227,10 @@ class SimExtras:
         async def run(scope: Scope, receive: Receive, send: Send) -> None:
             body = await self.server.json_body(scope, receive)
             chat = responses_to_chat(body)
+            if chat.get("stream"):
+                relay = ResponsesRelay(send, body, chat_to_response)
+                await self.server.chat_handler(scope, _replay(chat, receive), relay)
+                return
             cap, answer = await self._run(self.server.chat_handler, chat, scope, receive)
             if answer is None:
                 await respond(send, cap.status, cap.body)
@@ -229,6 +241,15 @@ class SimExtras:
 
     async def _generate(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def run(scope: Scope, receive: Receive, send: Send) -> None:
+            if not self.server.r.settings.tokens_only:
+                # vLLM mounts the disaggregated-serving routes only with --tokens-only or
+                # --enable-scale-out; otherwise they answer 403 PermissionDeniedError.
+                raise VLLMError(
+                    403,
+                    "/inference/v1/generate needs the server started with --tokens-only "
+                    "or --enable-scale-out",
+                    "PermissionDeniedError",
+                )
             body = await self.server.json_body(scope, receive)
             completion = generate_to_completion(body)
             rid = body.get("request_id")

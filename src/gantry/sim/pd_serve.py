@@ -96,11 +96,13 @@ class PDServe:
         await self.server.guard(run, scope, receive, send)
 
     # -- decode side ----------------------------------------------------------------------
-    async def before(self, work: Work, params: Any, rid: str) -> list[int] | None:
-        """Pull and store the prompt's KV; returns blocks pinned until ``release``."""
+    async def before(self, work: Work, params: Any, rid: str) -> tuple[list[int] | None, int]:
+        """Pull and store the prompt's KV; returns the blocks pinned until ``release`` and
+        the prompt tokens whose KV came from the prefill engine (vLLM's
+        ``num_external_computed_tokens``: blocks already cached here are not counted)."""
         remote = remote_prefill(params)
         if remote is None or not self.cfg.consumes or not self._single(work):
-            return None
+            return None, 0
         tokens = await pull(remote, self.cfg.timeout_s)
         if tokens is None:
             self.failed += 1
@@ -113,7 +115,7 @@ class PDServe:
                 self.cfg.timeout_s,
             )
             if self.cfg.load_failure_policy == "recompute":
-                return None
+                return None, 0
             raise VLLMError(
                 500,
                 f"KV transfer for request {rid} timed out after {self.cfg.timeout_s:g}s "
@@ -128,20 +130,20 @@ class PDServe:
             await asyncio.sleep(dt / r.settings.speedup)
         return self._store(work, tokens)
 
-    def _store(self, work: Work, tokens: int) -> list[int] | None:
+    def _store(self, work: Work, tokens: int) -> tuple[list[int] | None, int]:
         """The transferred blocks become this engine's computed prefix blocks."""
         kv = self.engine.kv
         prompt = work.prompts[0]
         n = min(tokens // kv.block_size, (len(prompt) - 1) // kv.block_size)
         if n <= 0:
-            return None
+            return None, 0
         hashes = self._hashes(work)[:n]
         hit = kv.lookup(hashes, len(prompt))
         owned: list[int] = []
         if not kv.allocate(owned, hit, n * kv.block_size):
-            return None  # no room: the request computes the prompt itself
+            return None, 0  # no room: the request computes the prompt itself
         kv.cache_full_blocks(owned, hashes, len(hit), prompt, salt=work.cache_salt)
-        return owned
+        return owned, (n - len(hit)) * kv.block_size
 
     def release(self, blocks: list[int] | None) -> None:
         if blocks:

@@ -198,6 +198,7 @@ class SimRequest:
     output_token_ids: list[int] = field(default_factory=list)
     num_computed: int = 0
     num_cached_prompt: int = -1  # prefix-cache hit at first scheduling (-1: not yet)
+    num_external_prompt: int = 0  # of those, tokens whose KV came from a prefill engine (P/D)
     blocks: list[int] = field(default_factory=list)
     hashes: list[bytes] = field(default_factory=list)
     num_hashed_blocks_cached: int = 0

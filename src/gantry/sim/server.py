@@ -382,7 +382,8 @@ class SimServer:
             try:
                 if self.pd is not None:
                     work = dataclasses.replace(work, kv_params=body.get("kv_transfer_params"))
-                    pinned = await self.pd.before(work, work.kv_params, rid)
+                    pinned, external = await self.pd.before(work, work.kv_params, rid)
+                    work = dataclasses.replace(work, external_tokens=external)
                 await self._serve(work, rid, scope, receive, send, lora)
             finally:
                 self.in_flight -= 1
@@ -437,6 +438,7 @@ class SimServer:
                     index=p_idx * work.n + i,
                     lora=lora,
                     parent=parent,
+                    num_external_prompt=work.external_tokens,
                 )
                 streams.append(self.engine.add(req))
         watcher = asyncio.create_task(self._watch_disconnect(receive, streams))

@@ -61,6 +61,7 @@ class SimSettings:
     max_num_queued_reqs: int | None = None  # in-flight requests (waiting + running), n counted
     max_num_queued_tokens: int | None = None  # prompt tokens of requests still in prefill
     enable_server_load_tracking: bool = False
+    tokens_only: bool = False  # --tokens-only / --enable-scale-out: /inference/v1/generate
     kv_events_replay: str | None = None  # ZMQ ROUTER endpoint answering replay requests
     kv_transfer: KVTransferConfig | None = None  # P/D role (--kv-transfer-config, --pd-role)
     lora: LoraSettings = field(default_factory=LoraSettings)  # gantry.sim.lora

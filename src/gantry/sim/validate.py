@@ -83,6 +83,7 @@ class Work:
     cache_salt: str | None
     logprobs: LogprobRequest = LogprobRequest()
     kv_params: Any = None  # kv_transfer_params (P/D), read by the server when it has a role
+    external_tokens: int = 0  # prompt tokens whose KV a prefill engine sent (P/D decode)
 
 
 def _int(body: dict[str, Any], key: str, default: int | None) -> int | None:

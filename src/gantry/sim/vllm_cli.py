@@ -89,6 +89,8 @@ def _parser() -> _Parser:
     a("--max-num-queued-reqs", type=int)
     a("--max-num-queued-tokens", type=int)
     a("--enable-server-load-tracking", action="store_true")
+    a("--tokens-only", action="store_true")
+    a("--enable-scale-out", action="store_true")
     a("--kv-transfer-config")
     a("--enable-lora", action="store_true")
     a("--max-loras", type=int, default=1)
@@ -171,6 +173,7 @@ def parse(argv: Sequence[str]) -> ServeArgs:
         max_num_queued_reqs=ns.max_num_queued_reqs,
         max_num_queued_tokens=ns.max_num_queued_tokens,
         enable_server_load_tracking=ns.enable_server_load_tracking,
+        tokens_only=ns.tokens_only or ns.enable_scale_out,
         kv_events_replay=kv_replay,
         kv_transfer=kv_transfer,
         lora=_lora(ns),
