@@ -21,7 +21,6 @@ from gantry.engines.h1 import H1Transport
 from gantry.engines.transport import EngineRequest, EngineResponse
 from gantry.netutil import free_port
 from gantry.protocol import block_hashes
-from gantry.sim.tokenizer import load_tokenizer, render_chat
 
 VLLM_ROUTER_VERSION = "0.1.17"
 MODEL = "llama"
@@ -285,8 +284,8 @@ class _Tracked:
 class OracleTransport:
     """Client-side placement straight to the engines, from their real cache state.
 
-    For each request it tokenizes the prompt as the simulator does (its built-in
-    tokenizer and chat rendering), hashes its blocks once, and asks every engine
+    For each request it has an engine tokenize the prompt (``/tokenize``: the token ids
+    the engine itself caches), hashes its blocks once, and asks every engine
     ``POST /sim/cache_match`` with those hashes: how many of the prompt's tokens its
     prefix cache holds now (a dictionary lookup per block there, so the question does
     not load the engines). The request goes where its prefill starts soonest and is
@@ -302,18 +301,22 @@ class OracleTransport:
         self.inflight = dict.fromkeys(self._t, 0)
         self.pending = dict.fromkeys(self._t, 0)  # uncached tokens awaiting a first token
         self.stats = OracleStats()
-        self._tok = load_tokenizer(None)
 
-    def question(self, body: bytes) -> tuple[bytes, int]:
+    async def question(self, body: bytes) -> tuple[bytes, int]:
         """``/sim/cache_match``'s body for a chat or completions request, and the
-        prompt's length in tokens."""
+        prompt's length in tokens. The token ids are the engine's own (``/tokenize``
+        renders its model family's chat template and adds BOS as it does)."""
         req = orjson.loads(body)
+        ask: dict[str, Any] = {"model": req.get("model")}
         if "messages" in req:
-            gen = req.get("add_generation_prompt", True) is not False
-            text = render_chat(req["messages"], add_generation_prompt=gen)
+            ask["messages"] = req["messages"]
+            ask["add_generation_prompt"] = req.get("add_generation_prompt", True) is not False
         else:
-            text = req["prompt"]
-        ids = self._tok.encode(text)
+            ask["prompt"] = req["prompt"]
+        name = self.engines[self.stats.decisions % len(self.engines)].name
+        tok = EngineRequest("POST", "/tokenize", orjson.dumps(ask), _JSON, read_timeout=30)
+        resp = await self._t[name].send(tok)
+        ids = orjson.loads(await resp.read())["tokens"]
         salt = req.get("cache_salt")
         hashes = block_hashes(ids, 16, (("cache_salt", salt),) if salt else None, [])
         q = {"block_hashes": [h.hex() for h in hashes], "num_tokens": len(ids)}
@@ -327,7 +330,7 @@ class OracleTransport:
 
     async def send(self, request: EngineRequest) -> EngineResponse:
         t = time.perf_counter()
-        body, tokens = self.question(request.body or b"{}")
+        body, tokens = await self.question(request.body or b"{}")
         hits = await asyncio.gather(*(self._match(n, body) for n in self._t))
         self.stats.match_ms.append((time.perf_counter() - t) * 1000)
         by_name = dict(zip(self._t, hits, strict=True))
