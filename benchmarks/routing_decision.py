@@ -5,8 +5,9 @@
 * 8 engines; each index holds 100k blocks (12,500 per engine); requests carry ~2,000-
   token prompts (125 blocks of 16 tokens; 125 blocks of 64 characters for the text
   chain) made of one of 64 shared 1,500-token prefixes plus a 500-token unique tail;
-* per policy: the decision (``policy(req, candidates, inflight)``, including the index
-  match) and the record after it (``chosen``), in microseconds, chains precomputed;
+* per policy, with the gateway's default weights: the decision (``policy(req,
+  candidates, inflight)``, including the index match) and the records after it
+  (``chosen``, and ``started`` at the first token), in microseconds, chains precomputed;
 * hashing a prompt, which the decision excludes: ``BlockHasher`` cold (nothing
   memoised), warm (shared prefix memoised, new tail) and hot (whole prompt memoised),
   against plain ``block_hashes``; ``text_chain`` of the prompt text;
@@ -19,6 +20,7 @@ import random
 import time
 from collections.abc import Callable
 
+from gantry.config import KVWeights
 from gantry.protocol import BlockHasher, block_hashes
 from gantry.routing import (
     BlockIndex,
@@ -33,8 +35,12 @@ from gantry.routing import (
     StickyLeastLoaded,
     least_loaded,
     record_choice,
+    record_started,
     text_chain,
 )
+
+_w = KVWeights()
+W, PREFILL = (_w.prefix, _w.queue, _w.kv), _w.prefill  # the gateway's defaults
 
 ENGINES = 8
 BLOCKS = 100_000
@@ -68,6 +74,7 @@ def requests(rng: random.Random, kv: list[list[int]], text: list[list[int]], n: 
                 prefix_chain=text[g] + random_chain(rng, TAIL_BLOCKS),
                 kv_chain=kv[g] + random_chain(rng, TAIL_BLOCKS),
                 key=f"k{i % 50}",
+                prompt_tokens=(PREFIX_BLOCKS + TAIL_BLOCKS) * 16,
             )
         )
     return out
@@ -101,6 +108,7 @@ def per_request(
     t0 = time.perf_counter()
     for r, name in zip(reqs, names, strict=True):
         record_choice(policy, r, name)
+        record_started(policy, r, name)
     record = (time.perf_counter() - t0) / len(reqs)
     return decide * 1e6, record * 1e6
 
@@ -189,10 +197,12 @@ def main() -> None:
         ("power_of_two", lambda: PowerOfTwo(random.Random(4))),
         ("sticky_least_loaded", StickyLeastLoaded),
         ("prefix", lambda: PrefixAware(indexes()[1])),
-        ("kv_aware", lambda: KVAware(*indexes())),
+        ("kv_aware", lambda: KVAware(*indexes(), weights=W, prefill_weight=PREFILL)),
         (
             "kv_aware, 2 engines degraded",
-            lambda: KVAware(*indexes(), degraded={"e0", "e5"}.__contains__),
+            lambda: KVAware(
+                *indexes(), weights=W, prefill_weight=PREFILL, degraded={"e0", "e5"}.__contains__
+            ),
         ),
     ]
     print(f"  {'policy':<30} {'decide':>8} {'record':>8}")

@@ -20,6 +20,7 @@ from gantry.routing import (
     least_loaded,
     make_policy,
     record_choice,
+    record_started,
 )
 
 
@@ -302,6 +303,46 @@ def test_kv_aware_without_speculation_and_for_degraded_engines():
     pol = kv_policy(degraded=("e0",))
     record_choice(pol, RouteRequest("m", kv_chain=KV), "e0")
     assert pol.prefix_scores(RouteRequest("m", kv_chain=KV), engines(e1=(0, None))) == [0.0]
+
+
+def test_kv_aware_prefill_work_outweighs_a_cache_hit_behind_a_long_queue():
+    """Cost = uncached tokens queued there by the policy + the request's own uncached
+    tokens there (prompt 160 tokens = the 10-block chain; e0 holds all of it)."""
+    clock = FakeClock()
+    pol = kv_policy({"e0": 10}, weights=(0, 0, 0), prefill_weight=1.0, clock=clock)
+    es = engines(e0=(0, None), e1=(0, None))
+    req = RouteRequest("m", kv_chain=KV, prompt_tokens=160)
+    assert pol(req, es, {}).name == "e0"  # nothing queued: the cached engine costs 0
+    busy = RouteRequest("m", kv_chain=[9, 8, 7], prompt_tokens=5000)  # cached nowhere
+    pol(busy, es, {})
+    record_choice(pol, busy, "e0")
+    assert pol.pending == {"e0": 5000}
+    assert pol(req, es, {}).name == "e1"  # 5,000 queued on e0 > its own 160 on e1
+    record_started(pol, busy, "e0")  # its first token: e0's queue is empty again
+    assert pol.pending == {} and pol(req, es, {}).name == "e0"
+
+
+def test_kv_aware_prefill_bookkeeping_is_bounded_and_expires():
+    clock = FakeClock()
+    pol = kv_policy(weights=(0, 0, 0), prefill_weight=1.0, prefill_ttl_s=10, clock=clock)
+    es = engines(e0=(0, None), e1=(0, None))
+    lost = RouteRequest("m", kv_chain=[1], prompt_tokens=100)
+    record_choice(pol, lost, pol(lost, es, {}).name)  # never started: the caller lost it
+    assert pol.pending == {"e0": 100}
+    retried = RouteRequest("m", kv_chain=[2], prompt_tokens=300)
+    first = pol(retried, es, {}).name
+    record_choice(pol, retried, first)
+    second = pol(retried, es, {}).name
+    assert second != first  # the first attempt's work counts against its engine
+    record_choice(pol, retried, second)  # a retry: the first attempt's part is gone
+    assert pol.pending == {"e0": 400}
+    clock.now += 11
+    late = RouteRequest("m", kv_chain=[3], prompt_tokens=50)
+    record_choice(pol, late, pol(late, es, {}).name)
+    assert sum(pol.pending.values()) == 50  # the two older entries expired
+    # without a token count (no tokenizer) the scorer stays out of it
+    pol(RouteRequest("m", kv_chain=[4]), es, {})
+    assert pol._last is None or pol._last[0].prompt_tokens
 
 
 def test_power_of_two_never_picks_the_most_loaded_of_three():

@@ -33,9 +33,10 @@ class PrefixRouting(BaseModel):
 
 class KVWeights(BaseModel):
     model_config = _FROZEN
-    prefix: float = Field(default=3.0, ge=0)  # cached prefix blocks / prompt blocks
-    queue: float = Field(default=2.0, ge=0)  # load, min-max normalised over candidates
-    kv: float = Field(default=2.0, ge=0)  # 1 - KV-cache usage
+    prefix: float = Field(default=1.0, ge=0)  # cached prefix blocks / prompt blocks
+    queue: float = Field(default=0.0, ge=0)  # 1 - load / the busiest candidate's load
+    kv: float = Field(default=0.0, ge=0)  # 1 - KV-cache usage
+    prefill: float = Field(default=3.0, ge=0)  # 1 - uncached tokens queued + own, relative
 
 
 class KVRouting(BaseModel):

@@ -53,7 +53,14 @@ from gantry.gateway.relay import Parts, StreamState, first_token, renamer
 from gantry.gateway.retry import RetryBudget, backoff, parse_retry_after, retry_allowed
 from gantry.observability.metrics import GatewayMetrics
 from gantry.observability.tracing import Tracer
-from gantry.routing import EngineView, PoolSnapshot, RouteRequest, least_loaded, record_choice
+from gantry.routing import (
+    EngineView,
+    PoolSnapshot,
+    RouteRequest,
+    least_loaded,
+    record_choice,
+    record_started,
+)
 from gantry.routing.capacity import CapacityLimits, has_capacity, kv_pressured
 
 log = logging.getLogger("gantry.dispatch")
@@ -447,7 +454,7 @@ class Dispatcher:
             self._routed(name, model).inc()
             self.pool.inflight[name] += 1
             try:
-                return await attempt(name)
+                return await attempt(name)  # a stream returns at its first token
             except RetryableEngineError as exc:
                 self.release(name, Outcome.OK if _is_429(exc) else Outcome.FAILED)
                 self._count_failure(name, exc)
@@ -458,6 +465,8 @@ class Dispatcher:
             except BaseException:
                 self.release(name, Outcome.ABANDONED)
                 raise
+            finally:  # its prefill is over on that engine, one way or the other
+                record_started(self.policies.for_model(route.model)[1], route, name)
             attempts += 1
             now = time.monotonic()
             if not self._usable(model, tried, now, group, phase):

@@ -21,6 +21,9 @@ from gantry.protocol import BlockHasher, salt_keys
 from gantry.routing import BlockIndex, Policy, RouteRequest, make_policy, text_chain
 
 MAX_CHAIN_BLOCKS = 256
+# kv_aware's token chains go further: a conversation's history is long, and the prefill
+# scorer needs the cached part of the whole prompt, not of its first 4,096 tokens
+MAX_KV_CHAIN_BLOCKS = 2048
 CHAINED = frozenset({"prefix", "kv_aware"})
 
 
@@ -67,7 +70,11 @@ class Policies:
             )
         elif name == "kv_aware":
             w = c.kv_aware.weights
-            params = dict(weights=(w.prefix, w.queue, w.kv))
+            params = dict(
+                weights=(w.prefix, w.queue, w.kv),
+                prefill_weight=w.prefill,
+                block_size=c.kv_aware.block_size,
+            )
         return make_policy(
             name,
             load_factor=c.affinity_load_factor,
@@ -95,6 +102,8 @@ class Policies:
             p = self.cfg.prefix
             limit = p.block_chars * MAX_CHAIN_BLOCKS
             route.prefix_chain = text_chain(text[:limit], p.block_chars, f"{route.model}\0{salt}")
+            # ~4 characters a token until the engine's tokens say exactly (below)
+            route.prompt_tokens = len(text) // 4 or None
         if name != "kv_aware":
             return
         if self._unseen(route) and not self.tokens.local:
@@ -107,7 +116,8 @@ class Policies:
         if ids:
             size = self.cfg.kv_aware.block_size
             extra = salt_keys(salt)
-            route.kv_chain = self.hasher.hashes(ids[: size * MAX_CHAIN_BLOCKS], extra)
+            route.kv_chain = self.hasher.hashes(ids[: size * MAX_KV_CHAIN_BLOCKS], extra)
+            route.prompt_tokens = len(ids)
 
     def _unseen(self, route: RouteRequest) -> bool:
         chain = route.prefix_chain

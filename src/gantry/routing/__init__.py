@@ -15,6 +15,7 @@ from gantry.routing.policies import (
     load_of,
     make_policy,
     record_choice,
+    record_started,
 )
 from gantry.routing.snapshot import EngineView, PoolSnapshot
 
@@ -35,5 +36,6 @@ __all__ = [
     "load_of",
     "make_policy",
     "record_choice",
+    "record_started",
     "text_chain",
 ]

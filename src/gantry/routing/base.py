@@ -24,6 +24,7 @@ class RouteRequest:  # built per request: not frozen (frozen dataclasses build ~
     prompt_key: bytes | None = None  # not read by the built-in policies
     prefix_chain: Sequence[int] | None = None  # text_chain of the prompt (approximate)
     kv_chain: Sequence[int] | None = None  # vLLM block hashes of the prompt tokens (precise)
+    prompt_tokens: int | None = None  # the prompt's length in tokens, when it was tokenized
     key: str | None = None  # the API key's id, for per-key policies
     tenant: str | None = None
 
@@ -36,6 +37,14 @@ def record_choice(policy: Policy, req: RouteRequest, engine: str) -> None:
     chosen = getattr(policy, "chosen", None)
     if chosen is not None:
         chosen(req, engine)
+
+
+def record_started(policy: Policy, req: RouteRequest, engine: str) -> None:
+    """Tell ``policy`` that ``req``'s attempt on ``engine`` is past its prefill (its first
+    token came, or the attempt ended), if it tracks prefill work."""
+    started = getattr(policy, "started", None)
+    if started is not None:
+        started(req, engine)
 
 
 def load_of(e: EngineView, inflight: Mapping[str, int]) -> float:

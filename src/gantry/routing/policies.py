@@ -23,6 +23,7 @@ from gantry.routing.base import (
     load_key,
     load_of,
     record_choice,
+    record_started,
 )
 from gantry.routing.blocks import BlockIndex
 from gantry.routing.cache_aware import KVAware, PrefixAware
@@ -40,6 +41,7 @@ __all__ = [  # the base names stay importable from here
     "load_of",
     "make_policy",
     "record_choice",
+    "record_started",
 ]
 
 
