@@ -20,6 +20,16 @@ ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
 
+class ManualClock:
+    """A clock the test moves (``clock.now += 30``): time passes without waiting."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def require_redis() -> Any:
     """The redis module, after checking the local Redis answers (skip the test if not)."""
     import pytest

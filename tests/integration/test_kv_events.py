@@ -20,6 +20,7 @@ from gantry.engines.kv_wire import decode_message
 from gantry.netutil import free_port
 from gantry.sim.kvcache import BlockStored, block_hashes, event_hash
 from gantry.sim.kvevents import KVEventPublisher
+from tests.helpers import ManualClock as Clock
 from tests.helpers import sim
 
 
@@ -40,16 +41,6 @@ class RecordingSink:
     def clear(self, engine: str) -> None:
         self.clears[engine] += 1
         self.blocks.pop(engine, None)
-
-
-class Clock:
-    """The subscriber's clock, moved by the test (recovery_s passes without waiting)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def until(predicate: Callable[[], object], what: str, within: float = 20.0) -> None:

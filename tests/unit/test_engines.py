@@ -29,6 +29,7 @@ from gantry.errors import GantryError, RetryableEngineError
 from gantry.gateway.dispatch import Dispatcher, Outcome
 from gantry.observability import GatewayMetrics
 from gantry.routing import RouteRequest
+from tests.helpers import ManualClock as Clock
 
 KW = dict(failure_threshold=2, success_threshold=2)
 
@@ -126,14 +127,6 @@ class FakeEngine:
 
 URL = "http://10.0.0.5:8000"
 CFG = HealthConfig(failure_threshold=1, success_threshold=1, scrape_metrics=False)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def make_pool(engine: FakeEngine, *, models: tuple[str, ...] = (), clock: Clock | None = None):

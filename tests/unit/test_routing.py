@@ -22,6 +22,7 @@ from gantry.routing import (
     record_choice,
     record_started,
 )
+from tests.helpers import ManualClock as FakeClock
 
 
 def views(n: int, **load: float) -> list[EngineView]:
@@ -261,14 +262,6 @@ def test_kv_aware_degraded_engines_fall_back_to_the_approximate_index():
         RouteRequest("m", prefix_chain=CHAIN), es
     ) == [1.0, 0.0]
     assert kv_policy({"e1": 10}).prefix_scores(RouteRequest("m"), es) == [0.0, 0.0]
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_kv_aware_records_in_approx_and_speculates_briefly():

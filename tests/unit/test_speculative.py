@@ -5,14 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gantry.routing.speculative import Speculation
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.helpers import ManualClock as Clock
 
 
 def test_matches_are_contiguous_from_the_start_per_engine():
