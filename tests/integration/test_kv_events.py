@@ -15,8 +15,6 @@ import zmq
 import zmq.asyncio
 
 from gantry.engines.kv_events import KVEventHub, KVEventSubscriber
-from gantry.engines.kv_replay import fetch_replay
-from gantry.engines.kv_wire import decode_message
 from gantry.netutil import free_port
 from gantry.sim.kvcache import BlockStored, block_hashes, event_hash
 from gantry.sim.kvevents import KVEventPublisher
@@ -243,40 +241,6 @@ async def test_a_failing_sink_stops_the_subscriber_degraded(caplog):
 # -- the replay socket ----------------------------------------------------------------------
 def stored(*hashes: int) -> list[BlockStored]:
     return [BlockStored(list(hashes), None, list(range(16 * len(hashes))), 16)]
-
-
-async def test_the_simulators_replay_socket_answers_as_vllms():
-    """vllm/distributed/kv_events.py ZmqEventPublisher: a ROUTER on replay_endpoint keeps
-    the last buffer_steps batches, answers [b"", start_seq] with every kept batch from
-    there, then the end marker seq -1; batches no longer kept are not invented."""
-    port, rport = free_port(), free_port()
-    pub = KVEventPublisher(
-        f"tcp://*:{port}", "kv@", replay_endpoint=f"tcp://*:{rport}", buffer_steps=3
-    )
-    ctx = zmq.asyncio.Context()
-    try:
-        assert pub.config()["replay_endpoint"] == f"tcp://*:{rport}"
-        for i in range(5):
-            pub.publish(stored(100 + i))
-        assert [seq for seq, _ in pub.replay_from(0)] == [2, 3, 4]  # a ring of 3
-        ep = f"tcp://127.0.0.1:{rport}"
-        got = await fetch_replay(ctx, ep, 3, 5, 10.0)
-        assert got is not None
-        assert [decode_message(m).seq for m in got] == [3, 4]
-        assert list(decode_message(got[0]).events[0].block_hashes) == [103]
-        assert await fetch_replay(ctx, ep, 0, 4, 10.0) is None  # 0 and 1 are gone
-        # the raw exchange: a DEALER sees the delimiter, topic, seq, payload; then the end
-        dealer = ctx.socket(zmq.DEALER)
-        dealer.connect(ep)
-        await dealer.send_multipart([b"", (4).to_bytes(8, "big")])
-        first = await asyncio.wait_for(dealer.recv_multipart(), 10)
-        assert first[:3] == [b"", b"kv@", (4).to_bytes(8, "big")]
-        end = await asyncio.wait_for(dealer.recv_multipart(), 10)
-        assert end == [b"", b"", (-1).to_bytes(8, "big", signed=True), b""]
-        dealer.close(linger=0)
-    finally:
-        pub.close()
-        ctx.term()
 
 
 async def test_a_lost_batch_is_replayed_not_cleared():
