@@ -72,7 +72,7 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
-from gantry.engines.kv_replay import MAX_REPLAY, Replay, replay, wire_seq
+from gantry.engines.kv_replay import MAX_REPLAY, REPLAY_IDLE_S, Replay, replay, wire_seq
 from gantry.engines.kv_stream import KVStream, Step
 from gantry.engines.kv_wire import (
     AllBlocksCleared,
@@ -280,7 +280,13 @@ class KVEventSubscriber:
             start = self._stream.last_seq
             assert start is not None
             outcome = await replay(
-                self._ctx, self.replay, start + 1, seq, self.handle, max_msg_size=MAXMSGSIZE
+                self._ctx,
+                self.replay,
+                start + 1,
+                seq,
+                self.handle,
+                idle_s=REPLAY_IDLE_S,
+                max_msg_size=MAXMSGSIZE,
             )
             if outcome is not Replay.PARTIAL:
                 break
