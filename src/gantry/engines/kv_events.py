@@ -32,7 +32,10 @@ through ``on_event(engine, kind)`` and logged once per degraded episode:
     gap        a batch was lost (seq jumped): blocks cleared, degraded ``recovery_s`` —
                unless the engine has a replay socket (``replay``; ``gantry.engines.
                kv_replay``) that still holds the lost batches: they are applied in
-               order first, counted "replayed" (else "replay_failed", then the gap)
+               order first, counted "replayed" (else "replay_failed", then the gap;
+               an answer cut short is asked again from where it stopped, up to
+               ``REPLAY_ROUNDS`` times; after silence, gaps are not asked about for
+               ``REPLAY_BACKOFF_S``)
     restart    seq went back (a new publisher): blocks cleared, degraded ``recovery_s``
     malformed  skipped; a batch with a readable seq is a lost batch (blocks cleared);
                degraded ``recovery_s``
@@ -98,7 +101,10 @@ REPLAY_ROUNDS = 4  # asks per gap while each answer gets further than the last
 REPLAY_BACKOFF_S = 30.0  # after an unanswered replay, gaps are not asked about for this long
 
 _UP = zmq.EVENT_HANDSHAKE_SUCCEEDED  # libzmq >= 4.3
-KINDS = ("stored", "removed", "cleared", "gap", "restart", "malformed", "down", "up")
+KINDS = (
+    *("stored", "removed", "cleared", "gap", "restart", "malformed", "down", "up"),
+    *("replayed", "replay_failed"),
+)
 EventCallback = Callable[[str, str], None]
 Clock = Callable[[], float]
 
