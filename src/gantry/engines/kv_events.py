@@ -75,7 +75,14 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
-from gantry.engines.kv_replay import MAX_REPLAY, REPLAY_IDLE_S, Replay, replay, wire_seq
+from gantry.engines.kv_replay import (
+    MAX_REPLAY,
+    REPLAY_IDLE_S,
+    REPLAY_TOTAL_S,
+    Replay,
+    replay,
+    wire_seq,
+)
 from gantry.engines.kv_stream import KVStream, Step
 from gantry.engines.kv_wire import (
     AllBlocksCleared,
@@ -282,9 +289,13 @@ class KVEventSubscriber:
             return  # the replay socket did not answer lately: the gap as without one
         assert self._ctx is not None and self.replay is not None
         outcome = Replay.PARTIAL
+        deadline = time.monotonic() + REPLAY_TOTAL_S  # for all rounds: the loop waits
         for _ in range(REPLAY_ROUNDS):
-            start = self._stream.last_seq
+            start, left = self._stream.last_seq, deadline - time.monotonic()
             assert start is not None
+            if left <= 0:
+                outcome = Replay.NO_ANSWER
+                break
             outcome = await replay(
                 self._ctx,
                 self.replay,
@@ -292,6 +303,7 @@ class KVEventSubscriber:
                 seq,
                 self.handle,
                 idle_s=REPLAY_IDLE_S,
+                total_s=left,
                 max_msg_size=MAXMSGSIZE,
             )
             if outcome is not Replay.PARTIAL:
