@@ -180,6 +180,9 @@ def sim(
         str | None,
         typer.Option(metavar="ENDPOINT", help="Replay KV events on ZMQ ROUTER, e.g. tcp://*:5558."),
     ] = None,
+    kv_events_buffer_steps: Annotated[
+        int, typer.Option(metavar="N", help="Batches kept for replay (vLLM's buffer_steps).")
+    ] = 10_000,
     tokens_only: Annotated[
         bool, typer.Option("--tokens-only", help="Serve /inference/v1/generate (else 403).")
     ] = False,
@@ -321,6 +324,7 @@ def sim(
             max_num_queued_tokens=max_num_queued_tokens,
             enable_server_load_tracking=enable_server_load_tracking,
             kv_events_replay=kv_events_replay,
+            kv_events_buffer_steps=kv_events_buffer_steps,
             tokens_only=tokens_only,
             lora=LoraSettings(
                 enabled=enable_lora,

@@ -14,8 +14,9 @@ import msgpack
 import zmq
 import zmq.asyncio
 
+from gantry.engines import kv_events
 from gantry.engines.kv_events import KVEventHub, KVEventSubscriber
-from gantry.engines.kv_replay import fetch_replay
+from gantry.engines.kv_replay import Replay, replay
 from gantry.engines.kv_wire import decode_message
 from gantry.netutil import free_port
 from gantry.sim.kvcache import BlockStored, block_hashes, event_hash
@@ -100,6 +101,42 @@ async def test_blocks_the_simulator_caches_reach_the_sink(tmp_path: Path):
             assert sink.clears["e0"] == 0 and counts["gap"] == counts["malformed"] == 0
             # It joined late only if the warm-up lost the first batch; either way in sync.
             assert sub.last_seq is not None and sub.last_seq >= 1
+
+
+async def test_the_simulators_replay_socket_holds_what_it_cached(tmp_path: Path):
+    """No subscriber at all: the ring keeps every batch, so a replay from 0 returns the
+    first request's blocks (and nothing is lost to ZMQ's slow joiner)."""
+    kv_port, replay_port = free_port(), free_port()
+    with sim(
+        tmp_path,
+        "--profile",
+        "instant",
+        "--kv-events",
+        f"tcp://*:{kv_port}",
+        "--kv-events-replay",
+        f"tcp://*:{replay_port}",
+        "--kv-events-buffer-steps",
+        "50",
+    ) as engine:
+        ctx = zmq.asyncio.Context()
+        try:
+            async with httpx.AsyncClient(base_url=engine.url, timeout=30) as http:
+                sources = (await http.get("/kv_event_sources")).json()["0"]
+                assert sources["replay_endpoint"] == f"tcp://*:{replay_port}"
+                assert sources["buffer_steps"] == 50
+                model = (await http.get("/v1/models")).json()["data"][0]["id"]
+                prompt = "The quick brown fox jumps over the lazy dog. " * 12
+                tokens = (await http.post("/tokenize", json={"prompt": prompt})).json()["tokens"]
+                body = {"model": model, "prompt": prompt, "max_tokens": 1}
+                assert (await http.post("/v1/completions", json=body)).status_code == 200
+            got: list[list[bytes]] = []
+            ep = f"tcp://127.0.0.1:{replay_port}"
+            assert await replay(ctx, ep, 0, 1, got.append) is Replay.DONE
+            first = decode_message(got[0])
+            hashes = [h for ev in first.events for h in getattr(ev, "block_hashes", ())]
+            assert hashes[:4] == [event_hash(d) for d in block_hashes(tokens, 16)][:4]
+        finally:
+            ctx.term()
 
 
 # -- a raw publisher --------------------------------------------------------------------
@@ -245,40 +282,6 @@ def stored(*hashes: int) -> list[BlockStored]:
     return [BlockStored(list(hashes), None, list(range(16 * len(hashes))), 16)]
 
 
-async def test_the_simulators_replay_socket_answers_as_vllms():
-    """vllm/distributed/kv_events.py ZmqEventPublisher: a ROUTER on replay_endpoint keeps
-    the last buffer_steps batches, answers [b"", start_seq] with every kept batch from
-    there, then the end marker seq -1; batches no longer kept are not invented."""
-    port, rport = free_port(), free_port()
-    pub = KVEventPublisher(
-        f"tcp://*:{port}", "kv@", replay_endpoint=f"tcp://*:{rport}", buffer_steps=3
-    )
-    ctx = zmq.asyncio.Context()
-    try:
-        assert pub.config()["replay_endpoint"] == f"tcp://*:{rport}"
-        for i in range(5):
-            pub.publish(stored(100 + i))
-        assert [seq for seq, _ in pub.replay_from(0)] == [2, 3, 4]  # a ring of 3
-        ep = f"tcp://127.0.0.1:{rport}"
-        got = await fetch_replay(ctx, ep, 3, 5, 10.0)
-        assert got is not None
-        assert [decode_message(m).seq for m in got] == [3, 4]
-        assert list(decode_message(got[0]).events[0].block_hashes) == [103]
-        assert await fetch_replay(ctx, ep, 0, 4, 10.0) is None  # 0 and 1 are gone
-        # the raw exchange: a DEALER sees the delimiter, topic, seq, payload; then the end
-        dealer = ctx.socket(zmq.DEALER)
-        dealer.connect(ep)
-        await dealer.send_multipart([b"", (4).to_bytes(8, "big")])
-        first = await asyncio.wait_for(dealer.recv_multipart(), 10)
-        assert first[:3] == [b"", b"kv@", (4).to_bytes(8, "big")]
-        end = await asyncio.wait_for(dealer.recv_multipart(), 10)
-        assert end == [b"", b"", (-1).to_bytes(8, "big", signed=True), b""]
-        dealer.close(linger=0)
-    finally:
-        pub.close()
-        ctx.term()
-
-
 async def test_a_lost_batch_is_replayed_not_cleared():
     port, rport, clock = free_port(), free_port(), Clock()
     sink, counts = RecordingSink(), Counter[str]()
@@ -326,3 +329,66 @@ async def test_a_lost_batch_is_replayed_not_cleared():
             assert hub.degraded("e0")
     finally:
         pub.close()
+
+
+async def test_a_replay_asks_again_when_cut_short_and_backs_off_after_silence(monkeypatch):
+    """A scripted engine: a raw publisher and a replay socket answering by hand."""
+    monkeypatch.setattr(kv_events, "REPLAY_IDLE_S", 0.3)
+    port, clock = free_port(), Clock()
+    sink, counts = RecordingSink(), Counter[str]()
+    ctx = zmq.asyncio.Context()
+    pub = await bind_publisher(ctx, port)
+    router = ctx.socket(zmq.ROUTER)
+    rport = router.bind_to_random_port("tcp://127.0.0.1")
+    end = [b"", b"", (-1).to_bytes(8, "big", signed=True), b""]
+
+    async def request() -> tuple[bytes, int]:
+        ident, _, start = await asyncio.wait_for(router.recv_multipart(), 20)
+        return ident, int.from_bytes(start, "big")
+
+    async def answer(ident: bytes, *messages: list[bytes]) -> None:
+        for message in messages:
+            await router.send_multipart([ident, b"", *message])
+
+    try:
+        async with KVEventHub(
+            sink, topic="kv@", on_event=lambda e, k: counts.update([k]), clock=clock
+        ) as hub:
+            await hub.add_engine("e0", f"tcp://127.0.0.1:{port}", replay=f"tcp://127.0.0.1:{rport}")
+            await joined(pub)
+            await pub.send_multipart(batch(0, [1]))
+            await until(lambda: sink.blocks.get("e0") == {1}, "seq 0 applied")
+
+            # Lost 1..3. The first answer loses 2 on the way (as vLLM's ROUTER does past
+            # its high-water mark); the subscriber asks again from 2 and gets the rest.
+            await pub.send_multipart(batch(4, [5]))
+            ident, start = await request()
+            assert start == 1
+            await answer(ident, batch(1, [2]), batch(3, [4]), end)
+            ident, start = await request()
+            assert start == 2
+            await answer(ident, batch(2, [3]), batch(3, [4]), batch(4, [5]), end)
+            await until(lambda: counts["replayed"] == 1, "the replay")
+            assert sink.blocks["e0"] == {1, 2, 3, 4, 5} and sink.clears["e0"] == 0
+            assert counts["gap"] == 0 and not hub.degraded("e0")
+
+            # Lost 5..6 and the replay socket says nothing: the gap as without one.
+            await pub.send_multipart(batch(7, [8]))
+            await request()  # never answered
+            await until(lambda: counts["gap"] == 1, "the gap")
+            assert counts["replay_failed"] == 1 and sink.clears["e0"] == 1
+            # For the next 30 s a gap is not asked about.
+            await pub.send_multipart(batch(9, [10]))
+            await until(lambda: counts["gap"] == 2, "the second gap")
+            assert not await router.poll(0) and counts["replay_failed"] == 1
+            clock.now += 30
+            await pub.send_multipart(batch(11, [12]))
+            ident, start = await request()
+            assert start == 10
+            await answer(ident, batch(10, [11]), end)
+            await until(lambda: counts["replayed"] == 2, "a replay after the back-off")
+            assert counts["gap"] == 2 and {11, 12} <= sink.blocks["e0"]
+    finally:
+        router.close(linger=0)
+        pub.close(linger=0)
+        ctx.term()

@@ -32,7 +32,10 @@ through ``on_event(engine, kind)`` and logged once per degraded episode:
     gap        a batch was lost (seq jumped): blocks cleared, degraded ``recovery_s`` —
                unless the engine has a replay socket (``replay``; ``gantry.engines.
                kv_replay``) that still holds the lost batches: they are applied in
-               order first, counted "replayed" (else "replay_failed", then the gap)
+               order first, counted "replayed" (else "replay_failed", then the gap;
+               an answer cut short is asked again from where it stopped, up to
+               ``REPLAY_ROUNDS`` times; after silence, gaps are not asked about for
+               ``REPLAY_BACKOFF_S``)
     restart    seq went back (a new publisher): blocks cleared, degraded ``recovery_s``
     malformed  skipped; a batch with a readable seq is a lost batch (blocks cleared);
                degraded ``recovery_s``
@@ -72,7 +75,14 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
-from gantry.engines.kv_replay import MAX_REPLAY, REPLAY_TIMEOUT_S, fetch_replay, wire_seq
+from gantry.engines.kv_replay import (
+    MAX_REPLAY,
+    REPLAY_IDLE_S,
+    REPLAY_TOTAL_S,
+    Replay,
+    replay,
+    wire_seq,
+)
 from gantry.engines.kv_stream import KVStream, Step
 from gantry.engines.kv_wire import (
     AllBlocksCleared,
@@ -94,9 +104,14 @@ HEARTBEAT_IVL_MS = 5_000
 HEARTBEAT_TIMEOUT_MS = 15_000
 RECONNECT_IVL_MAX_MS = 5_000  # back off to this while an engine is gone
 DRAIN = 256  # messages handled per wake-up before the loop yields
+REPLAY_ROUNDS = 4  # asks per gap while each answer gets further than the last
+REPLAY_BACKOFF_S = 30.0  # after an unanswered replay, gaps are not asked about for this long
 
 _UP = zmq.EVENT_HANDSHAKE_SUCCEEDED  # libzmq >= 4.3
-KINDS = ("stored", "removed", "cleared", "gap", "restart", "malformed", "down", "up")
+KINDS = (
+    *("stored", "removed", "cleared", "gap", "restart", "malformed", "down", "up"),
+    *("replayed", "replay_failed"),
+)
 EventCallback = Callable[[str, str], None]
 Clock = Callable[[], float]
 
@@ -147,6 +162,7 @@ class KVEventSubscriber:
         self._mon: zmq.asyncio.Socket | None = None
         self._task: asyncio.Task[None] | None = None
         self._failed = False
+        self._replay_after = -math.inf  # clock time before which gaps are not replayed
         self.state = SubscriberState.NEW
 
     # -- lifecycle ------------------------------------------------------------------
@@ -269,14 +285,44 @@ class KVEventSubscriber:
         seq = wire_seq(frames)
         if last is None or seq is None or not last + 1 < seq <= last + 1 + MAX_REPLAY:
             return
+        if self._clock() < self._replay_after:
+            return  # the replay socket did not answer lately: the gap as without one
         assert self._ctx is not None and self.replay is not None
-        got = await fetch_replay(self._ctx, self.replay, last + 1, seq, REPLAY_TIMEOUT_S)
-        if got is None:
-            self._count("replay_failed")
+        outcome = Replay.PARTIAL
+        deadline = time.monotonic() + REPLAY_TOTAL_S  # for all rounds: the loop waits
+        for _ in range(REPLAY_ROUNDS):
+            start, left = self._stream.last_seq, deadline - time.monotonic()
+            assert start is not None
+            if left <= 0:
+                outcome = Replay.NO_ANSWER
+                break
+            outcome = await replay(
+                self._ctx,
+                self.replay,
+                start + 1,
+                seq,
+                self.handle,
+                idle_s=REPLAY_IDLE_S,
+                total_s=left,
+                max_msg_size=MAXMSGSIZE,
+            )
+            if outcome is not Replay.PARTIAL:
+                break
+        if outcome is Replay.DONE:
+            self._count("replayed")
             return
-        for missed in got:
-            self.handle(missed)
-        self._count("replayed")
+        self._count("replay_failed")
+        why = f"replay of batches {last + 1}..{seq - 1} from {self.replay}: {outcome.value}"
+        if outcome is Replay.NO_ANSWER:  # warned at most once per back-off
+            self._replay_after = self._clock() + REPLAY_BACKOFF_S
+            log.warning(
+                "KV events of engine %s: %s; gaps not replayed for %g s",
+                self.engine,
+                why,
+                REPLAY_BACKOFF_S,
+            )
+        else:
+            log.info("KV events of engine %s: %s", self.engine, why)
 
     def _on_monitor(self, frames: list[bytes]) -> None:
         event = parse_monitor_message(frames)["event"]

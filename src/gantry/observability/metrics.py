@@ -220,7 +220,8 @@ class GatewayMetrics:
         self.kv_events = Counter(
             "gantry_kv_events",
             "KV events from engines, by kind: stored, removed, cleared, and the troubles "
-            "(gap, restart, malformed, down) after which an engine is scored by prefix.",
+            "(gap, restart, malformed, down) after which an engine is scored by prefix; "
+            "lost batches caught up through a replay socket (replayed, replay_failed).",
             ["engine", "kind"],
             registry=reg,
         )

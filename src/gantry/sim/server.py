@@ -130,7 +130,10 @@ class SimServer:
             from gantry.sim.kvevents import KVEventPublisher
 
             self._publisher = KVEventPublisher(
-                s.kv_events, s.kv_events_topic, replay_endpoint=s.kv_events_replay
+                s.kv_events,
+                s.kv_events_topic,
+                replay_endpoint=s.kv_events_replay,
+                buffer_steps=s.kv_events_buffer_steps,
             )
             on_events = self._publisher.publish
         self.engine = SimEngine(

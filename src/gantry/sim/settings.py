@@ -16,6 +16,8 @@ from gantry.sim.profiles import GiB, GPUProfile, ModelProfile, gpu_profile, mode
 from gantry.sim.scheduler import SchedulerConfig
 
 VLLM_VERSION = "0.33.0"
+BUFFER_STEPS = 10_000  # vLLM's kv_events_config.buffer_steps default
+MAX_BUFFER_STEPS = 1_000_000  # replay ring: batches of up to ~1 MiB each, so a bound
 
 
 class SimConfigError(ValueError):
@@ -63,12 +65,18 @@ class SimSettings:
     enable_server_load_tracking: bool = False
     tokens_only: bool = False  # --tokens-only / --enable-scale-out: /inference/v1/generate
     kv_events_replay: str | None = None  # ZMQ ROUTER endpoint answering replay requests
+    kv_events_buffer_steps: int = BUFFER_STEPS  # batches kept for replay
     kv_transfer: KVTransferConfig | None = None  # P/D role (--kv-transfer-config, --pd-role)
     lora: LoraSettings = field(default_factory=LoraSettings)  # gantry.sim.lora
 
     def resolve(self) -> ResolvedSim:
         if self.kv_events_replay and not self.kv_events:
             raise SimConfigError("--kv-events-replay needs --kv-events (the stream it replays)")
+        if not 1 <= self.kv_events_buffer_steps <= MAX_BUFFER_STEPS:
+            raise SimConfigError(
+                f"--kv-events-buffer-steps must be 1 to {MAX_BUFFER_STEPS:,}, "
+                f"not {self.kv_events_buffer_steps}"
+            )
         try:
             gpu = gpu_profile(self.gpu)
             model = model_profile(self.model)

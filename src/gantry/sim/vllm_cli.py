@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 
 from gantry.sim.lora import LoraConfigError, LoraSettings, parse_modules, runtime_updating
 from gantry.sim.pd import PDConfigError, kv_transfer_config
-from gantry.sim.settings import SimConfigError, SimSettings
+from gantry.sim.settings import BUFFER_STEPS, SimConfigError, SimSettings
 
 PROG = "gantry.sim serve"
 
@@ -132,7 +132,7 @@ def parse(argv: Sequence[str]) -> ServeArgs:
     model = ns.model_tag or ns.model_opt
     if not model:
         raise SimConfigError("the following arguments are required: MODEL")
-    kv_endpoint, kv_topic, kv_replay = _kv_events(ns.kv_events_config)
+    kv_endpoint, kv_topic, kv_replay, kv_buffer_steps = _kv_events(ns.kv_events_config)
     try:
         kv_transfer = kv_transfer_config(
             ns.kv_transfer_config, pd_role=ns.pd_role, link=ns.kv_link, env=dict(os.environ)
@@ -175,6 +175,7 @@ def parse(argv: Sequence[str]) -> ServeArgs:
         enable_server_load_tracking=ns.enable_server_load_tracking,
         tokens_only=ns.tokens_only or ns.enable_scale_out,
         kv_events_replay=kv_replay,
+        kv_events_buffer_steps=kv_buffer_steps,
         kv_transfer=kv_transfer,
         lora=_lora(ns),
     )
@@ -195,9 +196,10 @@ def _lora(ns: argparse.Namespace) -> LoraSettings:
     )
 
 
-def _kv_events(text: str | None) -> tuple[str | None, str, str | None]:
+def _kv_events(text: str | None) -> tuple[str | None, str, str | None, int]:
+    """(endpoint, topic, replay_endpoint, buffer_steps) from vLLM's --kv-events-config."""
     if not text:
-        return None, "", None
+        return None, "", None, BUFFER_STEPS
     try:
         cfg: Any = json.loads(text)
     except ValueError as exc:
@@ -205,10 +207,15 @@ def _kv_events(text: str | None) -> tuple[str | None, str, str | None]:
     if not isinstance(cfg, dict):
         raise SimConfigError("argument --kv-events-config: expected a JSON object")
     if not cfg.get("enable_kv_cache_events"):
-        return None, "", None
+        return None, "", None, BUFFER_STEPS
     endpoint = str(cfg.get("endpoint") or "tcp://*:5557")
     replay = cfg.get("replay_endpoint")
-    return endpoint, str(cfg.get("topic") or ""), str(replay) if replay else None
+    steps = cfg.get("buffer_steps", BUFFER_STEPS)
+    if not isinstance(steps, int) or isinstance(steps, bool):
+        raise SimConfigError(
+            f"argument --kv-events-config: buffer_steps must be an integer, not {steps!r}"
+        )
+    return endpoint, str(cfg.get("topic") or ""), str(replay) if replay else None, steps
 
 
 def main(argv: Sequence[str]) -> int:
